@@ -1,0 +1,289 @@
+"""The configuration file, ``infergrid.yaml`` (``version: 1``), decoded strictly.
+
+An unknown key or a wrong type stops start-up with the key's path and the
+reason (``ConfigError``), because a silently ignored key is a setting the
+operator believes is active and is not (PEERS.md).  Every key is documented in
+``man/infergrid.yaml.5.scd``; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import yaml
+
+DEFAULT_CONFIG_PATH = "/etc/infergrid/infergrid.yaml"
+DEFAULT_RUNTIME_DIR = "/run/infergrid"
+DEFAULT_STATE_DIR = "/var/lib/infergrid"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key's path (``$.models[0].engine``) and why."""
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    pass
+
+
+class Limits(_Strict):
+    """Bounds on client input, enforced by the front door."""
+
+    max_body_bytes: int = 1_048_576
+    max_tokens_cap: int = 32_768  # a max_tokens above this is "absurd": 400
+    default_max_tokens: int = 256
+    request_timeout_s: float = 600.0  # whole-request bound at the engine
+    drain_timeout_s: float = 30.0  # front door drain on SIGTERM
+
+
+class TokenBucketConfig(_Strict):
+    """Per-tenant request-count bucket of the ``token_bucket`` comparison policy."""
+
+    rate_per_s: float = 10.0
+    burst: float = 20.0
+
+
+class SchedulerConfig(_Strict):
+    policy: Literal["vtc", "fifo", "token_bucket"] = "vtc"
+    input_weight: float = 1.0
+    output_weight: float = 2.0
+    kv_threshold: float = 0.9  # dispatch only while the engine's KV use is under this
+    max_queued_per_tenant: int = 10_000
+    queue_deadline_s: float = 0.0  # 0: none
+    max_tenants: int = 1_000  # bounds tenants, and so metric label values
+    snapshot_interval_s: float = 1.0
+    token_bucket: TokenBucketConfig = msgspec.field(default_factory=TokenBucketConfig)
+
+
+class GpuConfig(_Strict):
+    total_memory: str | int = 0  # bytes or "80GiB"; 0: from NVML, else unlimited
+    device_index: int = 0
+
+
+class ModelConfig(_Strict):
+    name: str
+    engine: Literal["sim", "vllm", "sglang", "openai"] = "sim"
+    #: engine-specific arguments (sim: profile/timing; vllm: model path, ...);
+    #: validated by the engine adapter at start-up
+    args: dict[str, object] = {}
+    #: command to run the engine's Python (vllm, sglang); default: this interpreter
+    python: str = ""
+    extra_args: list[str] = []
+    env: dict[str, str] = {}
+    replicas: int = 1
+    max_num_seqs: int = 8
+    memory: str | int | float = 0  # bytes, "16GiB", or a fraction (0..1] of the GPU
+    preload: bool = True
+    keep_alive_s: float = 0.0  # 0: never put to sleep for idleness
+    pinned: bool = False
+    priority: int = 0
+    startup_timeout_s: float = 120.0
+    url: str = ""  # engine: openai
+    api_key: str = ""  # engine: openai
+    cpu_affinity: list[int] = []  # pin the engine (DESIGN §9)
+
+
+class TenantConfig(_Strict):
+    name: str
+    keys: list[str] = []  # plain text ("sk-...") or "sha256:<hex>"
+    weight: float = 1.0
+    band: int = 0  # lower band is served strictly first
+    rpm: float = 0.0  # requests/min, 0 = unlimited
+    tpm: float = 0.0  # tokens/min, 0 = unlimited
+    burst: float = 0.0  # 0: one minute's worth
+    max_queued: int = 0  # 0: scheduler.max_queued_per_tenant
+    queue_deadline_s: float = 0.0  # 0: scheduler.queue_deadline_s
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    requests: bool = True  # one line per finished request from the front door
+
+
+class Config(_Strict):
+    version: Literal[1]
+    listen: str = "127.0.0.1:8000"
+    runtime_dir: str = ""
+    state_dir: str = ""
+    auth: Literal["keys", "none"] = "keys"
+    limits: Limits = msgspec.field(default_factory=Limits)
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    gpu: GpuConfig = msgspec.field(default_factory=GpuConfig)
+    models: list[ModelConfig] = []
+    tenants: list[TenantConfig] = []
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+
+    # ------------------------------------------------------------------ helpers
+    def model(self, name: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+          "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}
+
+
+def parse_size(value: str | int | float, total: int = 0) -> int:
+    """Bytes from ``123``, ``"16GiB"``, ``"500MB"``, or a fraction of ``total`` (0 < x <= 1)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size, got a boolean")
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and 0 < value <= 1:
+            if total <= 0:
+                raise ValueError("a fraction needs the GPU's total memory (gpu.total_memory)")
+            return int(value * total)
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return int(value)
+    m = _SIZE.match(value)
+    if not m:
+        raise ValueError(f"not a size: {value!r} (use bytes, or e.g. 16GiB, 500MB)")
+    unit = (m.group(2) or "").upper().rstrip("B")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def hash_key(key: str) -> str:
+    """The at-rest form of an API key; ``sha256:<hex>`` keys are already hashed."""
+    if key.startswith("sha256:"):
+        return key[len("sha256:"):].lower()
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _validate(cfg: Config) -> None:
+    """Checks a type system cannot express; each error names its key."""
+
+    def bad(path: str, why: str) -> ConfigError:
+        return ConfigError(f"{path}: {why}")
+
+    host, _, port = cfg.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise bad("$.listen", f"expected HOST:PORT, got {cfg.listen!r}")
+    seen: set[str] = set()
+    for i, m in enumerate(cfg.models):
+        p = f"$.models[{i}]"
+        if not _NAME.match(m.name):
+            raise bad(f"{p}.name", f"invalid model name {m.name!r}")
+        if m.name in seen:
+            raise bad(f"{p}.name", f"duplicate model name {m.name!r}")
+        seen.add(m.name)
+        if m.replicas < 1:
+            raise bad(f"{p}.replicas", "must be at least 1")
+        if m.max_num_seqs < 1:
+            raise bad(f"{p}.max_num_seqs", "must be at least 1")
+        if m.engine == "openai" and not m.url:
+            raise bad(f"{p}.url", "required for engine: openai")
+        try:
+            parse_size(m.memory, parse_size(cfg.gpu.total_memory) or 1)
+        except ValueError as exc:
+            raise bad(f"{p}.memory", str(exc)) from None
+    try:
+        parse_size(cfg.gpu.total_memory)
+    except ValueError as exc:
+        raise bad("$.gpu.total_memory", str(exc)) from None
+    seen = set()
+    keys: dict[str, str] = {}
+    for i, t in enumerate(cfg.tenants):
+        p = f"$.tenants[{i}]"
+        if not _NAME.match(t.name):
+            raise bad(f"{p}.name", f"invalid tenant name {t.name!r}")
+        if t.name in seen:
+            raise bad(f"{p}.name", f"duplicate tenant name {t.name!r}")
+        seen.add(t.name)
+        if not t.weight > 0:
+            raise bad(f"{p}.weight", "must be greater than 0")
+        for field in ("rpm", "tpm", "burst", "queue_deadline_s"):
+            if getattr(t, field) < 0:
+                raise bad(f"{p}.{field}", "cannot be negative")
+        if t.max_queued < 0:
+            raise bad(f"{p}.max_queued", "cannot be negative")
+        for j, k in enumerate(t.keys):
+            h = hash_key(k)
+            if k.startswith("sha256:") and not re.fullmatch(r"[0-9a-f]{64}", h):
+                raise bad(f"{p}.keys[{j}]", "sha256: must be followed by 64 hex digits")
+            if h in keys:
+                raise bad(f"{p}.keys[{j}]", f"key already belongs to tenant {keys[h]!r}")
+            keys[h] = t.name
+    if len(cfg.tenants) > cfg.scheduler.max_tenants:
+        raise bad("$.tenants", f"more than scheduler.max_tenants ({cfg.scheduler.max_tenants})")
+    s = cfg.scheduler
+    if not 0 < s.kv_threshold <= 1:
+        raise bad("$.scheduler.kv_threshold", "must be in (0, 1]")
+    if s.input_weight < 0 or s.output_weight < 0:
+        raise bad("$.scheduler", "input_weight and output_weight cannot be negative")
+
+
+def loads(text: str, source: str = "<config>") -> Config:
+    """Parse and validate YAML text; raises ``ConfigError`` naming ``source`` and the key."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        cfg = msgspec.convert(raw, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        _validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return cfg
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    return loads(text, str(p))
+
+
+class Dirs(msgspec.Struct, frozen=True):
+    """Where a daemon keeps its sockets and its state; command line > config > default."""
+
+    runtime: Path
+    state: Path
+
+    @property
+    def scheduler_sock(self) -> Path:
+        return self.runtime / "scheduler.sock"
+
+    @property
+    def control_sock(self) -> Path:
+        return self.runtime / "control.sock"
+
+    @property
+    def scheduler_lock(self) -> Path:
+        return self.runtime / "scheduler.lock"
+
+    @property
+    def engines_dir(self) -> Path:
+        """Per-engine state files the supervisor re-adopts from after a restart."""
+        return self.runtime / "engines"
+
+    @staticmethod
+    def ipc(path: Path) -> str:
+        s = f"ipc://{path}"
+        if len(str(path).encode()) > 107:
+            raise ConfigError(f"socket path too long for ZeroMQ IPC (max 107 bytes): {path}")
+        return s
+
+
+def resolve_dirs(cfg: Config, runtime_dir: str | None = None, state_dir: str | None = None) -> Dirs:
+    runtime = runtime_dir or os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] \
+        or cfg.runtime_dir or DEFAULT_RUNTIME_DIR
+    state = state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0] \
+        or cfg.state_dir or DEFAULT_STATE_DIR
+    return Dirs(runtime=Path(runtime), state=Path(state))

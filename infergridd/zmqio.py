@@ -1,0 +1,94 @@
+"""ZeroMQ sockets configured the one way InferGrid uses them (DESIGN §4).
+
+Each option here guards against a real failure mode: ``ROUTER_MANDATORY`` makes
+an unroutable send raise instead of vanishing, ``ROUTER_HANDOVER`` lets a
+reconnecting peer take over its identity, bounded high-water marks keep a dead
+peer from eating memory, ``LINGER=0`` keeps shutdown from hanging, and
+``IMMEDIATE`` stops a DEALER from queueing into a pipe that is not connected.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from .config import Dirs
+
+HWM = 100_000
+ZMTP_HEARTBEAT_IVL_MS = 1000
+ZMTP_HEARTBEAT_TIMEOUT_MS = 5000
+
+
+def _common(sock: zmq.Socket) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, ZMTP_HEARTBEAT_TIMEOUT_MS)
+
+
+class BindLock:
+    """An ``flock`` held for the life of the binding process.
+
+    Taken *before* a stale socket file is unlinked: with two schedulers, the
+    second would otherwise unlink and silently steal the first one's path.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(
+                f"another scheduler holds {self.path}; refusing to steal its sockets"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def bind_router(ctx: zmq.asyncio.Context, path: Path, mode: int = 0o660) -> zmq.asyncio.Socket:
+    """Bind a ROUTER on a Unix socket path (caller holds the BindLock)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    sock = ctx.socket(zmq.ROUTER)
+    _common(sock)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(Dirs.ipc(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    return sock
+
+
+def connect_dealer(
+    ctx: zmq.asyncio.Context, path: Path, identity: bytes, immediate: bool = True
+) -> zmq.asyncio.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    _common(sock)
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.IMMEDIATE, 1 if immediate else 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    sock.connect(Dirs.ipc(path))
+    return sock
