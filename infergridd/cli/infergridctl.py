@@ -1,0 +1,125 @@
+"""``infergridctl``: steer a running appliance through the scheduler's control socket.
+
+Exit status: 0 success; 1 the appliance is not reachable or the command
+failed; 2 bad input (unknown tenant, a rate that is not a number, …).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from .. import protocol as p
+from ..config import ConfigError, load
+from ..scheduler.commands import registry
+from .common import candidate_runtime_dirs
+
+EXIT_UNREACHABLE = 1
+
+
+class Unreachable(Exception):
+    pass
+
+
+def build_parser(commands: dict[str, Any]) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="infergridctl", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runtime-dir", help="where the appliance's sockets are "
+                    "(default: from --config, $INFERGRID_RUNTIME_DIR, /run/infergrid, "
+                    "then the per-user directory of `infergrid serve`)")
+    ap.add_argument("--config", help="read the runtime directory from this configuration")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, mod in commands.items():
+        parts = name.split(".")
+        if len(parts) == 1:
+            sp = sub.add_parser(parts[0], help=mod.HELP, description=mod.HELP)
+        else:
+            if parts[0] not in groups:
+                gp = sub.add_parser(parts[0], help=f"{parts[0]} commands")
+                groups[parts[0]] = gp.add_subparsers(dest="sub", metavar="SUBCOMMAND",
+                                                     required=True)
+            sp = groups[parts[0]].add_parser(parts[1], help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(sp)
+        sp.set_defaults(command=name)
+    return ap
+
+
+def find_control_socket(runtime_dir: str | None, config: str | None) -> Path:
+    if runtime_dir:
+        return Path(runtime_dir) / "control.sock"
+    if config:
+        try:
+            cfg = load(config)
+        except ConfigError as exc:
+            raise Unreachable(f"configuration error: {exc}") from None
+        if cfg.runtime_dir:
+            return Path(cfg.runtime_dir) / "control.sock"
+    candidates = [d / "control.sock" for d in candidate_runtime_dirs()]
+    for c in candidates:
+        if c.exists():
+            return c
+    raise Unreachable(
+        "InferGrid is not running: no control socket at "
+        + ", ".join(str(c) for c in candidates)
+        + " (start it with `systemctl start infergrid` or `infergrid serve`, "
+        "or point --runtime-dir at it)"
+    )
+
+
+def call(sock_path: Path, command: str, args: dict[str, Any], timeout_s: float) -> p.ControlReply:
+    if not sock_path.exists():
+        raise Unreachable(f"InferGrid is not running: no control socket at {sock_path}")
+    if not os.access(sock_path, os.R_OK | os.W_OK):
+        raise Unreachable(f"permission denied on {sock_path}: "
+                          "only root and members of the infergrid group may use it")
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.IDENTITY, f"ctl-{uuid.uuid4().hex[:8]}".encode())
+    try:
+        s.connect(f"ipc://{sock_path}")
+        s.send(p.encode(p.ControlRequest(command=command, args=args,
+                                         protocol_version=p.PROTOCOL_VERSION)))
+        if not s.poll(int(timeout_s * 1000)):
+            raise Unreachable(f"no answer from the scheduler at {sock_path} within {timeout_s:g}s"
+                              " (is infergrid-scheduler running?)")
+        reply = p.decode(s.recv())
+    finally:
+        s.close(0)
+    if not isinstance(reply, p.ControlReply):
+        raise Unreachable(f"unexpected answer from {sock_path}: {type(reply).__name__}")
+    return reply
+
+
+def main(argv: list[str] | None = None) -> int:
+    commands = registry()
+    ap = build_parser(commands)
+    ns = ap.parse_args(argv)
+    mod = commands[ns.command]
+    try:
+        sock = find_control_socket(ns.runtime_dir, ns.config)
+        reply = call(sock, ns.command, mod.to_args(ns), ns.timeout)
+    except Unreachable as exc:
+        print(f"infergridctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if not reply.ok:
+        print(f"infergridctl: {reply.error}", file=sys.stderr)
+        return reply.exit_code or 1
+    if ns.json:
+        print(json.dumps(reply.result, indent=2, sort_keys=True))
+    else:
+        print(mod.render(reply.result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

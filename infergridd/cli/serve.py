@@ -1,0 +1,153 @@
+"""``infergrid serve``: the three daemons as child processes — the pip user's way in.
+
+It plays the part systemd plays in a package install: starts the scheduler
+first (it binds the sockets the others connect to), then the supervisor and
+the front door; restarts any one that dies, with backoff, without touching
+the other two; and on SIGINT/SIGTERM stops them in the order that loses
+nothing: front door (drains its streams), supervisor, every engine, scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config, Dirs
+
+log = logging.getLogger("infergrid.serve")
+
+START_ORDER = ("scheduler", "supervisor", "frontdoor")
+STOP_ORDER = ("frontdoor", "supervisor", "scheduler")
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 30.0  # a child up this long has its backoff reset
+
+
+@dataclass
+class Child:
+    role: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    backoff_s: float = 1.0
+    next_start: float = 0.0
+    restarts: int = 0
+    exits: list[int] = field(default_factory=list)
+
+    def start(self) -> None:
+        # Own process group: a terminal's Ctrl-C reaches only us, and we stop the
+        # children in order.  PDEATHSIG: if we are SIGKILLed, they do not linger.
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, preexec_fn=_die_with_parent)
+        self.started_at = time.monotonic()
+        log.info("started %s (pid %d)", self.role, self.proc.pid)
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def child_argv(role: str, config: str, dirs: Dirs, listen: str | None) -> list[str]:
+    argv = [sys.executable, "-m", "infergridd.cli.infergridd", role, "--config", config,
+            "--runtime-dir", str(dirs.runtime), "--state-dir", str(dirs.state)]
+    if listen and role == "frontdoor":
+        argv += ["--listen", listen]
+    return argv
+
+
+class Serve:
+    def __init__(self, cfg: Config, config_path: str, dirs: Dirs, listen: str | None) -> None:
+        self.cfg = cfg
+        self.dirs = dirs
+        self.children = {
+            r: Child(r, child_argv(r, os.path.abspath(config_path), dirs, listen))
+            for r in START_ORDER
+        }
+        self._stopping = False
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self._stopping:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+        self._stopping = True
+
+    def run(self) -> int:
+        self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
+        self.dirs.state.mkdir(mode=0o750, parents=True, exist_ok=True)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        log.info("InferGrid on http://%s (runtime %s, state %s)", self.cfg.listen,
+                 self.dirs.runtime, self.dirs.state)
+        for role in START_ORDER:
+            self.children[role].start()
+            if role == "scheduler":
+                self._wait_for(self.dirs.control_sock, 10.0)
+        while not self._stopping:
+            self._reap_and_restart()
+            time.sleep(0.2)
+        self.shutdown()
+        return 0
+
+    def _wait_for(self, path: Path, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not path.exists() and not self._stopping:
+            time.sleep(0.05)
+
+    def _reap_and_restart(self) -> None:
+        now = time.monotonic()
+        for c in self.children.values():
+            if c.proc is not None:
+                rc = c.proc.poll()
+                if rc is None:
+                    if now - c.started_at > STABLE_AFTER_S:
+                        c.backoff_s = 1.0
+                    continue
+                c.exits.append(rc)
+                c.proc = None
+                c.next_start = now + c.backoff_s
+                log.warning("%s exited with status %s; restarting in %.0fs", c.role, rc,
+                            c.backoff_s)
+                c.backoff_s = min(c.backoff_s * 2, BACKOFF_MAX_S)
+            elif now >= c.next_start:
+                c.restarts += 1
+                c.start()
+
+    def shutdown(self) -> None:
+        for role in STOP_ORDER:
+            c = self.children[role]
+            if role == "frontdoor":
+                bound = self.cfg.limits.drain_timeout_s + 5
+            else:
+                bound = 10.0
+            self._stop_child(c, bound)
+            if role == "supervisor":
+                try:
+                    from ..supervisor.procs import stop_all_engines
+
+                    stop_all_engines(self.dirs, 15.0)
+                except Exception:  # noqa: BLE001 - never leave the scheduler running
+                    log.exception("stopping engines failed")
+        log.info("stopped")
+
+    @staticmethod
+    def _stop_child(c: Child, bound_s: float) -> None:
+        if c.proc is None or c.proc.poll() is not None:
+            return
+        c.proc.send_signal(signal.SIGTERM)
+        try:
+            c.proc.wait(bound_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0fs; killing it", c.role, bound_s)
+            c.proc.kill()
+            c.proc.wait()

@@ -1,0 +1,337 @@
+"""The scheduler daemon: a thin ZeroMQ shell around the pure ``SchedulerCore``.
+
+Everything that decides lives in ``infergridd.scheduling``; this module only
+moves bytes: it decodes what peers send, calls the core, and sends the
+``Send`` actions it returns.  One receiver task per socket (a cancelled
+``recv`` can lose a message), sends never block (a full-state ``Hello``
+recovers anything dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from .. import protocol as p
+from ..config import Config, Dirs
+from ..logs import fields
+from ..scheduling.core import SchedulerCore, Send
+from ..systemd import Notifier
+from ..zmqio import BindLock, bind_router
+from . import statefile
+from .commands import CommandError, registry
+from .peers import Peer, PeerTable
+
+log = logging.getLogger("infergrid.scheduler")
+
+TICK_S = 0.05
+SNAPSHOT_EVERY_S = 0.5
+
+
+@dataclass
+class CommandContext:
+    """What a control command may touch inside the scheduler."""
+
+    daemon: SchedulerDaemon
+    core: SchedulerCore
+    cfg: Config
+    started_at: float
+    persist: Any = None  # callable: write the state file now
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SchedulerDaemon:
+    def __init__(self, cfg: Config, dirs: Dirs, clock=time.monotonic) -> None:
+        self.cfg = cfg
+        self.dirs = dirs
+        self.clock = clock
+        self.instance = uuid.uuid4().hex[:12]
+        self.core = SchedulerCore(cfg, clock)
+        self.peers = PeerTable()
+        self.notifier = Notifier()
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._saved_state = ""
+        self._commands = registry()
+        self.ctx = CommandContext(self, self.core, cfg, self.started_at, persist=self.persist)
+        self._peer_sock: zmq.asyncio.Socket | None = None
+        self._ctl_sock: zmq.asyncio.Socket | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> int:
+        self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
+        self.dirs.state.mkdir(mode=0o750, parents=True, exist_ok=True)
+        lock = BindLock(self.dirs.scheduler_lock)
+        lock.acquire()
+        try:
+            state = statefile.load(self.dirs.state)
+            if state is not None:
+                self.core.import_state(state)
+                log.info("restored state from %s", self.dirs.state / statefile.STATE_FILE)
+            self._saved_state = json.dumps(self.core.export_state(), sort_keys=True)
+            ctx = zmq.asyncio.Context()
+            self._peer_sock = bind_router(ctx, self.dirs.scheduler_sock, 0o660)
+            self._ctl_sock = bind_router(ctx, self.dirs.control_sock, 0o660)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            tasks = [
+                asyncio.create_task(self._peer_rx(), name="peer-rx"),
+                asyncio.create_task(self._ctl_rx(), name="ctl-rx"),
+                asyncio.create_task(self._ticker(), name="tick"),
+                asyncio.create_task(self._housekeeping(), name="housekeeping"),
+                asyncio.create_task(self.notifier.watchdog_loop(), name="watchdog"),
+            ]
+            self.notifier.ready(f"policy={self.cfg.scheduler.policy} instance={self.instance}")
+            log.info(
+                "scheduler %s listening on %s (policy %s)",
+                self.instance, self.dirs.scheduler_sock, self.cfg.scheduler.policy,
+            )
+            await self._stop.wait()
+            self.notifier.stopping()
+            log.info("stopping")
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.persist(force=True)
+            self._peer_sock.close(0)
+            self._ctl_sock.close(0)
+            ctx.term()
+            return 0
+        finally:
+            lock.release()
+
+    def persist(self, force: bool = False) -> None:
+        """Write the state file if it changed (counters, runtime tenant settings)."""
+        text = json.dumps(self.core.export_state(), sort_keys=True)
+        if not force and text == self._saved_state:
+            return
+        try:
+            statefile.save(self.dirs.state, json.loads(text))
+            self._saved_state = text
+        except OSError as exc:
+            log.error("cannot write state to %s: %s", self.dirs.state, exc)
+
+    # ------------------------------------------------------------------ sending
+    def _send(self, peer: str, msg: p.Message) -> None:
+        assert self._peer_sock is not None
+        try:
+            self._peer_sock.send_multipart([peer.encode(), p.encode(msg)], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("peer %s not keeping up; dropped %s", peer, type(msg).__name__)
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                log.debug("peer %s unreachable; dropped %s", peer, type(msg).__name__)
+            else:
+                log.error("send to %s failed: %s", peer, exc)
+
+    def _apply(self, sends: list[Send]) -> None:
+        for s in sends:
+            if s.peer:
+                self._send(s.peer, s.msg)
+            else:  # every supervisor
+                for sv in self.peers.by_role("supervisor"):
+                    self._send(sv.name, s.msg)
+            if isinstance(s.msg, p.Reject):
+                log.info("rejected %s: %s", s.msg.request_id, s.msg.reason,
+                         extra=fields(request_id=s.msg.request_id, code=s.msg.code))
+
+    # ------------------------------------------------------------------ receiving
+    async def _peer_rx(self) -> None:
+        assert self._peer_sock is not None
+        while True:
+            frames = await self._peer_sock.recv_multipart()
+            if len(frames) != 2:
+                log.warning("dropped a message with %d frames", len(frames))
+                continue
+            name = frames[0].decode("utf-8", "replace")
+            try:
+                msg = p.decode(frames[1])
+            except p.ProtocolError as exc:
+                log.warning("dropped undecodable message from %s: %s", name, exc)
+                continue
+            try:
+                self._on_peer_message(name, msg)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the hub
+                log.exception("error handling %s from %s", type(msg).__name__, name)
+
+    def _on_peer_message(self, name: str, msg: p.Message) -> None:
+        now = self.clock()
+        if isinstance(msg, p.Hello):
+            self._on_hello(name, msg, now)
+            return
+        peer = self.peers.get(name)
+        if peer is None:
+            self._send(name, p.HelloRequired(instance=self.instance))
+            return
+        peer.last_seen = now
+        if isinstance(msg, p.Heartbeat):
+            self._send(name, p.Heartbeat(instance=self.instance, ack_done_seq=peer.done_seq))
+        elif isinstance(msg, p.Submit):
+            self._apply(self.core.submit(name, msg))
+        elif isinstance(msg, p.Progress):
+            for request_id, tokens in msg.items:
+                self.core.progress(request_id, tokens)
+        elif isinstance(msg, p.Done):
+            peer.done_seq = max(peer.done_seq, msg.seq)
+            self._apply(self.core.done(name, msg))
+        elif isinstance(msg, p.Cancel):
+            self._apply(self.core.cancel(name, msg.request_id))
+        elif isinstance(msg, p.EngineUpdate):
+            self._apply(self.core.engines_update(name, msg.engines))
+        elif isinstance(msg, p.EngineCommandResult):
+            log.info("engine %s command %s: %s", msg.engine_id, msg.command_id,
+                     "ok" if msg.ok else msg.error, extra=fields(engine=msg.engine_id))
+        else:
+            log.warning("unexpected %s from %s", type(msg).__name__, name)
+
+    def _on_hello(self, name: str, hello: p.Hello, now: float) -> None:
+        if p.protocol_major(hello.protocol_version) != p.protocol_major(p.PROTOCOL_VERSION):
+            reason = (
+                f"protocol {hello.protocol_version} is not compatible with the scheduler's "
+                f"{p.PROTOCOL_VERSION}; upgrade the units together"
+            )
+            log.error("refused %s %s (pid %d): %s", hello.role, name, hello.pid, reason)
+            self._send(name, p.Welcome(instance=self.instance,
+                                       protocol_version=p.PROTOCOL_VERSION,
+                                       accepted=False, reason=reason))
+            return
+        old = self.peers.add(Peer(name=name, role=hello.role, instance=hello.instance,
+                                  pid=hello.pid, last_seen=now))
+        if old is None:
+            log.info("%s %s connected (pid %d, %d queued, %d in flight, %d engines)",
+                     hello.role, name, hello.pid, len(hello.queued), len(hello.inflight),
+                     len(hello.engines))
+        seqs = [d.seq for d in hello.undelivered_done]
+        self.peers.get(name).done_seq = max(seqs, default=old.done_seq if old else 0)  # type: ignore[union-attr]
+        self._send(name, p.Welcome(instance=self.instance, protocol_version=p.PROTOCOL_VERSION))
+        self._apply(self.core.peer_hello(name, hello))
+        if hello.role == "frontdoor":
+            self._send_snapshot(self.peers.get(name))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ periodic work
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self._apply(self.core.tick())
+            except Exception:  # noqa: BLE001
+                log.exception("tick failed")
+
+    async def _housekeeping(self) -> None:
+        last_save = self.clock()
+        while True:
+            await asyncio.sleep(SNAPSHOT_EVERY_S)
+            try:
+                now = self.clock()
+                for peer in self.peers.expired(now):
+                    log.warning("%s %s (pid %d) went silent; dropping its leftovers",
+                                peer.role, peer.name, peer.pid)
+                    self.peers.remove(peer.name)
+                    self._apply(self.core.peer_gone(peer.name))
+                for fd in self.peers.by_role("frontdoor"):
+                    self._send_snapshot(fd)
+                if now - last_save >= self.cfg.scheduler.snapshot_interval_s:
+                    self.persist()
+                    last_save = now
+                self.notifier.status(self._status_line())
+            except Exception:  # noqa: BLE001
+                log.exception("housekeeping failed")
+
+    def _status_line(self) -> str:
+        stats = self.core.tenant_stats()
+        queued = sum(t.queued for t in stats)
+        inflight = sum(t.inflight for t in stats)
+        return (f"{len(self.peers.by_role('frontdoor'))} front door(s), "
+                f"{len(self.peers.by_role('supervisor'))} supervisor(s), "
+                f"{queued} queued, {inflight} in flight")
+
+    def _send_snapshot(self, peer: Peer) -> None:
+        version, entries = self.core.auth_table()
+        send_auth = version != peer.auth_version_sent
+        snap = p.Snapshot(
+            instance=self.instance,
+            auth_version=version,
+            auth=entries if send_auth else None,
+            auth_none_tenant="default" if self.cfg.auth == "none" else "",
+            models=self.core.model_infos(),
+            tenants=self.core.tenant_stats(),
+            engines=[_redacted(e) for e in self.core.engine_statuses()],
+            policy=self.cfg.scheduler.policy,
+        )
+        self._send(peer.name, snap)
+        if send_auth:
+            peer.auth_version_sent = version
+
+    # ------------------------------------------------------------------ control socket
+    async def _ctl_rx(self) -> None:
+        assert self._ctl_sock is not None
+        while True:
+            frames = await self._ctl_sock.recv_multipart()
+            if len(frames) != 2:
+                continue
+            reply = self._control(frames[1])
+            try:
+                await self._ctl_sock.send_multipart([frames[0], p.encode(reply)], flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.debug("control reply dropped: %s", exc)
+
+    def _control(self, data: bytes) -> p.ControlReply:
+        try:
+            msg = p.decode(data)
+        except p.ProtocolError as exc:
+            return p.ControlReply(ok=False, error=f"bad request: {exc}", exit_code=2)
+        if not isinstance(msg, p.ControlRequest):
+            return p.ControlReply(ok=False, error="expected a control request", exit_code=2)
+        if p.protocol_major(msg.protocol_version) != p.protocol_major(p.PROTOCOL_VERSION):
+            return p.ControlReply(
+                ok=False, exit_code=1,
+                error=f"infergridctl speaks protocol {msg.protocol_version}, "
+                      f"the scheduler {p.PROTOCOL_VERSION}")
+        cmd = self._commands.get(msg.command)
+        if cmd is None:
+            return p.ControlReply(ok=False, error=f"unknown command {msg.command!r}", exit_code=2)
+        try:
+            result = cmd.execute(self.ctx, msg.args)
+        except CommandError as exc:
+            return p.ControlReply(ok=False, error=str(exc), exit_code=exc.exit_code)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("control command %s failed", msg.command)
+            return p.ControlReply(ok=False, error=f"internal error: {exc}", exit_code=1)
+        log.info("control: %s %s", msg.command, _loggable(msg.args))
+        return p.ControlReply(ok=True, result=result)
+
+
+def _redacted(e: p.EngineStatus) -> p.EngineStatus:
+    """Front doors get engine keys only in Dispatch; metrics never carry them."""
+    return msgspec.structs.replace(e, api_key="")
+
+
+def _loggable(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in args.items() if "key" not in k}
+
+
+def main(cfg: Config, dirs: Dirs) -> int:
+    try:
+        return asyncio.run(SchedulerDaemon(cfg, dirs).run())
+    except statefile.StateFileError as exc:
+        log.critical("%s", exc)
+        return 1
+    except RuntimeError as exc:
+        log.critical("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit("run it as: infergridd scheduler --config FILE")
+
