@@ -1,0 +1,307 @@
+"""What every engine adapter provides, and the process helpers they share.
+
+An adapter knows one engine kind's dialect: how to start it (``launch_spec``),
+how to tell that it serves (``ready``), where its load figures are
+(``metrics``), how to free its GPU memory (``sleep``/``wake``) and which way
+its priority runs.  It holds no state about a running process: the supervisor
+owns processes, so one adapter object can serve every replica of a model.
+
+The process helpers live here too because both the supervisor and
+``stop_all_engines`` (run by ``infergrid serve`` and the unit's stop hook)
+must stop an engine the same careful way: only a process whose pid *and*
+start time match what we recorded, whole process group, SIGTERM first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from ..config import ModelConfig
+
+#: Bound on one control-plane HTTP call to an engine; a poll must never hang the loop.
+HTTP_TIMEOUT_S = 2.0
+#: Sleep and wake move gigabytes between GPU and host memory: allow them time.
+SLEEP_TIMEOUT_S = 120.0
+
+
+class EngineError(RuntimeError):
+    """An engine call failed (connection refused, non-2xx, bad body)."""
+
+
+class AdapterConfigError(ValueError):
+    """The model's ``args`` cannot make a valid engine command (reported at start-up)."""
+
+
+@dataclass
+class LaunchSpec:
+    """How to start one engine process; ``env`` is merged over the supervisor's own."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+
+
+@dataclass
+class EngineMetrics:
+    """The load figures the scheduler's dispatch window needs, normalised across kinds."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_usage: float = 0.0  # 0..1
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+
+
+def flag(key: str) -> str:
+    """``max_model_len`` → ``--max-model-len``: config keys read like the engine's flags."""
+    return "--" + key.replace("_", "-")
+
+
+def args_to_flags(args: dict[str, Any], skip: Collection[str] = ()) -> list[str]:
+    """Each ``args`` entry as an engine flag: ``True`` is a bare flag, ``False``/``None`` none,
+    a list repeats the value list after one flag (argparse ``nargs``)."""
+    out: list[str] = []
+    for key, value in args.items():
+        if key in skip or value is None or value is False:
+            continue
+        if value is True:
+            out.append(flag(key))
+        elif isinstance(value, (list, tuple)):
+            out += [flag(key), *(str(v) for v in value)]
+        else:
+            out += [flag(key), str(value)]
+    return out
+
+
+def cpu_list(cpus: list[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``"0-2,5"``, the form both taskset and vLLM's OMP binding read."""
+    parts: list[str] = []
+    ordered = sorted(set(cpus))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+class EngineAdapter:
+    """Base adapter: OpenAI-compatible HTTP helpers and safe defaults.
+
+    Subclasses set the class attributes and override what their engine does
+    differently.  Every HTTP method raises ``EngineError`` on failure, so the
+    supervisor has one thing to catch.
+    """
+
+    kind = "base"
+    managed = True  # the supervisor launches and stops the process
+    supports_sleep = False
+    supports_priority = False
+    priority_sign = 1  # +1: lower value runs first (vLLM); -1: higher first (SGLang)
+
+    def __init__(self, model: ModelConfig) -> None:
+        self.model = model
+        self.name = model.name
+
+    # ------------------------------------------------------------------ launching
+    def python_argv(self) -> list[str]:
+        """The interpreter command: ``ModelConfig.python`` (may carry words, e.g. a
+        ``conda run`` prefix), else the supervisor's own interpreter."""
+        return shlex.split(self.model.python) if self.model.python else [sys.executable]
+
+    def launch_spec(self, port: int, api_key: str) -> LaunchSpec:  # pragma: no cover
+        raise NotImplementedError(f"{self.kind} engines are not launched by InferGrid")
+
+    def with_affinity(self, spec: LaunchSpec) -> LaunchSpec:
+        """Pin the engine to ``cpu_affinity`` (DESIGN §9: a saturated CPU engine starves
+        everything else on a small machine)."""
+        if self.model.cpu_affinity:
+            spec.argv = ["taskset", "-c", cpu_list(self.model.cpu_affinity), *spec.argv]
+        return spec
+
+    def endpoint(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    def max_num_seqs(self) -> int:
+        return self.model.max_num_seqs
+
+    def engine_priority(self, rank: int) -> int:
+        """Rank 0 is the tenant that should go first; sign it the way the engine reads it."""
+        return self.priority_sign * rank
+
+    # ------------------------------------------------------------------ HTTP helpers
+    @staticmethod
+    def _headers(api_key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def _request(
+        self, http: aiohttp.ClientSession, method: str, url: str, api_key: str,
+        timeout_s: float = HTTP_TIMEOUT_S, json_body: Any = None, want: str = "none",
+    ) -> Any:
+        """One call; ``want`` is ``json``, ``text`` or ``none``.  Non-2xx → ``EngineError``."""
+        try:
+            async with http.request(
+                method, url, headers=self._headers(api_key), json=json_body,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as resp:
+                if resp.status >= 300:
+                    body = (await resp.text())[:200]
+                    raise EngineError(f"{method} {url}: HTTP {resp.status} {body}".strip())
+                if want == "json":
+                    return await resp.json(content_type=None)
+                if want == "text":
+                    return await resp.text()
+                await resp.read()
+                return None
+        except EngineError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise EngineError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+
+    async def _serves_model(self, http: aiohttp.ClientSession, endpoint: str,
+                            api_key: str) -> bool:
+        """``/v1/models`` lists our served name: the API server is up *and* loaded it."""
+        body = await self._request(http, "GET", f"{endpoint}/v1/models", api_key, want="json")
+        data = body.get("data", []) if isinstance(body, dict) else []
+        return any(isinstance(m, dict) and m.get("id") == self.name for m in data)
+
+    # ------------------------------------------------------------------ the contract
+    async def ready(self, http: aiohttp.ClientSession, endpoint: str, api_key: str) -> bool:
+        """True once the engine can take requests; False (never raises) otherwise."""
+        try:
+            await self._request(http, "GET", f"{endpoint}/health", api_key)
+            return await self._serves_model(http, endpoint, api_key)
+        except EngineError:
+            return False
+
+    async def metrics(self, http: aiohttp.ClientSession, endpoint: str,
+                      api_key: str) -> EngineMetrics:
+        raise NotImplementedError  # pragma: no cover
+
+    async def sleep(self, http: aiohttp.ClientSession, endpoint: str, api_key: str,
+                    level: int) -> None:
+        raise EngineError(f"{self.kind} engine {self.name} does not support sleep")
+
+    async def wake(self, http: aiohttp.ClientSession, endpoint: str, api_key: str) -> None:
+        raise EngineError(f"{self.kind} engine {self.name} does not support wake")
+
+    async def is_sleeping(self, http: aiohttp.ClientSession, endpoint: str,
+                          api_key: str) -> bool | None:
+        """None: the engine cannot say (the supervisor then trusts its own record)."""
+        return None
+
+    async def warmup(self, http: aiohttp.ClientSession, endpoint: str, api_key: str) -> None:
+        """One one-token completion after a wake, so the first client does not pay for
+        re-allocating caches and compiling kernels."""
+        await self._request(
+            http, "POST", f"{endpoint}/v1/completions", api_key, timeout_s=SLEEP_TIMEOUT_S,
+            json_body={"model": self.name, "prompt": "ping", "max_tokens": 1},
+        )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (/proc/PID/stat field 22), or None.
+
+    With the pid it identifies a process for good: a pid reused by another
+    process has another start time, so we never signal a stranger.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may contain spaces or ')'.
+    rest = stat[stat.rfind(")") + 2:].split()
+    try:
+        if rest[0] in ("Z", "X"):  # a zombie has finished: treat it as gone
+            return None
+        return int(rest[19])  # field 22 overall; rest starts at field 3
+    except (IndexError, ValueError):
+        return None
+
+
+def is_alive(pid: int, start_time: int) -> bool:
+    """The very process we recorded still runs (not a zombie, not a reused pid)."""
+    return pid > 0 and start_time > 0 and proc_start_time(pid) == start_time
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if ``pid`` is our child, so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # launched with start_new_session: pgid == pid
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_process_group(pid: int, start_time: int, timeout_s: float) -> bool:
+    """SIGTERM the engine's process group, wait up to ``timeout_s``, then SIGKILL.
+
+    Does nothing unless ``pid`` still has ``start_time`` (proof it is the
+    process we launched).  Returns True when it was running and we stopped it.
+    Blocking: for the CLI and shutdown paths; the daemon uses ``astop_process_group``.
+    """
+    if not is_alive(pid, start_time):
+        _reap(pid)
+        return False
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not is_alive(pid, start_time):
+            return True
+        time.sleep(0.05)
+    _signal_group(pid, signal.SIGKILL)
+    for _ in range(40):
+        _reap(pid)
+        if not is_alive(pid, start_time):
+            break
+        time.sleep(0.05)
+    return True
+
+
+async def astop_process_group(pid: int, start_time: int, timeout_s: float) -> bool:
+    """``stop_process_group`` without blocking the event loop."""
+    if not is_alive(pid, start_time):
+        _reap(pid)
+        return False
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not is_alive(pid, start_time):
+            return True
+        await asyncio.sleep(0.05)
+    _signal_group(pid, signal.SIGKILL)
+    for _ in range(40):
+        _reap(pid)
+        if not is_alive(pid, start_time):
+            break
+        await asyncio.sleep(0.05)
+    return True

@@ -1,0 +1,103 @@
+"""SGLang's server: command line, readiness, metrics, memory release, priority.
+
+``args`` keys (each also valid as its SGLang flag with dashes):
+
+* ``model_path`` or ``model`` (required): ``--model-path``;
+* ``enable_memory_saver: true``: needed for ``/release_memory_occupation`` (our sleep);
+* anything else is passed through as ``--key-with-dashes value``.
+
+SGLang runs the *higher* priority value first (unless started with
+``--schedule-low-priority-values-first``), hence ``priority_sign = -1``.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from ..config import ModelConfig
+from .base import (
+    SLEEP_TIMEOUT_S,
+    AdapterConfigError,
+    EngineAdapter,
+    EngineError,
+    EngineMetrics,
+    LaunchSpec,
+    args_to_flags,
+)
+from .vllm import metrics_from_text
+
+_CONSUMED = {"model", "model_path", "enable_memory_saver"}
+
+SGLANG_METRICS = {
+    "num_running": ("sglang:num_running_reqs",),
+    "num_waiting": ("sglang:num_queue_reqs",),
+    "kv_usage": ("sglang:token_usage",),
+    "prompt_tokens_total": ("sglang:prompt_tokens_total",),
+    "generation_tokens_total": ("sglang:generation_tokens_total",),
+}
+
+
+class SglangProtocol(EngineAdapter):
+    """SGLang's HTTP dialect, shared with the simulated engine's SGLang personality."""
+
+    supports_priority = True
+    supports_sleep = True
+    priority_sign = -1
+    metric_names = SGLANG_METRICS
+
+    async def ready(self, http: aiohttp.ClientSession, endpoint: str, api_key: str) -> bool:
+        """``/health_generate`` runs a real one-token generation, so it proves the model is
+        loaded; ``/get_server_info`` then confirms the server answers its control API."""
+        try:
+            await self._request(http, "GET", f"{endpoint}/health_generate", api_key,
+                                timeout_s=10.0)
+            await self._request(http, "GET", f"{endpoint}/get_server_info", api_key)
+            return True
+        except EngineError:
+            return False
+
+    async def metrics(self, http: aiohttp.ClientSession, endpoint: str,
+                      api_key: str) -> EngineMetrics:
+        text = await self._request(http, "GET", f"{endpoint}/metrics", api_key, want="text")
+        return metrics_from_text(text, self.metric_names)
+
+    async def sleep(self, http: aiohttp.ClientSession, endpoint: str, api_key: str,
+                    level: int) -> None:
+        """SGLang has no sleep levels over HTTP: either level releases weights and KV cache."""
+        if not self.supports_sleep:
+            await super().sleep(http, endpoint, api_key, level)
+        await self._request(http, "POST", f"{endpoint}/release_memory_occupation", api_key,
+                            timeout_s=SLEEP_TIMEOUT_S, json_body={})
+
+    async def wake(self, http: aiohttp.ClientSession, endpoint: str, api_key: str) -> None:
+        if not self.supports_sleep:
+            await super().wake(http, endpoint, api_key)
+        await self._request(http, "POST", f"{endpoint}/resume_memory_occupation", api_key,
+                            timeout_s=SLEEP_TIMEOUT_S, json_body={})
+
+
+class SglangAdapter(SglangProtocol):
+    kind = "sglang"
+
+    def __init__(self, model: ModelConfig) -> None:
+        super().__init__(model)
+        self.supports_sleep = bool(model.args.get("enable_memory_saver"))
+        if not (model.args.get("model_path") or model.args.get("model")):
+            raise AdapterConfigError(
+                f"model {model.name!r}: engine sglang needs args.model_path (the weights)")
+
+    def launch_spec(self, port: int, api_key: str) -> LaunchSpec:
+        m = self.model
+        path = m.args.get("model_path") or m.args.get("model")
+        argv = [
+            *self.python_argv(), "-m", "sglang.launch_server",
+            "--model-path", str(path), "--served-model-name", m.name,
+            "--host", "127.0.0.1", "--port", str(port), "--api-key", api_key,
+            "--max-running-requests", str(m.max_num_seqs), "--enable-metrics",
+            "--enable-priority-scheduling",
+        ]
+        if self.supports_sleep:
+            argv.append("--enable-memory-saver")
+        argv += args_to_flags(m.args, skip=_CONSUMED)
+        argv += m.extra_args
+        return self.with_affinity(LaunchSpec(argv=argv, env=dict(m.env)))

@@ -1,0 +1,94 @@
+"""``python -m infergridd.engines.sim``: the simulated engine as a process.
+
+Flags mirror vLLM's where vLLM has one (``--max-num-seqs``,
+``--max-num-batched-tokens``, ``--block-size``, ``--scheduling-policy``,
+``--api-key``), so an adapter builds the same kind of command line for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from infergridd.engines.sim.options import SimOptions
+from infergridd.engines.sim.profile import ProfileError, parse_override
+from infergridd.engines.sim.server import serve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m infergridd.engines.sim",
+        description="Simulated LLM inference engine (vLLM v1 scheduling, OpenAI API).")
+    a = p.add_argument
+    a("--host", default="127.0.0.1")
+    a("--port", type=int, default=8000, help="0: any free port (see --port-file)")
+    a("--port-file", help="write the bound port here once listening (atomic)")
+    a("--model", default="sim", help="served model name")
+    a("--served-model-name", dest="model", help="alias of --model, as in vLLM")
+    a("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
+    a("--profile", default="fast-test", help="packaged profile name or a YAML file path")
+    a("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+      help="override one profile key (repeatable), e.g. --set base_s=0.01")
+    a("--max-num-seqs", type=int)
+    a("--max-num-batched-tokens", type=int)
+    a("--kv-blocks", type=int)
+    a("--block-size", type=int)
+    a("--max-model-len", type=int)
+    a("--step-s", type=float, help="fixed step duration in seconds (ignores token terms)")
+    a("--eos-prob", type=float, help="probability of EOS per generated token")
+    a("--seed", type=int, default=0)
+    a("--personality", choices=("vllm", "sglang"), default="vllm")
+    a("--scheduling-policy", choices=("fcfs", "priority"), default="fcfs")
+    a("--startup-delay", type=float, help="seconds until ready (default: the profile's)")
+    a("--slow-start", action="store_true", help="do not bind the port until ready")
+    a("--crash-after-requests", type=int, default=0,
+      help="exit(1) when request N+1 arrives (N requests are served)")
+    a("--crash-after-s", type=float, default=0.0, help="exit(1) this many seconds after start")
+    a("--hang-after-s", type=float, default=0.0,
+      help="block the whole process (health included) this many seconds after start")
+    a("--error-rate", type=float, default=0.0, help="fraction of requests answered 500")
+    a("--stall-mid-stream-s", type=float, default=0.0,
+      help="streams pause this long after half their tokens")
+    a("--stall-prob", type=float, default=1.0, help="fraction of streams that stall")
+    a("--time-scale", type=float, default=1.0, help="multiply every simulated duration")
+    a("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def options_from_args(argv: list[str] | None = None) -> SimOptions:
+    ns = build_parser().parse_args(argv)
+    overrides = dict(parse_override(s) for s in ns.overrides)
+    return SimOptions(
+        model=ns.model, host=ns.host, port=ns.port, port_file=ns.port_file, api_key=ns.api_key,
+        profile=ns.profile, profile_overrides=overrides, max_num_seqs=ns.max_num_seqs,
+        max_num_batched_tokens=ns.max_num_batched_tokens, kv_blocks=ns.kv_blocks,
+        block_size=ns.block_size, max_model_len=ns.max_model_len, step_s=ns.step_s,
+        eos_prob=ns.eos_prob, seed=ns.seed, personality=ns.personality,
+        scheduling_policy=ns.scheduling_policy, startup_delay=ns.startup_delay,
+        slow_start=ns.slow_start, crash_after_requests=ns.crash_after_requests,
+        crash_after_s=ns.crash_after_s, hang_after_s=ns.hang_after_s, error_rate=ns.error_rate,
+        stall_mid_stream_s=ns.stall_mid_stream_s, stall_prob=ns.stall_prob,
+        time_scale=ns.time_scale)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        options = options_from_args(argv)
+        options.resolve_profile()  # fail before binding, with the key's name
+    except ProfileError as exc:
+        sys.stderr.write(f"sim engine: {exc}\n")
+        return 2
+    level = getattr(logging, build_parser().parse_args(argv).log_level.upper())
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(serve(options))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

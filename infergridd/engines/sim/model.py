@@ -1,0 +1,353 @@
+"""The simulated engine's scheduler: a pure, deterministic model of vLLM v1's step loop.
+
+No asyncio, no sockets, no wall clock (``clock`` is injected): the server asks
+for a step plan, waits the plan's duration, then commits it and gets the
+tokens to stream.  Everything that makes an engine's latency what it is lives
+here, so a unit test can drive thousands of steps in milliseconds.
+
+What is modelled, following ``vllm/v1/core/sched/scheduler.py``:
+
+* one ``running`` list (at most ``max_num_seqs``) and one waiting queue (FCFS,
+  or a priority heap ordered by (priority, arrival));
+* a per-step token budget (``max_num_batched_tokens``) spent first on running
+  requests in order, then on waiting ones; a prompt longer than what is left
+  is prefilled in chunks over several steps (chunked prefill);
+* a paged KV cache of ``kv_blocks`` blocks of ``block_size`` tokens; when a
+  running request cannot get the blocks it needs, the newest running request
+  (FCFS) or the lowest-priority one (priority policy) is preempted: its blocks
+  are freed, its computed tokens forgotten, and it goes back to the front of
+  the queue to be recomputed (prompt and generated tokens);
+* no new request is admitted in a step that preempted one;
+* a token is sampled at the end of a step in which a request's known tokens are
+  all computed, so the first token arrives at the end of the step that
+  finishes its prefill and each later step yields one token per sequence.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from infergridd.engines.sim.profile import Profile
+
+WAITING = "waiting"
+RUNNING = "running"
+PREEMPTED = "preempted"  # waiting again, to be recomputed
+FINISHED = "finished"
+ABORTED = "aborted"
+
+#: The sim's vocabulary: short words, so a stream looks like text and costs little.
+VOCAB: tuple[str, ...] = tuple(f" tok{i}" for i in range(100))
+
+
+@dataclass(eq=False, slots=True)
+class SimRequest:
+    """One sequence inside the engine.  ``sink`` is the server's, opaque here."""
+
+    request_id: str
+    prompt_tokens: int
+    max_tokens: int
+    priority: int = 0
+    ignore_eos: bool = False
+    arrival: float = 0.0
+    sink: Any = None
+    # engine state
+    status: str = WAITING
+    num_output: int = 0
+    num_computed: int = 0
+    blocks: int = 0
+    seq: int = 0  # arrival order, the FCFS tie-break
+    finish_reason: str | None = None
+    first_scheduled_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    num_preemptions: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus generated tokens: what a recompute must prefill again."""
+        return self.prompt_tokens + self.num_output
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """What one step runs and how long it takes (seconds, unscaled)."""
+
+    scheduled: list[tuple[SimRequest, int]]  # (request, tokens computed this step)
+    prefill_tokens: int
+    decode_seqs: int
+    kv_tokens: int
+    duration_s: float
+    preempted: list[SimRequest] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What a committed step produced, for the server to stream and count."""
+
+    tokens: list[tuple[SimRequest, str]]  # one new token per request; finish_reason set on the last
+    first_tokens: list[SimRequest]
+    finished: list[SimRequest]
+    now: float
+
+
+@dataclass(slots=True)
+class Counters:
+    """Monotonic totals, exported as Prometheus counters."""
+
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    preemptions: int = 0
+    steps: int = 0
+    success: dict[str, int] = field(default_factory=dict)  # finish_reason -> count
+    aborted: int = 0
+
+
+class EngineModel:
+    """vLLM v1's scheduler, reduced to counts of tokens and blocks.
+
+    ``priority_sign`` is +1 when a lower ``priority`` value runs first (vLLM)
+    and -1 when a higher one does (SGLang).
+    """
+
+    def __init__(self, profile: Profile, *, clock: Callable[[], float], seed: int = 0,
+                 policy: str = "fcfs", priority_sign: int = 1) -> None:
+        if policy not in ("fcfs", "priority"):
+            raise ValueError(f"unknown scheduling policy {policy!r}")
+        self.profile = profile
+        self.clock = clock
+        self.rng = random.Random(seed)
+        self.policy = policy
+        self.priority_sign = priority_sign
+        self.max_num_seqs = profile.max_num_seqs
+        self.token_budget = profile.max_num_batched_tokens
+        self.block_size = profile.block_size
+        self.total_blocks = profile.kv_blocks
+        self.free_blocks = profile.kv_blocks
+        self.running: list[SimRequest] = []
+        self._fifo: deque[SimRequest] = deque()
+        self._heap: list[tuple[int, int, SimRequest]] = []
+        self.num_waiting = 0
+        self.requests: dict[str, SimRequest] = {}
+        self.counters = Counters()
+        self._seq = 0
+
+    # ------------------------------------------------------------------ queries
+    def has_work(self) -> bool:
+        return bool(self.running) or self.num_waiting > 0
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def kv_usage(self) -> float:
+        """Fraction of KV blocks held by sequences (vLLM's kv_cache_usage_perc, 0..1)."""
+        return 1.0 - self.free_blocks / self.total_blocks
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def fits_ever(self, total_tokens: int) -> bool:
+        """Whether a sequence of this length could ever hold its KV cache, alone."""
+        return self.blocks_for(total_tokens) <= self.total_blocks
+
+    # ------------------------------------------------------------------ requests
+    def add(self, req: SimRequest) -> None:
+        if req.request_id in self.requests:
+            raise ValueError(f"duplicate request id {req.request_id!r}")
+        self._seq += 1
+        req.seq = self._seq
+        req.arrival = self.clock()
+        req.status = WAITING
+        self.requests[req.request_id] = req
+        self._enqueue(req, front=False)
+
+    def abort(self, request_id: str) -> SimRequest | None:
+        """Drop a request wherever it is and free its blocks (client went away)."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return None
+        if req.status == RUNNING:
+            self.running.remove(req)
+            self._free(req)
+        elif req.status in (WAITING, PREEMPTED):
+            self.num_waiting -= 1  # left in the queue, skipped when reached
+        if req.status not in (FINISHED, ABORTED):
+            self.counters.aborted += 1
+        req.status = ABORTED
+        return req
+
+    def abort_all(self) -> list[SimRequest]:
+        """Drop everything (sleep discards the KV cache)."""
+        reqs = list(self.requests.values())
+        for r in reqs:
+            self.abort(r.request_id)
+        self._fifo.clear()
+        self._heap.clear()
+        return reqs
+
+    # ------------------------------------------------------------------ queue
+    def _key(self, req: SimRequest) -> int:
+        return self.priority_sign * req.priority
+
+    def _enqueue(self, req: SimRequest, front: bool) -> None:
+        self.num_waiting += 1
+        if self.policy == "priority":
+            heapq.heappush(self._heap, (self._key(req), req.seq, req))
+        elif front:
+            self._fifo.appendleft(req)
+        else:
+            self._fifo.append(req)
+
+    def _peek(self) -> SimRequest | None:
+        if self.policy == "priority":
+            while self._heap and self._heap[0][2].status not in (WAITING, PREEMPTED):
+                heapq.heappop(self._heap)
+            return self._heap[0][2] if self._heap else None
+        while self._fifo and self._fifo[0].status not in (WAITING, PREEMPTED):
+            self._fifo.popleft()
+        return self._fifo[0] if self._fifo else None
+
+    def _pop(self) -> None:
+        if self.policy == "priority":
+            heapq.heappop(self._heap)
+        else:
+            self._fifo.popleft()
+        self.num_waiting -= 1
+
+    def _free(self, req: SimRequest) -> None:
+        self.free_blocks += req.blocks
+        req.blocks = 0
+
+    def _victim(self) -> SimRequest:
+        if self.policy == "priority":
+            return max(self.running, key=lambda r: (self._key(r), r.seq))
+        return self.running[-1]
+
+    # ------------------------------------------------------------------ the step
+    def schedule(self) -> StepPlan:
+        """Choose what the next step computes; allocates blocks, may preempt."""
+        budget = self.token_budget
+        scheduled: list[tuple[SimRequest, int]] = []
+        preempted: list[SimRequest] = []
+        running = self.running
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            n = min(req.num_tokens - req.num_computed, budget)
+            ok = True
+            while True:
+                need = self.blocks_for(req.num_computed + n) - req.blocks
+                if need <= self.free_blocks:
+                    self.free_blocks -= need
+                    req.blocks += need
+                    break
+                victim = self._victim()
+                vi = running.index(victim)
+                running.pop(vi)
+                if vi < i:  # priority policy: it was already scheduled this step
+                    for k, (r, m) in enumerate(scheduled):
+                        if r is victim:
+                            budget += m
+                            del scheduled[k]
+                            break
+                    i -= 1
+                self._preempt(victim)
+                preempted.append(victim)
+                if victim is req:
+                    ok = False
+                    break
+            if not ok:
+                continue  # req is gone from running; the next one now sits at index i
+            scheduled.append((req, n))
+            budget -= n
+            i += 1
+
+        if not preempted:
+            while budget > 0 and len(running) < self.max_num_seqs:
+                req = self._peek()
+                if req is None:
+                    break
+                n = min(req.num_tokens - req.num_computed, budget)
+                need = self.blocks_for(req.num_computed + n) - req.blocks
+                if need > self.free_blocks:
+                    break
+                self._pop()
+                self.free_blocks -= need
+                req.blocks += need
+                req.status = RUNNING
+                if req.first_scheduled_at is None:
+                    req.first_scheduled_at = self.clock()
+                running.append(req)
+                scheduled.append((req, n))
+                budget -= n
+
+        prefill = decode = kv = 0
+        for req, n in scheduled:
+            if n == 1 and req.num_computed >= req.prompt_tokens:
+                decode += 1
+            else:
+                prefill += n
+            kv += req.num_computed + n
+        return StepPlan(scheduled, prefill, decode, kv,
+                        self.profile.step_s(prefill, decode, kv), preempted)
+
+    def _preempt(self, req: SimRequest) -> None:
+        self._free(req)
+        req.num_computed = 0
+        req.status = PREEMPTED
+        req.num_preemptions += 1
+        self.counters.preemptions += 1
+        self._enqueue(req, front=True)
+
+    def commit(self, plan: StepPlan) -> StepResult:
+        """The step's compute is done: advance requests and sample tokens."""
+        now = self.clock()
+        tokens: list[tuple[SimRequest, str]] = []
+        first: list[SimRequest] = []
+        finished: list[SimRequest] = []
+        rng = self.rng
+        eos_prob = self.profile.eos_prob
+        max_len = self.profile.max_model_len
+        c = self.counters
+        c.steps += 1
+        for req, n in plan.scheduled:
+            if req.status != RUNNING:
+                continue  # aborted while the step ran
+            req.num_computed += n
+            if req.num_computed < req.num_tokens:
+                continue  # a chunk of a longer prefill: no token yet
+            req.num_output += 1
+            c.generation_tokens += 1
+            if req.first_token_at is None:
+                req.first_token_at = now
+                c.prompt_tokens += req.prompt_tokens
+                first.append(req)
+            if eos_prob and not req.ignore_eos and rng.random() < eos_prob:
+                text = ""  # EOS: counted as a completion token, renders as nothing
+                req.finish_reason = "stop"
+            else:
+                text = VOCAB[int(rng.random() * 100)]
+                if req.num_output >= req.max_tokens or req.num_tokens >= max_len:
+                    req.finish_reason = "length"
+            tokens.append((req, text))
+            if req.finish_reason is not None:
+                req.status = FINISHED
+                req.finished_at = now
+                self._free(req)
+                self.requests.pop(req.request_id, None)
+                c.success[req.finish_reason] = c.success.get(req.finish_reason, 0) + 1
+                finished.append(req)
+        if finished:
+            self.running = [r for r in self.running if r.status == RUNNING]
+        return StepResult(tokens, first, finished, now)
+
+    def step(self) -> tuple[StepPlan, StepResult]:
+        """Schedule and commit at once (tests, with a clock they advance themselves)."""
+        plan = self.schedule()
+        return plan, self.commit(plan)

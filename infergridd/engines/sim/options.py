@@ -1,0 +1,74 @@
+"""Everything that configures one simulated engine process, CLI or in-process alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from infergridd.engines.sim.profile import Profile, ProfileError, load_profile
+
+
+@dataclass
+class SimOptions:
+    """Options of ``python -m infergridd.engines.sim``; ``None`` means "the profile's value".
+
+    Fault timings given here (``crash_after_s``, ``hang_after_s``) are wall-clock
+    seconds from start-up; every simulated duration (steps, start-up delay,
+    sleep/wake latency, mid-stream stalls) is multiplied by ``time_scale``.
+    """
+
+    model: str = "sim"
+    host: str = "127.0.0.1"
+    port: int = 0
+    port_file: str | None = None
+    api_key: str | None = None
+    profile: str = "fast-test"
+    profile_overrides: dict[str, Any] = field(default_factory=dict)
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    kv_blocks: int | None = None
+    block_size: int | None = None
+    max_model_len: int | None = None
+    step_s: float | None = None  # fixed step duration: base_s = step_s, per-token terms 0
+    eos_prob: float | None = None
+    seed: int = 0
+    personality: Literal["vllm", "sglang"] = "vllm"
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    startup_delay: float | None = None
+    slow_start: bool = False  # do not even bind until the start-up delay has passed
+    crash_after_requests: int = 0  # 0: never; else exit(1) when request N+1 arrives
+    crash_after_s: float = 0.0
+    hang_after_s: float = 0.0
+    error_rate: float = 0.0
+    stall_mid_stream_s: float = 0.0
+    stall_prob: float = 1.0  # fraction of streams that stall, when stall_mid_stream_s > 0
+    time_scale: float = 1.0
+
+    def resolve_profile(self) -> Profile:
+        """The profile with every command-line override applied and checked."""
+        overrides = dict(self.profile_overrides)
+        for key in ("max_num_seqs", "max_num_batched_tokens", "kv_blocks", "block_size",
+                    "max_model_len", "eos_prob"):
+            value = getattr(self, key)
+            if value is not None:
+                overrides[key] = value
+        if self.startup_delay is not None:
+            overrides["startup_s"] = self.startup_delay
+        if self.step_s is not None:
+            overrides.update(base_s=self.step_s, per_prefill_token_s=0.0,
+                             per_decode_seq_s=0.0, per_kv_token_s=0.0)
+        profile = load_profile(self.profile, overrides)
+        self.validate()
+        return profile
+
+    def validate(self) -> None:
+        if self.personality not in ("vllm", "sglang"):
+            raise ProfileError(f"unknown personality {self.personality!r}")
+        if self.scheduling_policy not in ("fcfs", "priority"):
+            raise ProfileError(f"unknown scheduling policy {self.scheduling_policy!r}")
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ProfileError("error_rate must be in [0, 1]")
+        if not 0.0 <= self.stall_prob <= 1.0:
+            raise ProfileError("stall_prob must be in [0, 1]")
+        if not self.time_scale > 0:
+            raise ProfileError("time_scale must be greater than 0")

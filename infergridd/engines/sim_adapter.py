@@ -1,0 +1,39 @@
+"""The simulated engine (``infergridd.engines.sim``), as a managed engine like any other.
+
+It speaks vLLM's dialect by default and SGLang's with ``personality: sglang``,
+so the adapter reuses those two protocols and only builds its own command.
+Every ``args`` key becomes ``--key-with-dashes value`` (profile, seed, fault
+flags, ...), so new simulator options need no change here.
+"""
+
+from __future__ import annotations
+
+from .base import LaunchSpec, args_to_flags
+from .sglang import SglangProtocol
+from .vllm import VllmProtocol
+
+
+def sim_argv(adapter: VllmProtocol | SglangProtocol, port: int, api_key: str) -> list[str]:
+    m = adapter.model
+    return [
+        *adapter.python_argv(), "-m", "infergridd.engines.sim",
+        "--host", "127.0.0.1", "--port", str(port), "--model", m.name,
+        "--api-key", api_key, "--max-num-seqs", str(m.max_num_seqs),
+        *args_to_flags(m.args), *m.extra_args,
+    ]
+
+
+class SimVllmAdapter(VllmProtocol):
+    kind = "sim"
+    supports_sleep = True
+
+    def launch_spec(self, port: int, api_key: str) -> LaunchSpec:
+        return self.with_affinity(LaunchSpec(sim_argv(self, port, api_key), dict(self.model.env)))
+
+
+class SimSglangAdapter(SglangProtocol):
+    kind = "sim"
+    supports_sleep = True
+
+    def launch_spec(self, port: int, api_key: str) -> LaunchSpec:
+        return self.with_affinity(LaunchSpec(sim_argv(self, port, api_key), dict(self.model.env)))

@@ -1,0 +1,140 @@
+"""vLLM's OpenAI server: command line, readiness, metrics, sleep mode, priority.
+
+``args`` keys (each also valid as its vLLM flag with dashes):
+
+* ``model`` (required): the weights directory, ``--model``;
+* ``gpu_memory_utilization`` or ``kv_cache_memory`` (a size, ``--kv-cache-memory-bytes``);
+  with neither, a fractional ``memory:`` (0..1] becomes ``--gpu-memory-utilization``;
+* ``enable_sleep_mode: true`` turns on ``/sleep`` and ``/wake_up`` (which vLLM only
+  serves with ``VLLM_SERVER_DEV_MODE=1``);
+* anything else is passed through as ``--key-with-dashes value``.
+
+The scheduler keeps the fairness queue itself; ``--scheduling-policy priority``
+only lets a dispatch's priority order what is already inside the engine.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from ..config import ModelConfig, parse_size
+from . import promtext
+from .base import (
+    SLEEP_TIMEOUT_S,
+    AdapterConfigError,
+    EngineAdapter,
+    EngineError,
+    EngineMetrics,
+    LaunchSpec,
+    args_to_flags,
+    cpu_list,
+)
+
+_CONSUMED = {"model", "gpu_memory_utilization", "kv_cache_memory", "kv_cache_memory_bytes",
+             "enable_sleep_mode"}
+
+#: (field, names newest first) — older vLLM called the KV gauge gpu_cache_usage_perc.
+VLLM_METRICS = {
+    "num_running": ("vllm:num_requests_running",),
+    "num_waiting": ("vllm:num_requests_waiting",),
+    "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    "prompt_tokens_total": ("vllm:prompt_tokens_total",),
+    "generation_tokens_total": ("vllm:generation_tokens_total",),
+}
+
+
+def metrics_from_text(text: str, names: dict[str, tuple[str, ...]]) -> EngineMetrics:
+    """Map an engine's exposition onto ``EngineMetrics`` through a name table."""
+    s = promtext.parse(text)
+    kv = promtext.first(s, *names["kv_usage"])
+    return EngineMetrics(
+        num_running=int(promtext.first(s, *names["num_running"])),
+        num_waiting=int(promtext.first(s, *names["num_waiting"])),
+        kv_usage=min(max(kv, 0.0), 1.0),
+        prompt_tokens_total=int(promtext.first(s, *names["prompt_tokens_total"])),
+        generation_tokens_total=int(promtext.first(s, *names["generation_tokens_total"])),
+    )
+
+
+class VllmProtocol(EngineAdapter):
+    """vLLM's HTTP dialect, shared with the simulated engine's vLLM personality."""
+
+    supports_priority = True
+    priority_sign = 1
+    metric_names = VLLM_METRICS
+
+    async def metrics(self, http: aiohttp.ClientSession, endpoint: str,
+                      api_key: str) -> EngineMetrics:
+        text = await self._request(http, "GET", f"{endpoint}/metrics", api_key, want="text")
+        return metrics_from_text(text, self.metric_names)
+
+    async def sleep(self, http: aiohttp.ClientSession, endpoint: str, api_key: str,
+                    level: int) -> None:
+        if not self.supports_sleep:
+            await super().sleep(http, endpoint, api_key, level)
+        await self._request(http, "POST", f"{endpoint}/sleep?level={int(level)}", api_key,
+                            timeout_s=SLEEP_TIMEOUT_S)
+
+    async def wake(self, http: aiohttp.ClientSession, endpoint: str, api_key: str) -> None:
+        if not self.supports_sleep:
+            await super().wake(http, endpoint, api_key)
+        await self._request(http, "POST", f"{endpoint}/wake_up", api_key,
+                            timeout_s=SLEEP_TIMEOUT_S)
+
+    async def is_sleeping(self, http: aiohttp.ClientSession, endpoint: str,
+                          api_key: str) -> bool | None:
+        if not self.supports_sleep:
+            return False
+        try:
+            body = await self._request(http, "GET", f"{endpoint}/is_sleeping", api_key,
+                                       want="json")
+        except EngineError:
+            return None
+        if isinstance(body, dict) and "is_sleeping" in body:
+            return bool(body["is_sleeping"])
+        return None
+
+
+class VllmAdapter(VllmProtocol):
+    kind = "vllm"
+
+    def __init__(self, model: ModelConfig) -> None:
+        super().__init__(model)
+        self.supports_sleep = bool(model.args.get("enable_sleep_mode"))
+        if not model.args.get("model"):
+            raise AdapterConfigError(
+                f"model {model.name!r}: engine vllm needs args.model (the weights directory)")
+
+    def memory_flags(self) -> list[str]:
+        args = self.model.args
+        if args.get("gpu_memory_utilization") is not None:
+            return ["--gpu-memory-utilization", str(args["gpu_memory_utilization"])]
+        kv = args.get("kv_cache_memory", args.get("kv_cache_memory_bytes"))
+        if kv is not None:
+            try:
+                return ["--kv-cache-memory-bytes", str(parse_size(kv))]  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise AdapterConfigError(f"model {self.name!r}: args.kv_cache_memory: {exc}") from None
+        mem = self.model.memory
+        if isinstance(mem, float) and 0 < mem <= 1:
+            return ["--gpu-memory-utilization", str(mem)]
+        return []
+
+    def launch_spec(self, port: int, api_key: str) -> LaunchSpec:
+        m = self.model
+        argv = [
+            *self.python_argv(), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(m.args["model"]), "--served-model-name", m.name,
+            "--host", "127.0.0.1", "--port", str(port), "--api-key", api_key,
+            "--max-num-seqs", str(m.max_num_seqs), "--scheduling-policy", "priority",
+            *self.memory_flags(),
+        ]
+        env = dict(m.env)
+        if self.supports_sleep:
+            argv.append("--enable-sleep-mode")
+            env["VLLM_SERVER_DEV_MODE"] = "1"
+        argv += args_to_flags(m.args, skip=_CONSUMED)
+        argv += m.extra_args
+        if m.cpu_affinity:
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_list(m.cpu_affinity))
+        return self.with_affinity(LaunchSpec(argv=argv, env=env))

@@ -1,0 +1,160 @@
+"""The supervisor daemon: wires engine runners, the scheduler link and systemd together.
+
+It owns engine processes and nothing else (DESIGN §1).  It re-adopts the
+engines a previous supervisor left running *before* it reports anything, so a
+supervisor restart is invisible to clients (DESIGN §3), and on SIGTERM it
+exits leaving every engine running — unless the whole appliance is stopping
+(``stop_engines_on_exit``, or ``INFERGRID_STOP_ENGINES_ON_EXIT=1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+import uuid
+
+import aiohttp
+import zmq.asyncio
+
+from .. import protocol as p
+from ..config import Config, Dirs, parse_size
+from ..engines import AdapterConfigError, adapter_for
+from ..engines.base import astop_process_group, is_alive
+from ..systemd import Notifier
+from . import procs, statefile
+from .engine import POLL_S, EngineRunner
+from .link import SchedulerLink
+
+log = logging.getLogger("infergrid.supervisor")
+
+EX_CONFIG = 78
+STATUS_EVERY_S = 2.0
+
+
+def engine_ids(cfg: Config) -> list[tuple[str, int]]:
+    return [(m.name, i) for m in cfg.models for i in range(m.replicas)]
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, dirs: Dirs, stop_engines_on_exit: bool = False) -> None:
+        self.cfg = cfg
+        self.dirs = dirs
+        self.stop_engines_on_exit = stop_engines_on_exit
+        self.instance = uuid.uuid4().hex[:12]
+        self.notifier = Notifier()
+        self.runners: list[EngineRunner] = []
+        self._stop = asyncio.Event()
+        try:
+            self.gpu_total = parse_size(cfg.gpu.total_memory)
+        except ValueError:
+            self.gpu_total = 0
+
+    def statuses(self) -> list[p.EngineStatus]:
+        return [r.status for r in self.runners]
+
+    def _make_runners(self, http: aiohttp.ClientSession) -> None:
+        for m in self.cfg.models:
+            adapter = adapter_for(m)  # AdapterConfigError: caller reports it
+            try:
+                mem = parse_size(m.memory, self.gpu_total)
+            except ValueError:
+                mem = 0
+            for i in range(m.replicas):
+                self.runners.append(
+                    EngineRunner(f"{m.name}-{i}", m, adapter, self.dirs, http, mem))
+
+    async def _forget_unconfigured(self) -> None:
+        """Engines recorded under ids the config no longer has (a model removed, fewer
+        replicas): stop them, since nothing else ever will."""
+        known = {r.engine_id for r in self.runners}
+        for rec in statefile.load_all(self.dirs.engines_dir):
+            if rec.engine_id in known:
+                continue
+            if is_alive(rec.pid, rec.start_time):
+                log.warning("stopping engine %s (pid %d): no longer in the configuration",
+                            rec.engine_id, rec.pid)
+                await astop_process_group(rec.pid, rec.start_time, 30.0)
+            statefile.remove(self.dirs.engines_dir, rec.engine_id)
+
+    async def _command(self, cmd: p.EngineCommand) -> p.EngineCommandResult:
+        for r in self.runners:
+            if r.engine_id == cmd.engine_id:
+                return await r.command(cmd)
+        return p.EngineCommandResult(command_id=cmd.command_id, engine_id=cmd.engine_id,
+                                     ok=False, error=f"unknown engine {cmd.engine_id!r}")
+
+    def _status_line(self) -> str:
+        counts: dict[str, int] = {}
+        for st in self.statuses():
+            counts[st.state] = counts.get(st.state, 0) + 1
+        states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no engines"
+        return f"{len(self.runners)} engines: {states}"
+
+    async def _report_loop(self, link: SchedulerLink) -> None:
+        last_status = 0.0
+        last_line = ""
+        while True:
+            await asyncio.sleep(POLL_S)
+            link.send_update()
+            now = time.monotonic()
+            if now - last_status >= STATUS_EVERY_S:
+                line = self._status_line()
+                self.notifier.status(line)
+                if line != last_line:
+                    log.info("%s", line)
+                    last_line = line
+                last_status = now
+
+    async def run(self) -> int:
+        self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
+        self.dirs.engines_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64), trust_env=False,
+        ) as http:
+            try:
+                self._make_runners(http)
+            except AdapterConfigError as exc:
+                log.error("configuration error: %s", exc)
+                return EX_CONFIG
+            ctx = zmq.asyncio.Context()
+            link = SchedulerLink(ctx, self.dirs.scheduler_sock, self.instance, self.statuses,
+                                 self._command)
+            await asyncio.gather(*(r.adopt() for r in self.runners))
+            await self._forget_unconfigured()
+            tasks = [asyncio.create_task(r.run(), name=f"engine-{r.engine_id}")
+                     for r in self.runners]
+            tasks += link.tasks()
+            tasks.append(asyncio.create_task(self._report_loop(link), name="report"))
+            tasks.append(asyncio.create_task(self.notifier.watchdog_loop(), name="watchdog"))
+            link.send_hello()
+            self.notifier.ready(self._status_line())
+            log.info("supervisor %s up: %s (runtime %s)", self.instance, self._status_line(),
+                     self.dirs.runtime)
+            await self._stop.wait()
+            self.notifier.stopping()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.stop_engines_on_exit:
+                log.info("stopping every engine (the appliance is stopping)")
+                await asyncio.gather(*(r.stop() for r in self.runners), return_exceptions=True)
+            else:
+                log.info("exiting; engines keep running for the next supervisor")
+            link.close()
+            ctx.term()
+        return 0
+
+
+def main(cfg: Config, dirs: Dirs, stop_engines_on_exit: bool = False) -> int:
+    """Run until SIGTERM/SIGINT.  Engines outlive it unless ``stop_engines_on_exit``."""
+    stop = stop_engines_on_exit or os.environ.get("INFERGRID_STOP_ENGINES_ON_EXIT") == "1"
+    return asyncio.run(Supervisor(cfg, dirs, stop).run())
+
+
+__all__ = ["Supervisor", "main", "procs"]

@@ -1,0 +1,127 @@
+"""Engine processes: launch detached, read their logs, stop them for good.
+
+Engines must outlive the supervisor (DESIGN §3: a supervisor restart must not
+cut a stream), so each starts in its own session and process group, with
+stdin from /dev/null and output to its own log file rather than a pipe that
+would break when the supervisor goes.  Stopping is always by process group
+and only after the pid's start time proves the process is the one we
+launched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from ..config import Dirs
+from ..engines.base import LaunchSpec, is_alive, proc_start_time, stop_process_group
+from . import statefile
+
+log = logging.getLogger("infergrid.supervisor")
+
+#: The previous run's log is kept as ``.log.1`` (one generation back is what an
+#: operator needs to see why it was restarted), and trimmed if larger than this.
+LOG_KEEP_BYTES = 4 * 1024 * 1024
+
+
+def free_port() -> int:
+    """A free loopback port (bind 0, read, close).  Racy in theory; the engine fails to
+    bind in the rare loss and is restarted with another port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def new_api_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def rotate_log(path: Path) -> None:
+    """Move the previous run's output to ``.log.1`` (trimmed), so the new log starts empty."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    old = path.with_name(path.name + ".1")
+    try:
+        if size > LOG_KEEP_BYTES:
+            with open(path, "rb") as f:
+                f.seek(size - LOG_KEEP_BYTES)
+                data = f.read()
+            old.write_bytes(data)
+            path.unlink()
+        else:
+            os.replace(path, old)
+    except OSError as exc:
+        log.warning("cannot rotate %s: %s", path, exc)
+
+
+def tail(path: Path, lines: int = 15, max_bytes: int = 8192) -> str:
+    """The last lines of an engine log, for the error that says why it failed."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def launch(spec: LaunchSpec, log_file: Path) -> subprocess.Popen[bytes]:
+    """Start a detached engine writing to ``log_file``; raises OSError if it cannot exec."""
+    log_file.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    rotate_log(log_file)
+    env = {**os.environ, **spec.env}
+    # Our own systemd notify/watchdog/socket-activation variables belong to us, not it.
+    for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+              "LISTEN_FDNAMES", "INFERGRID_STOP_ENGINES_ON_EXIT"):
+        env.pop(k, None)
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    try:
+        return subprocess.Popen(
+            spec.argv, env=env, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=fd,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+        )
+    except OSError as exc:
+        os.write(fd, f"infergrid: cannot start {spec.argv[0]!r}: {exc}\n".encode())
+        raise
+    finally:
+        os.close(fd)
+
+
+def start_time_of(pid: int) -> int:
+    """Start time of a process we just launched (0 if it already vanished)."""
+    return proc_start_time(pid) or 0
+
+
+def stop_all_engines(dirs: Dirs, timeout: float = 30.0) -> int:
+    """Stop every engine recorded in ``<runtime>/engines`` and remove the records.
+
+    For ``infergrid serve`` on exit and the supervisor unit's ``ExecStopPost``:
+    the whole appliance is going down, so nothing should keep GPU memory.
+    Signals every engine first and then waits, so N engines take one timeout,
+    not N.  Returns how many were running.
+    """
+    records = statefile.load_all(dirs.engines_dir)
+    running = [r for r in records if is_alive(r.pid, r.start_time)]
+    for r in running:
+        log.info("stopping engine %s (pid %d)", r.engine_id, r.pid)
+        try:
+            os.killpg(r.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + timeout
+    for r in running:  # waits out one shared deadline, then SIGKILLs laggards
+        stop_process_group(r.pid, r.start_time, max(0.1, deadline - time.monotonic()))
+    for r in records:
+        statefile.remove(dirs.engines_dir, r.engine_id)
+    return len(running)

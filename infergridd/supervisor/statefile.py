@@ -1,0 +1,101 @@
+"""Per-engine records in ``<runtime>/engines/<engine_id>.json``.
+
+They are how a restarted supervisor finds the engines the previous one left
+running (DESIGN §3) and how ``stop_all_engines`` finds what to stop.  Each is
+written atomically (temp file, fsync, rename) so a crash leaves the old or the
+new record, never half of one, and with mode 0600 because it holds the
+engine's API key.  ``start_time`` (clock ticks since boot, /proc/PID/stat
+field 22) is what proves a live pid is still *our* process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+log = logging.getLogger("infergrid.supervisor")
+
+RECORD_FORMAT = 1
+
+
+class EngineRecord(msgspec.Struct, omit_defaults=True):
+    engine_id: str
+    model: str
+    kind: str
+    pid: int
+    start_time: int  # clock ticks since boot; with pid, identifies the process
+    port: int
+    api_key: str
+    generation: int
+    argv: list[str] = []
+    started_at: float = 0.0  # wall clock of the launch
+    config_hash: str = ""  # the model config it was launched from
+    sleep_level: int = 0  # 0: awake
+    format: int = RECORD_FORMAT
+
+
+def record_path(engines_dir: Path, engine_id: str) -> Path:
+    return engines_dir / f"{engine_id}.json"
+
+
+def log_path(engines_dir: Path, engine_id: str) -> Path:
+    return engines_dir / f"{engine_id}.log"
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save(engines_dir: Path, rec: EngineRecord) -> None:
+    write_atomic(record_path(engines_dir, rec.engine_id), msgspec.json.encode(rec))
+
+
+def load(engines_dir: Path, engine_id: str) -> EngineRecord | None:
+    """The record, or None when there is none or it is unreadable (logged: we then start
+    fresh, which at worst leaves an orphan we cannot prove is ours — safer than guessing)."""
+    path = record_path(engines_dir, engine_id)
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=EngineRecord)
+    except FileNotFoundError:
+        return None
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        log.warning("ignoring unreadable engine record %s: %s", path, exc)
+        return None
+
+
+def load_all(engines_dir: Path) -> list[EngineRecord]:
+    try:
+        names = sorted(p.name for p in engines_dir.glob("*.json"))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        rec = load(engines_dir, name[: -len(".json")])
+        if rec is not None:
+            out.append(rec)
+    return out
+
+
+def remove(engines_dir: Path, engine_id: str) -> None:
+    try:
+        record_path(engines_dir, engine_id).unlink()
+    except FileNotFoundError:
+        pass

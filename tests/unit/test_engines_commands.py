@@ -1,0 +1,123 @@
+"""Engine command lines are contracts with other projects' CLIs: pin every flag."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from infergridd.config import ModelConfig
+from infergridd.engines import AdapterConfigError, adapter_for
+from infergridd.engines.base import args_to_flags, cpu_list
+from infergridd.engines.openai import OpenAIAdapter
+from infergridd.engines.sglang import SglangAdapter
+from infergridd.engines.sim_adapter import SimSglangAdapter, SimVllmAdapter
+from infergridd.engines.vllm import VllmAdapter
+
+
+def test_vllm_command_exact() -> None:
+    m = ModelConfig(name="tiny", engine="vllm", python="/opt/py/bin/python",
+                    args={"model": "/models/tiny", "max_model_len": 2048, "enforce_eager": True,
+                          "dtype": "float32"},
+                    extra_args=["--seed", "1"], env={"HF_HUB_OFFLINE": "1"}, max_num_seqs=4,
+                    memory=0.5)
+    a = adapter_for(m)
+    assert isinstance(a, VllmAdapter)
+    spec = a.launch_spec(41000, "KEY")
+    assert spec.argv == [
+        "/opt/py/bin/python", "-m", "vllm.entrypoints.openai.api_server",
+        "--model", "/models/tiny", "--served-model-name", "tiny",
+        "--host", "127.0.0.1", "--port", "41000", "--api-key", "KEY",
+        "--max-num-seqs", "4", "--scheduling-policy", "priority",
+        "--gpu-memory-utilization", "0.5",
+        "--max-model-len", "2048", "--enforce-eager", "--dtype", "float32",
+        "--seed", "1",
+    ]
+    assert spec.env == {"HF_HUB_OFFLINE": "1"}
+    assert a.supports_priority and a.priority_sign == 1 and not a.supports_sleep
+    assert a.engine_priority(3) == 3
+    assert a.endpoint(41000) == "http://127.0.0.1:41000"
+
+
+def test_vllm_sleep_mode_kv_bytes_and_affinity() -> None:
+    m = ModelConfig(name="t", engine="vllm",
+                    args={"model": "/m", "enable_sleep_mode": True, "kv_cache_memory": "1GiB"},
+                    cpu_affinity=[0], max_num_seqs=2)
+    a = adapter_for(m)
+    spec = a.launch_spec(1, "k")
+    assert a.supports_sleep
+    assert spec.argv[:4] == ["taskset", "-c", "0", sys.executable]
+    assert "--enable-sleep-mode" in spec.argv
+    i = spec.argv.index("--kv-cache-memory-bytes")
+    assert spec.argv[i + 1] == str(1024**3)
+    assert "--gpu-memory-utilization" not in spec.argv
+    assert spec.env == {"VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0"}
+
+
+def test_vllm_needs_model_dir() -> None:
+    with pytest.raises(AdapterConfigError, match="args.model"):
+        adapter_for(ModelConfig(name="t", engine="vllm"))
+
+
+def test_sglang_command_exact() -> None:
+    m = ModelConfig(name="big", engine="sglang", python="python3",
+                    args={"model_path": "/models/big", "enable_memory_saver": True,
+                          "mem_fraction_static": 0.8},
+                    max_num_seqs=16)
+    a = adapter_for(m)
+    assert isinstance(a, SglangAdapter)
+    assert a.launch_spec(30000, "K").argv == [
+        "python3", "-m", "sglang.launch_server", "--model-path", "/models/big",
+        "--served-model-name", "big", "--host", "127.0.0.1", "--port", "30000",
+        "--api-key", "K", "--max-running-requests", "16", "--enable-metrics",
+        "--enable-priority-scheduling", "--enable-memory-saver",
+        "--mem-fraction-static", "0.8",
+    ]
+    assert a.supports_sleep and a.priority_sign == -1 and a.engine_priority(2) == -2
+
+
+def test_sglang_without_memory_saver_cannot_sleep() -> None:
+    a = adapter_for(ModelConfig(name="s", engine="sglang", args={"model": "/m"}))
+    assert not a.supports_sleep
+    assert "--enable-memory-saver" not in a.launch_spec(1, "k").argv
+
+
+def test_sim_command_exact() -> None:
+    m = ModelConfig(name="demo", engine="sim", max_num_seqs=3,
+                    args={"profile": "fast", "seed": 7, "fail_after": 10})
+    a = adapter_for(m)
+    assert isinstance(a, SimVllmAdapter)
+    assert a.kind == "sim" and a.supports_sleep and a.supports_priority
+    assert a.launch_spec(5000, "K").argv == [
+        sys.executable, "-m", "infergridd.engines.sim", "--host", "127.0.0.1", "--port", "5000",
+        "--model", "demo", "--api-key", "K", "--max-num-seqs", "3",
+        "--profile", "fast", "--seed", "7", "--fail-after", "10",
+    ]
+
+
+def test_sim_sglang_personality() -> None:
+    a = adapter_for(ModelConfig(name="d", engine="sim", args={"personality": "sglang"}))
+    assert isinstance(a, SimSglangAdapter)
+    assert a.priority_sign == -1
+    assert a.launch_spec(1, "k").argv[-2:] == ["--personality", "sglang"]
+
+
+def test_python_with_words() -> None:
+    a = adapter_for(ModelConfig(name="d", engine="sim", python="conda run -n x python"))
+    assert a.launch_spec(1, "k").argv[:5] == ["conda", "run", "-n", "x", "python"]
+
+
+def test_openai_is_unmanaged() -> None:
+    a = adapter_for(ModelConfig(name="ext", engine="openai", url="https://api.example.com/v1/",
+                                api_key="sk-x", max_num_seqs=32))
+    assert isinstance(a, OpenAIAdapter)
+    assert not a.managed and not a.supports_sleep and not a.supports_priority
+    assert a.endpoint(0) == "https://api.example.com"
+    assert a.max_num_seqs() == 32
+
+
+def test_flag_helpers() -> None:
+    assert cpu_list([3, 0, 1, 2, 7]) == "0-3,7"
+    assert cpu_list([1]) == "1"
+    assert args_to_flags({"a_b": True, "c": False, "d": None, "e": [1, 2], "f": 1.5}) == [
+        "--a-b", "--e", "1", "2", "--f", "1.5"]
