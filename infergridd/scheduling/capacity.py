@@ -42,12 +42,12 @@ class DispatchWindow:
 
     def observe(self, status: EngineStatus, inflight: int, fallback_max_seqs: int) -> None:
         """Learn from one report; ``inflight`` is our count when it arrived."""
-        if self._generation is not None and status.generation != self._generation:
-            self.cap = self.max_seqs  # a restarted engine is a new engine
+        self.max_seqs = max(1, status.max_num_seqs or fallback_max_seqs)
+        if self._generation is None or status.generation != self._generation:
+            self.cap = self.max_seqs  # first report, or a restarted engine: a new engine
             self._blocked_at = None
             self._calm_full = 0
         self._generation = status.generation
-        self.max_seqs = max(1, status.max_num_seqs or fallback_max_seqs)
         self.cap = min(self.cap, self.max_seqs)
         waiting = status.num_waiting > 0
         kv_high = status.kv_usage >= self.kv_threshold

@@ -266,7 +266,7 @@ class EngineRunner:
             return
         self.launches += 1
         self.status.generation = generation
-        self.status.restarts = max(0, self.launches - 1)
+        self.status.restarts = max(0, generation - 1)  # counts across supervisors
         try:
             proc = procs.launch(spec, self.log_file)
         except OSError as exc:

@@ -96,10 +96,19 @@ class SchedulerLink:
                           protocol_version=p.PROTOCOL_VERSION, pid=os.getpid(),
                           engines=self.engines()))
 
-    def send_update(self) -> None:
-        """The full engine list; only once welcomed (before that the Hello carries it)."""
-        if self.welcomed:
-            self.send(p.EngineUpdate(instance=self.instance, engines=self.engines()))
+    def send_update(self, gpu_total_bytes: int = 0) -> None:
+        """The full engine list; only once welcomed (before that the Hello carries it).
+
+        GPU figures are the configured total less what the engines hold per their
+        ``memory_bytes`` — a placeholder until the NVML ledger (DESIGN §6) exists.
+        """
+        if not self.welcomed:
+            return
+        engines = self.engines()
+        free = max(0, gpu_total_bytes - sum(e.memory_bytes for e in engines))
+        self.send(p.EngineUpdate(instance=self.instance, engines=engines,
+                                 gpu_total_bytes=gpu_total_bytes,
+                                 gpu_free_bytes=free if gpu_total_bytes else 0))
 
     # ------------------------------------------------------------------ receiving
     async def _rx(self) -> None:
@@ -128,7 +137,6 @@ class SchedulerLink:
                 log.info("connected to scheduler %s", msg.instance)
             self.refused, self.welcomed = False, True
             self.scheduler_instance = msg.instance
-            self.send_update()
         elif isinstance(msg, p.HelloRequired):
             self.welcomed = False
             self.send_hello()

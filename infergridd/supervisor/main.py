@@ -98,7 +98,7 @@ class Supervisor:
         last_line = ""
         while True:
             await asyncio.sleep(POLL_S)
-            link.send_update()
+            link.send_update(self.gpu_total)
             now = time.monotonic()
             if now - last_status >= STATUS_EVERY_S:
                 line = self._status_line()

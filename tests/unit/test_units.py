@@ -225,31 +225,39 @@ def _stop_post_script() -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("service_result", "umbrella", "stops_engines"),
+    ("service_result", "umbrella", "job", "stops_engines"),
     [
-        ("success", "active", False),  # systemctl restart/stop infergrid-supervisor
-        ("success", "inactive", True),  # systemctl stop infergrid, shutdown
-        ("success", "deactivating", True),
-        ("success", "failed", True),
-        ("success", "", False),  # state unknown (no D-Bus): leave them for adoption
-        ("signal", "inactive", False),  # supervisor crashed: Restart= brings it back
-        ("watchdog", "active", False),
-        ("exit-code", "inactive", False),
+        # systemctl restart/stop infergrid-supervisor: the umbrella stays active, no job
+        ("success", "active", "", False),
+        # systemctl stop infergrid, shutdown: the umbrella waits for us with a stop job
+        ("success", "active", "stop", True),
+        ("success", "active", "restart", True),  # systemctl restart infergrid
+        ("success", "active", "start", False),
+        ("success", "inactive", "", True),  # the appliance was not running
+        ("success", "deactivating", "", True),
+        ("success", "failed", "", True),
+        ("success", "", "", False),  # state unknown (no D-Bus): leave them for adoption
+        ("signal", "active", "stop", False),  # supervisor crashed: Restart= brings it back
+        ("watchdog", "active", "", False),
+        ("exit-code", "inactive", "", False),
     ],
 )
 def test_supervisor_stop_post_guard(
-    tmp_path: Path, service_result: str, umbrella: str, stops_engines: bool
+    tmp_path: Path, service_result: str, umbrella: str, job: str, stops_engines: bool
 ) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     log = tmp_path / "calls"
     systemctl = bindir / "systemctl"
+    jobline = f"123 infergrid.service {job} waiting" if job else ""
     systemctl.write_text(
         "#!/bin/sh\n"
-        f'[ "$*" = "is-active infergrid.service" ] || exit 9\n'
         f"[ -n '{umbrella}' ] || {{ echo 'Failed to connect to bus' >&2; exit 1; }}\n"
-        f"echo '{umbrella}'\n"
-        f"[ '{umbrella}' = active ]\n"
+        'case "$*" in\n'
+        f"  'is-active infergrid.service') echo '{umbrella}'; [ '{umbrella}' = active ];;\n"
+        f"  'list-jobs --no-legend infergrid.service') [ -z '{jobline}' ] || echo '{jobline}';;\n"
+        "  *) exit 9;;\n"
+        "esac\n"
     )
     fake = bindir / "infergridd"
     fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
@@ -272,7 +280,12 @@ def test_umbrella_pulls_in_the_appliance() -> None:
     u = load("infergrid.service")
     members = {"infergrid-frontdoor.socket", *SERVICES}
     assert set(words(u, "Unit", "Wants")) == members
-    assert set(words(u, "Unit", "After")) == members
+    # The daemons are ordered after the umbrella (so they stop before it and
+    # `systemctl stop infergrid` waits for them); the socket cannot be (cycle
+    # through sockets.target).
+    assert "After" not in u["Unit"] and "Before" not in u["Unit"]
+    for name in SERVICES:
+        assert "infergrid.service" in words(load(name), "Unit", "After"), name
     assert one(u, "Service", "Type") == "oneshot"
     assert one(u, "Service", "RemainAfterExit") == "yes"
     assert one(u, "Install", "WantedBy") == "multi-user.target"

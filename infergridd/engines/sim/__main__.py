@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--served-model-name", dest="model", help="alias of --model, as in vLLM")
     a("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
     a("--profile", default="fast-test", help="packaged profile name or a YAML file path")
-    a("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    a("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
       help="override one profile key (repeatable), e.g. --set base_s=0.01")
     a("--max-num-seqs", type=int)
     a("--max-num-batched-tokens", type=int)

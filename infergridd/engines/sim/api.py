@@ -94,7 +94,8 @@ def parse_request(raw: bytes, *, chat: bool, served_model: str, max_model_len: i
     if max_tokens is None:
         max_tokens = _int_field(body, "max_tokens")
     if max_tokens is None:
-        max_tokens = max_model_len - prompt_tokens  # vLLM's default: fill the context
+        # vLLM's defaults: chat fills the context; the legacy completions API says 16
+        max_tokens = max_model_len - prompt_tokens if chat else 16
     if max_tokens < 1:
         raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}", "max_tokens")
     if prompt_tokens + max_tokens > max_model_len:

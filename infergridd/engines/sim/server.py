@@ -194,8 +194,17 @@ class SimEngine:
 
     # ------------------------------------------------------------------ sleep
     async def sleep(self, level: int) -> None:
+        """Shielded: a client that hangs up mid-transition must not leave it half done."""
+        await asyncio.shield(asyncio.ensure_future(self._sleep(level)))
+
+    async def wake(self) -> None:
+        await asyncio.shield(asyncio.ensure_future(self._wake()))
+
+    async def _sleep(self, level: int) -> None:
         """vLLM sleep mode: KV cache discarded (in-flight requests fail), then the latency."""
-        if self.state in ("asleep", "falling_asleep"):
+        while self.state in ("falling_asleep", "waking"):  # let the other call finish
+            await asyncio.sleep(0.01)
+        if self.state == "asleep":
             return
         self.state = "falling_asleep"
         dropped = self.model.abort_all()
@@ -208,11 +217,11 @@ class SimEngine:
         self.sleep_level = level
         self.state = "asleep"
 
-    async def wake(self) -> None:
-        if self.state in ("awake", "waking"):
-            return
-        while self.state == "falling_asleep":
+    async def _wake(self) -> None:
+        while self.state in ("falling_asleep", "waking"):
             await asyncio.sleep(0.01)
+        if self.state == "awake":
+            return
         self.state = "waking"
         p = self.profile
         await asyncio.sleep((p.wake_l2_s if self.sleep_level >= 2 else p.wake_l1_s) * self.scale)
