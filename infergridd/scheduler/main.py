@@ -76,7 +76,12 @@ class SchedulerDaemon:
         try:
             state = statefile.load(self.dirs.state)
             if state is not None:
-                self.core.import_state(state)
+                try:
+                    self.core.import_state(state)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise statefile.StateFileError(
+                        f"{self.dirs.state / statefile.STATE_FILE}: unusable ({exc}); move it "
+                        "aside to start from the configuration alone") from None
                 log.info("restored state from %s", self.dirs.state / statefile.STATE_FILE)
             self._saved_state = json.dumps(self.core.export_state(), sort_keys=True)
             ctx = zmq.asyncio.Context()

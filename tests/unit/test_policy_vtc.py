@@ -17,7 +17,7 @@ from test_scheduling_harness import (
 from infergridd import protocol as p
 from infergridd.scheduling.core import SchedulerCore
 
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 size = st.tuples(st.integers(1, 120), st.integers(1, 60))  # (prompt, output) tokens
 

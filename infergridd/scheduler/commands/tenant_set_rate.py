@@ -44,4 +44,4 @@ def execute(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 def render(r: dict[str, Any]) -> str:
     e = r["effective"]
     return (f"{r['name']}: rpm {rate(e.get('rpm', 0))}, tpm {rate(e.get('tpm', 0))}, "
-            f"burst {rate(e.get('burst', 0))}")
+            f"burst {e.get('burst') or 'one minute'}")
