@@ -90,8 +90,8 @@ class Supervisor:
         counts: dict[str, int] = {}
         for st in self.statuses():
             counts[st.state] = counts.get(st.state, 0) + 1
-        states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no engines"
-        return f"{len(self.runners)} engines: {states}"
+        return "engines: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                              or "none configured")
 
     async def _report_loop(self, link: SchedulerLink) -> None:
         last_status = 0.0
@@ -134,8 +134,9 @@ class Supervisor:
             tasks.append(asyncio.create_task(self.notifier.watchdog_loop(), name="watchdog"))
             link.send_hello()
             self.notifier.ready(self._status_line())
-            log.info("supervisor %s up: %s (runtime %s)", self.instance, self._status_line(),
-                     self.dirs.runtime)
+            adopted = sum(1 for r in self.runners if r.rec is not None)
+            log.info("supervisor %s up: %d engines configured, %d adopted (runtime %s)",
+                     self.instance, len(self.runners), adopted, self.dirs.runtime)
             await self._stop.wait()
             self.notifier.stopping()
             for t in tasks:

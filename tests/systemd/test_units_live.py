@@ -10,7 +10,9 @@ engines across a supervisor restart or crash but stops them with the appliance.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -133,3 +135,57 @@ def test_security_scores_when_loaded(appliance: NsSystemd) -> None:
         scores[unit] = float(m.group(1))
     print(f"systemd tier: systemd-analyze security {scores}")
     assert all(score < 2.5 for score in scores.values()), scores
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .deb built from this tree by packaging/build-deb.sh (~25 s)."""
+    out = tmp_path_factory.mktemp("dist")
+    t0 = time.monotonic()
+    r = subprocess.run(["bash", str(REPO / "packaging/build-deb.sh")], capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "DIST_DIR": str(out)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    debs = list(out.glob("infergrid_*.deb"))
+    assert len(debs) == 1, r.stdout
+    print(f"\nsystemd tier: built {debs[0].name} in {time.monotonic() - t0:.1f}s")
+    return debs[0]
+
+
+def test_deb_installs_and_serves(nsd: NsSystemd, deb: Path) -> None:
+    """Install the real package, enable the appliance, serve the quickstart, stop it all."""
+    box = nsd
+    box.put(deb, "/tmp/infergrid.deb")
+    t0 = time.monotonic()
+    box.run_in(["dpkg", "-i", "/tmp/infergrid.deb"], check=True, timeout=180)
+    print(f"systemd tier: dpkg -i in {time.monotonic() - t0:.1f}s")
+    box.run_in(["id", "infergrid"], check=True)
+    r = box.run_in(["stat", "-c", "%U:%G:%a", "/etc/infergrid/infergrid.yaml"], check=True)
+    assert r.stdout.strip() == "root:infergrid:640"
+    # Installed, neither enabled nor started.
+    assert box.run_in(["systemctl", "is-enabled", "infergrid.service"]).stdout.strip() == "disabled"
+    for unit in ["infergrid.service", *MEMBERS]:
+        assert active(box, unit) == "inactive", unit
+    box.run_in(["infergridctl", "--help"], check=True)
+
+    box.run_in(["systemctl", "enable", "--now", "infergrid.service"], check=True, timeout=60)
+    t0 = time.monotonic()
+
+    def healthy() -> bool:
+        r = box.run_in(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
+                        "3", "http://127.0.0.1:8000/health"], timeout=10)
+        return r.stdout == "200"
+
+    try:
+        wait_for(healthy, 90, "/health to answer 200")
+    except AssertionError:
+        logs = box.run_in("journalctl --no-pager -u 'infergrid*' | tail -60").stdout
+        raise AssertionError(f"appliance not healthy:\n{logs}") from None
+    print(f"systemd tier: /health 200 {time.monotonic() - t0:.1f}s after enable --now")
+    for unit in DAEMONS:
+        assert active(box, unit) == "active", unit
+    assert box.run_in(["pgrep", "-f", "infergridd.engines"]).returncode == 0
+
+    box.run_in(["systemctl", "stop", "infergrid.service"], check=True, timeout=180)
+    for unit in ["infergrid.service", *DAEMONS]:
+        assert active(box, unit) == "inactive", unit
+    assert box.run_in(["pgrep", "-f", "infergridd.engines"]).returncode == 1, "engines left"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -66,8 +65,8 @@ def test_never_signals_a_stranger() -> None:
         proc.wait()
 
 
-def test_statefile_roundtrip_mode_and_stop_all() -> None:
-    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="ig"))
+def test_statefile_roundtrip_mode_and_stop_all(tmp_path: Path) -> None:
+    root = tmp_path
     dirs = Dirs(runtime=root, state=root)
     proc = _spawn("import time; time.sleep(30)")
     rec = EngineRecord(engine_id="m-0", model="m", kind="sim", pid=proc.pid,
@@ -84,8 +83,8 @@ def test_statefile_roundtrip_mode_and_stop_all() -> None:
     assert statefile.load(dirs.engines_dir, "m-0") is None
 
 
-def test_log_rotation_and_tail() -> None:
-    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="ig"))
+def test_log_rotation_and_tail(tmp_path: Path) -> None:
+    root = tmp_path
     log = root / "e.log"
     log.write_text("".join(f"line {i}\n" for i in range(100)))
     assert procs.tail(log, 3) == "line 97\nline 98\nline 99"

@@ -8,7 +8,7 @@ by the .deb) is replaced by the path of a stub; nothing else in them is changed.
 ``systemd-analyze security --offline=yes`` scores each daemon's sandbox without a
 running systemd; the scores are printed (``pytest -s``) and held under a ceiling so a
 loosened sandbox fails here.  Scores measured with systemd 252 (Debian bookworm):
-front door 1.1, scheduler 0.2, supervisor 1.6 (0 is best, 10 worst).
+front door 1.2, scheduler 0.3, supervisor 1.6 (0 is best, 10 worst).
 """
 
 from __future__ import annotations
