@@ -9,7 +9,9 @@ peer from eating memory, ``LINGER=0`` keeps shutdown from hanging, and
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import logging
 import os
 from pathlib import Path
 
@@ -92,3 +94,42 @@ def connect_dealer(
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
     sock.connect(Dirs.ipc(path))
     return sock
+
+
+def send_nowait(
+    sock: zmq.asyncio.Socket,
+    frames: list[bytes],
+    what: str,
+    log: logging.Logger,
+    on_unreachable: str = "peer not reachable",
+) -> None:
+    """Send without ever blocking the event loop; a message that cannot go is dropped.
+
+    On a ``zmq.asyncio`` socket a NOBLOCK send that cannot go does not raise here:
+    its future carries ``zmq.Again`` (or ``EHOSTUNREACH`` on a ROUTER), so it is
+    read in a callback — an unread future exception would also be logged by
+    asyncio as an error.  Dropping is safe by design: peers resend full state.
+    """
+    try:
+        fut = sock.send_multipart(frames, flags=zmq.NOBLOCK)
+    except zmq.ZMQError as exc:  # e.g. a closed socket
+        _log_send_error(log, what, exc, on_unreachable)
+        return
+    fut.add_done_callback(lambda f: _sent(f, log, what, on_unreachable))
+
+
+def _sent(fut: asyncio.Future[object], log: logging.Logger, what: str, unreachable: str) -> None:
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if exc is not None:
+        _log_send_error(log, what, exc, unreachable)
+
+
+def _log_send_error(log: logging.Logger, what: str, exc: BaseException, unreachable: str) -> None:
+    if isinstance(exc, zmq.Again) or (
+        isinstance(exc, zmq.ZMQError) and exc.errno == zmq.EHOSTUNREACH
+    ):
+        log.debug("%s; dropped %s", unreachable, what)
+    else:
+        log.warning("send of %s failed: %s", what, exc)

@@ -27,7 +27,7 @@ from ..config import Config, Dirs
 from ..logs import fields
 from ..scheduling.core import SchedulerCore, Send
 from ..systemd import Notifier
-from ..zmqio import BindLock, bind_router
+from ..zmqio import BindLock, bind_router, send_nowait
 from . import statefile
 from .commands import CommandError, registry
 from .peers import Peer, PeerTable
@@ -130,15 +130,8 @@ class SchedulerDaemon:
     # ------------------------------------------------------------------ sending
     def _send(self, peer: str, msg: p.Message) -> None:
         assert self._peer_sock is not None
-        try:
-            self._peer_sock.send_multipart([peer.encode(), p.encode(msg)], flags=zmq.NOBLOCK)
-        except zmq.Again:
-            log.warning("peer %s not keeping up; dropped %s", peer, type(msg).__name__)
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                log.debug("peer %s unreachable; dropped %s", peer, type(msg).__name__)
-            else:
-                log.error("send to %s failed: %s", peer, exc)
+        send_nowait(self._peer_sock, [peer.encode(), p.encode(msg)], type(msg).__name__, log,
+                    f"peer {peer} not reachable")
 
     def _apply(self, sends: list[Send]) -> None:
         for s in sends:
@@ -286,10 +279,7 @@ class SchedulerDaemon:
             if len(frames) != 2:
                 continue
             reply = self._control(frames[1])
-            try:
-                await self._ctl_sock.send_multipart([frames[0], p.encode(reply)], flags=zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                log.debug("control reply dropped: %s", exc)
+            send_nowait(self._ctl_sock, [frames[0], p.encode(reply)], "control reply", log)
 
     def _control(self, data: bytes) -> p.ControlReply:
         try:

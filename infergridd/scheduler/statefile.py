@@ -12,10 +12,10 @@ working again) and forget keys handed out with ``infergridctl tenant add``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..fsutil import write_atomic
 
 STATE_FILE = "scheduler-state.json"
 STATE_FORMAT = 1
@@ -23,29 +23,6 @@ STATE_FORMAT = 1
 
 class StateFileError(RuntimeError):
     """The state file exists but is unusable; the message names it and says what to do."""
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def save(state_dir: Path, state: dict[str, Any]) -> None:

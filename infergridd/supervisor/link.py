@@ -24,27 +24,12 @@ import zmq
 import zmq.asyncio
 
 from .. import protocol as p
-from ..zmqio import connect_dealer
+from ..zmqio import connect_dealer, send_nowait
 
 log = logging.getLogger("infergrid.supervisor")
 
 HELLO_RETRY_S = 1.0
 REFUSED_RETRY_S = 5.0
-
-
-def _log_send_error(name: str, exc: BaseException) -> None:
-    if isinstance(exc, zmq.Again):
-        log.debug("scheduler not reachable; dropped %s", name)
-    else:
-        log.warning("send of %s to the scheduler failed: %s", name, exc)
-
-
-def _sent(fut: asyncio.Future[object], name: str) -> None:
-    if fut.cancelled():
-        return
-    exc = fut.exception()
-    if exc is not None:
-        _log_send_error(name, exc)
 
 
 class SchedulerLink:
@@ -82,13 +67,8 @@ class SchedulerLink:
         """Send without blocking.  On a ``zmq.asyncio`` socket a NOBLOCK send that cannot
         go does not raise here: its future carries ``zmq.Again``, so read it there (an
         unread future exception is also logged by asyncio as an error)."""
-        name = type(msg).__name__
-        try:
-            fut = self.sock.send(p.encode(msg), flags=zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # e.g. a closed socket
-            _log_send_error(name, exc)
-            return
-        fut.add_done_callback(lambda f: _sent(f, name))
+        send_nowait(self.sock, [p.encode(msg)], type(msg).__name__, log,
+                    "scheduler not reachable")
 
     def send_hello(self) -> None:
         self.last_hello = time.monotonic()

@@ -11,11 +11,11 @@ field 22) is what proves a live pid is still *our* process.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import msgspec
+
+from ..fsutil import write_atomic
 
 log = logging.getLogger("infergrid.supervisor")
 
@@ -46,26 +46,8 @@ def log_path(engines_dir: Path, engine_id: str) -> Path:
     return engines_dir / f"{engine_id}.log"
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def save(engines_dir: Path, rec: EngineRecord) -> None:
-    write_atomic(record_path(engines_dir, rec.engine_id), msgspec.json.encode(rec))
+    write_atomic(record_path(engines_dir, rec.engine_id), msgspec.json.encode(rec), mode=0o600)
 
 
 def load(engines_dir: Path, engine_id: str) -> EngineRecord | None:
