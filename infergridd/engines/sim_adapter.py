@@ -19,6 +19,8 @@ def sim_argv(adapter: VllmProtocol | SglangProtocol, port: int, api_key: str) ->
         *adapter.python_argv(), "-m", "infergridd.engines.sim",
         "--host", "127.0.0.1", "--port", str(port), "--model", m.name,
         "--api-key", api_key, "--max-num-seqs", str(m.max_num_seqs),
+        # InferGrid sends a priority with each dispatch, as with a real vLLM engine
+        *([] if "scheduling_policy" in m.args else ["--scheduling-policy", "priority"]),
         *args_to_flags(m.args), *m.extra_args,
     ]
 

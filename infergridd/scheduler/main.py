@@ -303,7 +303,9 @@ class SchedulerDaemon:
         except Exception as exc:  # noqa: BLE001
             log.exception("control command %s failed", msg.command)
             return p.ControlReply(ok=False, error=f"internal error: {exc}", exit_code=1)
-        log.info("control: %s %s", msg.command, _loggable(msg.args))
+        read_only = msg.command in ("status", "models", "tenant.list", "tenant.show")
+        log.log(logging.DEBUG if read_only else logging.INFO, "control: %s %s", msg.command,
+                _loggable(msg.args))
         return p.ControlReply(ok=True, result=result)
 
 

@@ -21,7 +21,7 @@ def to_args(ns: Any) -> dict[str, Any]:
 
 
 def execute(ctx: Any, args: dict[str, Any]) -> list[dict[str, Any]]:
-    return [msgspec.to_builtins(m) for m in ctx.core.model_infos()]
+    return [msgspec.structs.asdict(m) for m in ctx.core.model_infos()]
 
 
 def render(r: list[dict[str, Any]]) -> str:

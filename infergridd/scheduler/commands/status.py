@@ -33,12 +33,12 @@ def execute(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
         },
         "peers": [{"name": p.name, "role": p.role, "pid": p.pid} for p in d.peers.all()],
         "engines": [_engine(e) for e in ctx.core.engine_statuses()],
-        "tenants": [msgspec.to_builtins(t) for t in ctx.core.tenant_stats()],
+        "tenants": [msgspec.structs.asdict(t) for t in ctx.core.tenant_stats()],
     }
 
 
 def _engine(e: Any) -> dict[str, Any]:
-    out = msgspec.to_builtins(e)
+    out = msgspec.structs.asdict(e)
     out.pop("api_key", None)
     return out
 

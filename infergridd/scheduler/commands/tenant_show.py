@@ -31,7 +31,7 @@ def execute(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
         "name": name,
         "configured": ctx.core.tenants.configured(name),
         "effective": ctx.core.tenants.effective(name),
-        "stats": msgspec.to_builtins(stats) if stats else {},
+        "stats": msgspec.structs.asdict(stats) if stats else {},
     }
 
 

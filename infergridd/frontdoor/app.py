@@ -1,0 +1,173 @@
+"""Routes of the OpenAI-compatible API, ``/health`` and ``/metrics``."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import msgspec
+from aiohttp import web
+
+from .. import protocol as p
+from ..logs import fields
+from .errors import ApiError, error_middleware
+from .relay import EngineUnavailable, RelayResult, relay
+from .validate import CHAT, COMPLETIONS, parse, read_body
+
+if TYPE_CHECKING:
+    from .main import Frontdoor
+
+log = logging.getLogger("infergrid.frontdoor")
+
+FD: web.AppKey[Frontdoor] = web.AppKey("frontdoor")
+RETRIES_BEFORE_FIRST_BYTE = 1
+
+
+def _json(obj: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=msgspec.json.encode(obj),
+                        content_type="application/json")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    fd = request.app[FD]
+    t0 = time.monotonic()
+    tenant = fd.auth.tenant(request.headers.get("Authorization"))
+    raw = await read_body(request, fd.cfg.limits)
+    req = parse(request.path, raw, fd.cfg.limits, fd.model_names)
+    attempt = 0
+    while True:
+        rid = "cmpl-" + uuid.uuid4().hex
+        rec = p.QueuedRecord(request_id=rid, tenant=tenant, model=req.model,
+                             prompt_tokens=req.prompt_tokens, max_tokens=req.max_tokens,
+                             priority=req.priority, submitted_at=time.time())
+        answer = await fd.link.submit(rec)
+        if isinstance(answer, p.Reject):
+            fd.metrics.rejections.labels(tenant, answer.code).inc()
+            fd.metrics.requests.labels(tenant, req.model, "rejected").inc()
+            raise ApiError(answer.http_status, answer.code, answer.reason,
+                           retry_after_s=answer.retry_after_s)
+        fd.link.started(rec, answer)
+        fd.metrics.queue_wait.labels(tenant, req.model).observe(time.monotonic() - t0)
+        gauge = fd.metrics.inflight.labels(tenant, req.model)
+        gauge.inc()
+        res: RelayResult | None = None
+        outcome, error = p.Outcome.CANCELLED, ""
+        try:
+            res = await relay(fd.http, request, req, answer, rid, t0,
+                              fd.cfg.limits.request_timeout_s,
+                              lambda n, rid=rid: fd.link.progress(rid, n))
+            outcome, error = res.outcome, res.error
+        except EngineUnavailable as exc:
+            outcome, error = p.Outcome.ENGINE_ERROR, str(exc)
+            log.warning("%s; %s", exc, "retrying once" if attempt < RETRIES_BEFORE_FIRST_BYTE
+                        else "giving up", extra=fields(tenant=tenant, model=req.model,
+                                                      request_id=rid, engine=answer.engine_id))
+            if attempt >= RETRIES_BEFORE_FIRST_BYTE:
+                raise ApiError(502, "engine_unavailable",
+                               f"the engine for {req.model!r} failed before answering; "
+                               "try again", retry_after_s=1) from None
+        finally:
+            gauge.dec()
+            _account(fd, rid, tenant, req.model, req.prompt_tokens, t0, outcome, error, res)
+        if res is not None and res.response is not None:
+            return res.response
+        attempt += 1
+
+
+def _account(fd: Frontdoor, rid: str, tenant: str, model: str, estimate: int, t0: float,
+             outcome: str, error: str, res: RelayResult | None) -> None:
+    """The single place a dispatched request's books are closed: exactly one Done."""
+    prompt = (res.prompt_tokens if res else 0) or estimate
+    completion = res.completion_tokens if res else 0
+    ttft = res.ttft_s if res else None
+    fd.link.finish(rid, outcome, prompt, completion, ttft_s=ttft, error=error)
+    m = fd.metrics
+    m.requests.labels(tenant, model, outcome).inc()
+    if outcome == p.Outcome.OK:
+        m.tokens.labels(tenant, model, "in").inc(prompt)
+        m.tokens.labels(tenant, model, "out").inc(completion)
+        if ttft is not None:
+            m.ttft.labels(tenant, model).observe(ttft)
+        if res and res.itl_s:
+            h = m.itl.labels(tenant, model)
+            for x in res.itl_s:
+                h.observe(x)
+        m.e2e.labels(tenant, model).observe(time.monotonic() - t0)
+    if fd.cfg.logging.requests:
+        level = logging.INFO if outcome in (p.Outcome.OK, p.Outcome.CANCELLED) else logging.WARNING
+        log.log(level, "%s %s %s %s", rid, tenant, model, outcome + (f": {error}" if error else ""),
+                extra=fields(request_id=rid, tenant=tenant, model=model, outcome=outcome,
+                             prompt_tokens=prompt, completion_tokens=completion,
+                             ttft_ms=None if ttft is None else round(ttft * 1000, 1)))
+
+
+async def models(request: web.Request) -> web.Response:
+    fd = request.app[FD]
+    fd.auth.tenant(request.headers.get("Authorization"))
+    infos = {m.name: m for m in (fd.snapshot.models if fd.snapshot else [])}
+    data = []
+    for m in fd.cfg.models:
+        info = infos.get(m.name)
+        data.append({"id": m.name, "object": "model", "created": int(fd.started_at),
+                     "owned_by": "infergrid",
+                     "state": info.state if info else "unknown",
+                     "ready_engines": info.ready_engines if info else 0,
+                     "memory_bytes": info.memory_bytes if info else 0})
+    return _json({"object": "list", "data": data})
+
+
+def missing_models(fd: Frontdoor) -> list[str]:
+    infos = {m.name: m for m in (fd.snapshot.models if fd.snapshot else [])}
+    return [m.name for m in fd.cfg.models
+            if m.preload and (m.name not in infos or infos[m.name].ready_engines < 1)]
+
+
+async def health(request: web.Request) -> web.Response:
+    fd = request.app[FD]
+    states = {m.name: m.state for m in (fd.snapshot.models if fd.snapshot else [])}
+    missing = missing_models(fd)
+    body: dict[str, object] = {"models": states, "scheduler_connected": fd.link.connected}
+    if fd.draining:
+        return _json({"status": "draining", **body}, 503)
+    if missing:
+        reasons = {m.name: m.reason for m in (fd.snapshot.models if fd.snapshot else [])
+                   if m.name in missing and m.reason}
+        return _json({"status": "loading", "missing_models": missing, "reasons": reasons,
+                      **body}, 503)
+    return _json({"status": "ok", **body})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    fd = request.app[FD]
+    return web.Response(body=fd.metrics.render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+@web.middleware
+async def track_active(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Count requests in progress, so a drain knows when it is done."""
+    fd = request.app[FD]
+    fd.active += 1
+    try:
+        return await handler(request)
+    finally:
+        fd.active -= 1
+        if fd.active == 0:
+            fd.idle.set()
+
+
+def build_app(fd: Frontdoor) -> web.Application:
+    app = web.Application(middlewares=[track_active, error_middleware],
+                          client_max_size=fd.cfg.limits.max_body_bytes + 1)
+    app[FD] = fd
+    app.router.add_post(CHAT, completions)
+    app.router.add_post(COMPLETIONS, completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+__all__ = ["FD", "build_app", "missing_models"]

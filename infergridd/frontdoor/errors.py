@@ -1,0 +1,69 @@
+"""OpenAI-shaped errors: every failure a client sees has the same JSON body.
+
+``{"error": {"message", "type", "param", "code"}}`` with the HTTP status, and
+``Retry-After`` (whole seconds, rounded up) when the client should come back —
+SDKs read both, and a plain-text error breaks them (PEERS.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+from aiohttp import web
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "server_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class ApiError(Exception):
+    """Raised anywhere in a handler; the middleware turns it into the response."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "type": _TYPES.get(self.status, "error"),
+                          "param": self.param, "code": self.code}}
+
+    def response(self) -> web.Response:
+        headers = {}
+        if self.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        return web.Response(status=self.status, body=msgspec.json.encode(self.body()),
+                            content_type="application/json", headers=headers)
+
+    def sse_event(self) -> bytes:
+        """The terminating event for a stream that already started."""
+        return b"data: " + msgspec.json.encode(self.body()) + b"\n\ndata: [DONE]\n\n"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
+            exc.status, "http_error")
+        return ApiError(exc.status, code, exc.reason or "error").response()

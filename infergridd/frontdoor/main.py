@@ -1,0 +1,117 @@
+"""The front door daemon: wiring of the HTTP app, the scheduler link and shutdown.
+
+On SIGTERM it stops accepting (under socket activation systemd keeps the
+listening socket, so new connections wait in its backlog for the next
+instance), lets the streams in flight finish within ``drain_timeout_s``,
+hands the last ``Done``s to the scheduler, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+import uuid
+
+import aiohttp
+import zmq.asyncio
+from aiohttp import web
+
+from .. import protocol as p
+from ..config import Config, Dirs
+from ..systemd import Notifier, listen_fds
+from .app import build_app
+from .auth import Authenticator
+from .link import SchedulerLink
+from .metrics import FrontdoorMetrics
+
+log = logging.getLogger("infergrid.frontdoor")
+
+
+class Frontdoor:
+    def __init__(self, cfg: Config, dirs: Dirs) -> None:
+        self.cfg = cfg
+        self.dirs = dirs
+        self.instance = uuid.uuid4().hex[:12]
+        self.started_at = time.time()
+        self.model_names = {m.name for m in cfg.models}
+        self.auth = Authenticator(cfg)
+        self.metrics = FrontdoorMetrics()
+        self.snapshot: p.Snapshot | None = None
+        self.active = 0
+        self.idle = asyncio.Event()
+        self.draining = False
+        self.notifier = Notifier()
+        self.http: aiohttp.ClientSession
+        self.link: SchedulerLink
+
+    def on_snapshot(self, snap: p.Snapshot) -> None:
+        if snap.auth is not None:
+            self.auth.update(snap.auth_version, snap.auth, snap.auth_none_tenant)
+        self.snapshot = snap
+        self.metrics.snapshot.snapshot = snap
+        self.metrics.snapshot.received_at = time.monotonic()
+
+    async def run(self) -> int:
+        self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
+        ctx = zmq.asyncio.Context()
+        self.link = SchedulerLink(ctx, self.dirs.scheduler_sock, self.instance, self.on_snapshot)
+        self.metrics.snapshot.connected = lambda: self.link.connected
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
+        self.link.start()
+        runner = web.AppRunner(build_app(self), handler_cancellation=True, access_log=None,
+                               shutdown_timeout=1.0)
+        await runner.setup()
+        fds = listen_fds()
+        if fds:
+            for fd in fds:
+                sock = socket.socket(fileno=fd)
+                sock.setblocking(False)
+                await web.SockSite(runner, sock).start()
+            where = f"socket-activated fd(s) {fds}"
+        else:
+            host, _, port = self.cfg.listen.rpartition(":")
+            await web.TCPSite(runner, host.strip("[]"), int(port), backlog=1024,
+                              reuse_address=True).start()
+            where = f"http://{self.cfg.listen}"
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        watchdog = asyncio.create_task(self.notifier.watchdog_loop())
+        self.notifier.ready(f"serving on {where}")
+        log.info("front door %s serving on %s", self.instance, where)
+        await stop.wait()
+        await self.drain(runner)
+        watchdog.cancel()
+        await self.link.wait_acked(2.0)
+        await self.link.close()
+        await self.http.close()
+        ctx.term()
+        log.info("front door stopped")
+        return 0
+
+    async def drain(self, runner: web.AppRunner) -> None:
+        self.draining = True
+        self.notifier.stopping()
+        for site in list(runner.sites):
+            await site.stop()
+        bound = self.cfg.limits.drain_timeout_s
+        log.info("draining: %d request(s) in progress, waiting up to %.0fs", self.active, bound)
+        t0 = time.monotonic()
+        self.idle.clear()
+        if self.active:
+            try:
+                await asyncio.wait_for(self.idle.wait(), bound)
+            except asyncio.TimeoutError:
+                log.warning("drain timed out with %d request(s) still in progress", self.active)
+        log.info("drained in %.1fs", time.monotonic() - t0)
+        await runner.cleanup()
+
+
+def main(cfg: Config, dirs: Dirs) -> int:
+    return asyncio.run(Frontdoor(cfg, dirs).run())

@@ -1,0 +1,119 @@
+"""``/metrics``: what the front door measured itself, plus the scheduler's latest Snapshot.
+
+Latencies are measured where the client sees them (here).  Queue depths,
+fairness counters and engine state come from the scheduler's Snapshot via a
+custom collector, so they are as fresh as the last Snapshot (≤ 0.5 s) and cost
+nothing between scrapes.  Label values are bounded: tenants are configured or
+added names only (a wrong key is never a label), models are configured names.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .. import protocol as p
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5,
+                   2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+
+
+class SnapshotCollector(Collector):
+    def __init__(self) -> None:
+        self.snapshot: p.Snapshot | None = None
+        self.received_at = 0.0
+        self.connected = lambda: False
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("infergrid_scheduler_connected",
+                               "1 while the front door is connected to the scheduler")
+        up.add_metric([], 1.0 if self.connected() else 0.0)
+        yield up
+        snap = self.snapshot
+        if snap is None:
+            return
+        age = GaugeMetricFamily("infergrid_snapshot_age_seconds",
+                                "age of the scheduler state exported below")
+        age.add_metric([], time.monotonic() - self.received_at)
+        yield age
+        t_fams = {
+            "queued": GaugeMetricFamily("infergrid_tenant_queued", "requests waiting in "
+                                        "InferGrid's queue", labels=["tenant"]),
+            "inflight": GaugeMetricFamily("infergrid_tenant_inflight", "requests dispatched "
+                                          "to engines", labels=["tenant"]),
+            "counter": GaugeMetricFamily("infergrid_tenant_counter", "fairness counter "
+                                         "(weighted tokens of service)", labels=["tenant"]),
+            "weight": GaugeMetricFamily("infergrid_tenant_weight", "effective weight",
+                                        labels=["tenant"]),
+        }
+        served = GaugeMetricFamily("infergrid_tenant_tokens_served", "tokens served, as "
+                                   "charged by the scheduler", labels=["tenant", "direction"])
+        rejected = GaugeMetricFamily("infergrid_tenant_rejected", "requests rejected by the "
+                                     "scheduler", labels=["tenant", "reason"])
+        for t in snap.tenants:
+            for key, fam in t_fams.items():
+                fam.add_metric([t.name], float(getattr(t, key)))
+            served.add_metric([t.name, "in"], float(t.tokens_in))
+            served.add_metric([t.name, "out"], float(t.tokens_out))
+            for reason, n in sorted(t.rejected.items()):
+                rejected.add_metric([t.name, reason], float(n))
+        yield from t_fams.values()
+        yield served
+        yield rejected
+        state = GaugeMetricFamily("infergrid_engine_state", "1 for the engine's current state",
+                                  labels=["engine", "model", "state"])
+        e_fams = {
+            "num_running": GaugeMetricFamily("infergrid_engine_running", "requests running "
+                                             "in the engine", labels=["engine", "model"]),
+            "num_waiting": GaugeMetricFamily("infergrid_engine_waiting", "requests waiting "
+                                             "inside the engine", labels=["engine", "model"]),
+            "kv_usage": GaugeMetricFamily("infergrid_engine_kv_usage", "KV cache use, 0..1",
+                                          labels=["engine", "model"]),
+            "restarts": GaugeMetricFamily("infergrid_engine_restarts", "engine restarts",
+                                          labels=["engine", "model"]),
+            "memory_bytes": GaugeMetricFamily("infergrid_engine_memory_bytes", "GPU memory "
+                                              "held, per the ledger", labels=["engine", "model"]),
+        }
+        for e in snap.engines:
+            state.add_metric([e.engine_id, e.model, e.state], 1.0)
+            for key, fam in e_fams.items():
+                fam.add_metric([e.engine_id, e.model], float(getattr(e, key)))
+        yield state
+        yield from e_fams.values()
+        ready = GaugeMetricFamily("infergrid_model_ready_engines", "ready engines per model",
+                                  labels=["model"])
+        for m in snap.models:
+            ready.add_metric([m.name], float(m.ready_engines))
+        yield ready
+
+
+class FrontdoorMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("infergrid_requests", "finished requests by outcome",
+                                ["tenant", "model", "outcome"], registry=r)
+        self.ttft = Histogram("infergrid_ttft_seconds", "time to first token, as the client "
+                              "sees it", ["tenant", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram("infergrid_queue_wait_seconds", "time from arrival to "
+                                    "dispatch", ["tenant", "model"], buckets=LATENCY_BUCKETS,
+                                    registry=r)
+        self.itl = Histogram("infergrid_itl_seconds", "time between streamed tokens",
+                             ["tenant", "model"], buckets=ITL_BUCKETS, registry=r)
+        self.e2e = Histogram("infergrid_request_duration_seconds", "arrival to last byte",
+                             ["tenant", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("infergrid_tokens", "tokens by direction (engine usage)",
+                              ["tenant", "model", "direction"], registry=r)
+        self.inflight = Gauge("infergrid_inflight", "requests being relayed now",
+                              ["tenant", "model"], registry=r)
+        self.rejections = Counter("infergrid_rejections", "requests refused",
+                                  ["tenant", "reason"], registry=r)
+        self.snapshot = SnapshotCollector()
+        r.register(self.snapshot)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,124 @@
+"""Parse and bound a request body before anything is queued or charged.
+
+Only what InferGrid needs is checked here (the engine validates the rest and
+its 400s pass through): the body is JSON and small enough, the model exists,
+``max_tokens`` is sane (it is the scheduler's cost estimate), and the request
+shape is one we can account for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from .. import tokens
+from ..config import Limits
+from .errors import ApiError
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    path: str
+    body: dict[str, Any]  # what goes to the engine (max_tokens filled in)
+    model: str
+    stream: bool
+    client_wants_usage: bool  # the client asked for stream_options.include_usage
+    prompt_tokens: int  # estimate; the engine's usage corrects it
+    max_tokens: int
+    priority: int
+
+
+async def read_body(request: web.Request, limits: Limits) -> bytes:
+    """Read at most ``max_body_bytes``; never buffer an unbounded body."""
+    limit = limits.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "request_too_large",
+                       f"request body is {request.content_length} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "request_too_large", f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _int(body: dict[str, Any], name: str) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ApiError(400, "invalid_value", f"{name} must be an integer, got {v!r}", name)
+    return v
+
+
+def parse(path: str, raw: bytes, limits: Limits, models: set[str]) -> ParsedRequest:
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "invalid_value", "model is required and must be a string", "model")
+    if model not in models:
+        raise ApiError(404, "model_not_found", f"the model {model!r} does not exist", "model")
+
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "invalid_value", "stream must be true or false", "stream")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise ApiError(400, "invalid_value", "stream_options must be an object", "stream_options")
+    n = _int(body, "n")
+    if n is not None and n != 1:
+        raise ApiError(400, "unsupported_value", "only n=1 is supported", "n")
+
+    if path == CHAT:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "invalid_value", "messages must be a non-empty list", "messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise ApiError(400, "invalid_value",
+                               f"messages[{i}] must be an object with a string role",
+                               f"messages[{i}]")
+        prompt_tokens = tokens.estimate_messages(messages)
+        field = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
+            else "max_tokens"
+    else:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not prompt):
+            raise ApiError(400, "invalid_value", "prompt must be a string or a non-empty list",
+                           "prompt")
+        if isinstance(prompt, list) and len(prompt) > 1 and not all(
+                isinstance(x, int) for x in prompt):
+            raise ApiError(400, "unsupported_value", "batched prompts are not supported",
+                           "prompt")
+        prompt_tokens = tokens.estimate_prompt(prompt)
+        field = "max_tokens"
+
+    max_tokens = _int(body, field)
+    if max_tokens is None:
+        max_tokens = limits.default_max_tokens
+        body[field] = max_tokens
+    if max_tokens < 1:
+        raise ApiError(400, "invalid_value", f"{field} must be at least 1, got {max_tokens}", field)
+    if max_tokens > limits.max_tokens_cap:
+        raise ApiError(400, "invalid_value",
+                       f"{field} {max_tokens} is over the limit of {limits.max_tokens_cap}", field)
+    priority = _int(body, "priority") or 0
+    body.pop("priority", None)  # the scheduler sets the engine priority, not the client
+    return ParsedRequest(
+        path=path, body=body, model=model, stream=stream,
+        client_wants_usage=bool(opts and opts.get("include_usage")),
+        prompt_tokens=prompt_tokens, max_tokens=max_tokens, priority=priority,
+    )
