@@ -306,6 +306,9 @@ class SchedulerDaemon:
         read_only = msg.command in ("status", "models", "tenant.list", "tenant.show")
         log.log(logging.DEBUG if read_only else logging.INFO, "control: %s %s", msg.command,
                 _loggable(msg.args))
+        if not read_only:  # keys and settings reach every front door before we answer
+            for fd in self.peers.by_role("frontdoor"):
+                self._send_snapshot(fd)
         return p.ControlReply(ok=True, result=result)
 
 

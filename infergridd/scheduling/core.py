@@ -122,6 +122,11 @@ class SchedulerCore:
         if s.request_id in self._records or s.request_id in self._finished:
             return []
         now = self.clock()
+        rejected = self._admit(peer, s, now)
+        return rejected or self._dispatch_all(now)
+
+    def _admit(self, peer: str, s: p.Submit | p.QueuedRecord, now: float) -> list[Send]:
+        """Every admission check, then queue it; returns the Reject, or [] when queued."""
         tenant = s.tenant or (DEFAULT_TENANT if self.cfg.auth == "none" else "")
         t = self.tenants.get(tenant)
         if t is None:
@@ -145,7 +150,7 @@ class SchedulerCore:
             return [self._send_reject(peer, rej, tenant)]
         self.quotas.charge(tenant, cost, now)
         self._enqueue(_Record(req=req, peer=peer, quota_tokens=cost if t.tpm > 0 else 0), now)
-        return self._dispatch_all(now)
+        return []
 
     def cancel(self, peer: str, request_id: str) -> list[Send]:
         """The client left while queued: forget the request; an in-flight one ends by Done."""
@@ -213,8 +218,8 @@ class SchedulerCore:
         in flight here on that engine (charging nothing new: the scheduler
         that dispatched it charged it); its undelivered Dones are applied; and
         what the core held for it that it does not list is gone.
-        Requests it held while the scheduler was away are taken without
-        admission checks (they may have been admitted already).
+        Requests it held while the scheduler was away go through admission
+        (quotas included), so a restart is no way around a quota.
         """
         if hello.role == "supervisor":
             return self.engines_update(peer, hello.engines)
@@ -654,15 +659,8 @@ class SchedulerCore:
             rec.peer = peer
             self._enqueue(rec, now)
             return []
+        # Unknown here: it arrived while the scheduler was away, or the old scheduler
+        # admitted it and died.  Admission is checked again, so a quota holds across
+        # a scheduler restart (at worst a request is charged twice, never zero times).
         self._finished.pop(q.request_id, None)
-        tenant = q.tenant or (DEFAULT_TENANT if self.cfg.auth == "none" else "")
-        if tenant not in self.tenants:
-            return [self._reject(peer, q.request_id, tenant, 401, "invalid_api_key",
-                                 f"unknown tenant {tenant!r}")]
-        if not self._model_known(q.model):
-            return [self._reject(peer, q.request_id, tenant, 404, "model_not_found",
-                                 f"the model {q.model!r} does not exist")]
-        req = self._request(q.request_id, tenant, q.model, q.prompt_tokens, q.max_tokens,
-                            q.priority, q.submitted_at)
-        self._enqueue(_Record(req=req, peer=peer), now)
-        return []
+        return self._admit(peer, q, now)

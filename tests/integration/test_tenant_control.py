@@ -41,7 +41,9 @@ async def test_set_rate_takes_effect_within_a_second_and_survives_scheduler_kill
     # the quiet tenant is untouched by the flooder's quota
     assert all(r.status == 200 for r in await _burst(app.url, "sk-quiet-demo", 6))
 
-    # kill -9 the scheduler: the quota (and the flooder's spent bucket) come back
+    # kill -9 the scheduler: the quota (and the flooder's spent bucket, as of the last
+    # state snapshot, taken every scheduler.snapshot_interval_s) come back
+    await asyncio.sleep(1.5)
     old = app.daemon_pid("scheduler")
     os.kill(old, signal.SIGKILL)
     app.wait_for(lambda: app.daemon_pid("scheduler") != old, what="scheduler restart")
