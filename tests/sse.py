@@ -20,7 +20,7 @@ class StreamResult:
     text: str = ""
     ttft_s: float | None = None
     body: Any = None  # for non-200 answers: the JSON error
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Any = field(default_factory=dict)
 
     @property
     def content_chunks(self) -> int:
@@ -47,7 +47,7 @@ async def stream_chat(session: aiohttp.ClientSession, url: str, key: str | None,
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     t0 = time.monotonic()
     async with session.post(url + path, json=body, headers=headers) as resp:
-        res = StreamResult(status=resp.status, headers=dict(resp.headers))
+        res = StreamResult(status=resp.status, headers=resp.headers.copy())  # case-insensitive
         if resp.status != 200:
             res.body = await resp.json(content_type=None)
             return res

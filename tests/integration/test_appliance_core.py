@@ -212,3 +212,33 @@ def test_infergridctl_not_running_is_a_clear_error(tmp_path) -> None:
                         str(tmp_path), "status"], capture_output=True, text=True)
     assert r.returncode == 1
     assert "not running" in r.stderr and str(tmp_path) in r.stderr
+
+
+async def test_usage_chunk_only_for_clients_that_ask(appliance) -> None:
+    async with _session() as s:
+        r = await stream_chat(s, appliance.url, "sk-quiet-demo", chat_body(5, usage=False))
+        assert r.status == 200 and r.done and r.error is None
+        assert r.usage is None, "usage chunk leaked to a client that did not ask for it"
+        assert r.content_chunks == 5
+        assert r.headers["X-Request-Id"].startswith("cmpl-")
+    # but the scheduler was still charged the engine's real usage
+    appliance.wait_for(lambda: next(t for t in appliance.status()["tenants"]
+                                    if t["name"] == "quiet")["tokens_out"] == 5,
+                       what="usage charged")
+
+
+async def test_health_and_metrics_need_no_key(appliance) -> None:
+    async with _session() as s:
+        async with s.get(appliance.url + "/health") as resp:
+            body = await resp.json()
+        assert resp.status == 200 and body["status"] == "ok" and body["models"] == {"demo": "ready"}
+        async with s.get(appliance.url + "/v1/models") as resp:
+            assert resp.status == 401
+        async with s.get(appliance.url + "/nope") as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"]["code"] == "not_found"
+        async with s.get(appliance.url + "/metrics") as resp:
+            text = await resp.text()
+        for name in ("infergrid_scheduler_connected 1.0", "infergrid_engine_state{",
+                     "infergrid_tenant_queued{", "infergrid_model_ready_engines{"):
+            assert name in text, name
