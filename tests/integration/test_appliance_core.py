@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 import pytest
-from conftest import DEMO_TENANTS, sim_model
+from appliance import DEMO_TENANTS, sim_model
 from sse import chat_body, stream_chat
 
 KEYS = ["sk-quiet-demo", "sk-flooder-demo"]

@@ -7,7 +7,7 @@ import time
 
 import aiohttp
 import pytest
-from conftest import sim_model
+from appliance import sim_model
 from sse import chat_body, stream_chat
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 import zmq
-from conftest import DEMO_TENANTS, short_tmpdir, sim_model
+from appliance import DEMO_TENANTS, short_tmpdir, sim_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -13,7 +13,7 @@ import time
 import aiohttp
 import pytest
 import yaml
-from conftest import DEMO_TENANTS, short_tmpdir, sim_model
+from appliance import DEMO_TENANTS, short_tmpdir, sim_model
 from sse import chat_body, stream_chat
 
 pytestmark = pytest.mark.slow

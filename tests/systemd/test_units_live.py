@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NsSystemd
+from nsboot import NsSystemd
 
 pytestmark = pytest.mark.systemd
 

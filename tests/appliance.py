@@ -1,0 +1,150 @@
+"""A real appliance (``infergrid serve``: three daemons + engines) for tests.
+
+IPC socket paths must stay under 107 bytes, so every appliance lives in a
+short directory under /tmp rather than pytest's long tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEMO_TENANTS = [
+    {"name": "quiet", "keys": ["sk-quiet-demo"]},
+    {"name": "flooder", "keys": ["sk-flooder-demo"]},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def short_tmpdir(prefix: str = "ig") -> Path:
+    return Path(tempfile.mkdtemp(dir="/tmp", prefix=prefix))
+
+
+class Appliance:
+    """``infergrid serve`` in a subprocess, with helpers to find and signal its daemons."""
+
+    def __init__(self, config: dict[str, Any], root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        config = {"version": 1, "listen": f"127.0.0.1:{self.port}", **config}
+        self.config = config
+        self.config_path = root / "infergrid.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.runtime = root / "run"
+        self.state = root / "state"
+        self.log_path = root / "serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_healthy: bool = True, timeout: float = 60.0) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "infergridd.cli.infergrid", "serve",
+             "--config", str(self.config_path), "--runtime-dir", str(self.runtime),
+             "--state-dir", str(self.state)],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        if wait_healthy:
+            self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"infergrid serve exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except urllib.error.HTTPError as e:
+                last = e.read().decode(errors="replace")
+            except OSError as e:
+                last = str(e)
+            time.sleep(0.1)
+        raise AssertionError(f"not healthy after {timeout}s ({last}):\n{self.logs()}")
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(
+            [sys.executable, "-m", "infergridd.cli.infergridctl", "--runtime-dir",
+             str(self.runtime), *args],
+            capture_output=True, text=True, timeout=30,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(f"infergridctl {' '.join(args)} → {r.returncode}: {r.stderr}")
+        return r
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.ctl("--json", "status").stdout)
+
+    def daemon_pid(self, role: str) -> int:
+        """PID of a daemon by its process title (``infergridd ROLE --config FILE``)."""
+        out = subprocess.run(["pgrep", "-f", f"infergridd {role} --config {self.config_path}"],
+                             capture_output=True, text=True).stdout.split()
+        pids = [int(x) for x in out if int(x) != os.getpid()]
+        if len(pids) != 1:
+            raise AssertionError(f"expected one {role} process, found {pids}")
+        return pids[0]
+
+    def wait_for(self, predicate, timeout: float = 20.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                v = predicate()
+            except Exception:  # noqa: BLE001
+                v = None
+            if v:
+                return v
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.logs()[-4000:]}")
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def engine_logs(self) -> str:
+        out = []
+        for f in sorted((self.runtime / "engines").glob("*.log")):
+            out.append(f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}")
+        return "\n".join(out)
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def sim_model(name: str = "demo", max_num_seqs: int = 8, **args: Any) -> dict[str, Any]:
+    return {"name": name, "engine": "sim", "max_num_seqs": max_num_seqs,
+            "args": {"profile": "fast-test", **args}, "startup_timeout_s": 30}
