@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from appliance import DEMO_TENANTS, Appliance, short_tmpdir, sim_model
+from appliance import DEMO_TENANTS, Appliance, free_port, short_tmpdir, sim_model  # noqa: F401 (re-exported)
 
 
 @pytest.fixture
