@@ -59,7 +59,8 @@ from infergridd.engines.tinymodel import (  # noqa: E402 - after the path fix fo
 
 ENGINE_CPU = 0
 MODEL = "tiny"
-FIRST_ID = 7  # the tiny tokenizer's special tokens come first; keep prompts to plain tokens
+FIRST_ID = 7
+FITTED_KEYS = ("base_s", "per_prefill_token_s", "per_decode_seq_s")  # the tiny tokenizer's special tokens come first; keep prompts to plain tokens
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Level:
     ttft_p50_s: float
     ttft_p99_s: float
     tpot_p50_s: float
+    sweep: bool = False  # part of the --fit prompt-length sweep, not the main workload
     samples: list[Sample] = field(default_factory=list, repr=False)
 
 
@@ -132,11 +134,15 @@ def start_vllm(python: str, model_dir: Path, port: int, max_num_seqs: int,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def start_sim(profile: str, port: int, max_num_seqs: int, log: Path) -> subprocess.Popen[bytes]:
-    """The simulated engine on the same core; ``--startup-delay 0``: we time serving only."""
+def start_sim(profile: str, port: int, max_num_seqs: int, log: Path,
+              overrides: dict[str, float] | None = None) -> subprocess.Popen[bytes]:
+    """The simulated engine on the same core; ``--startup-delay 0``: we time serving only.
+    ``overrides`` (``--set KEY=VALUE``) try fitted coefficients without editing the profile."""
     argv = ["taskset", "-c", str(ENGINE_CPU), sys.executable, "-m", "infergridd.engines.sim",
             "--host", "127.0.0.1", "--port", str(port), "--model", MODEL,
             "--profile", profile, "--max-num-seqs", str(max_num_seqs), "--startup-delay", "0"]
+    if overrides:
+        argv += ["--set", *(f"{k}={v:.9f}" for k, v in overrides.items())]
     with open(log, "wb") as f:
         return subprocess.Popen(argv, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -242,7 +248,7 @@ async def measure(engine: str, url: str, a: argparse.Namespace, vocab: int,
     for c in a.concurrency:
         lv = await run_level(engine, url, c, max(a.min_requests, a.requests_per_slot * c),
                              a.prompt_tokens, a.max_tokens, vocab, rng)
-        print(f"  {engine:5} c={c:<2} P={a.prompt_tokens:<4} {lv.requests:3} req  "
+        print(f"  {engine:7} c={c:<2} P={a.prompt_tokens:<4} {lv.requests:3} req  "
               f"{lv.tokens_per_s:7.0f} tok/s  ttft p50 {lv.ttft_p50_s * 1e3:6.1f} ms  "
               f"p99 {lv.ttft_p99_s * 1e3:6.1f} ms  tpot p50 {lv.tpot_p50_s * 1e3:5.2f} ms",
               flush=True)
@@ -250,7 +256,8 @@ async def measure(engine: str, url: str, a: argparse.Namespace, vocab: int,
     if sweep:
         for p in a.sweep_prompt_tokens:
             lv = await run_level(engine, url, 1, a.min_requests, p, 8, vocab, rng)
-            print(f"  {engine:5} c=1  P={p:<4} ttft p50 {lv.ttft_p50_s * 1e3:6.1f} ms", flush=True)
+            lv.sweep = True
+            print(f"  {engine:7} c=1  P={p:<4} ttft p50 {lv.ttft_p50_s * 1e3:6.1f} ms", flush=True)
             out.append(lv)
     return out
 
@@ -262,11 +269,14 @@ def rel(sim: float, real: float) -> str:
     return f"{(sim - real) / real * 100:+6.1f}%" if real else "   n/a"
 
 
-def report(results: dict[str, list[Level]], a: argparse.Namespace) -> None:
-    real = {lv.concurrency: lv for lv in results.get("vllm", []) if lv.prompt_tokens == a.prompt_tokens}
-    sim = {lv.concurrency: lv for lv in results.get("sim", []) if lv.prompt_tokens == a.prompt_tokens}
-    print(f"\nprompt {a.prompt_tokens} tokens, output {a.max_tokens} tokens, "
-          f"max_num_seqs {a.max_num_seqs}, profile {a.profile}")
+def report(results: dict[str, list[Level]], a: argparse.Namespace, sim_name: str,
+           title: str) -> None:
+    real = {lv.concurrency: lv for lv in results.get("vllm", []) if not lv.sweep}
+    sim = {lv.concurrency: lv for lv in results.get(sim_name, []) if not lv.sweep}
+    if not sim:
+        return
+    print(f"\n{title}: prompt {a.prompt_tokens} tokens, output {a.max_tokens} tokens, "
+          f"max_num_seqs {a.max_num_seqs}")
     print(f"{'c':>3} | {'vLLM ttft p50/p99 ms':>21} {'tok/s':>7} | {'sim ttft p50/p99 ms':>20} "
           f"{'tok/s':>7} | {'err ttft p50':>12} {'p99':>7} {'tok/s':>7}")
     for c in a.concurrency:
@@ -280,11 +290,10 @@ def report(results: dict[str, list[Level]], a: argparse.Namespace) -> None:
 
 def fit(levels: list[Level], a: argparse.Namespace) -> dict[str, float]:
     """Profile coefficients from the vLLM measurements (see the module docstring)."""
-    decode = [lv for lv in levels if lv.prompt_tokens == a.prompt_tokens
-              and lv.concurrency <= a.max_num_seqs]
+    decode = [lv for lv in levels if not lv.sweep and lv.concurrency <= a.max_num_seqs]
     base, per_seq = least_squares([lv.concurrency for lv in decode],
                                   [lv.tpot_p50_s for lv in decode])
-    pre = [lv for lv in levels if lv.concurrency == 1]
+    pre = [lv for lv in levels if lv.sweep]
     ttft0, per_tok = least_squares([lv.prompt_tokens for lv in pre], [lv.ttft_p50_s for lv in pre])
     out = {"base_s": base, "per_prefill_token_s": per_tok, "per_decode_seq_s": per_seq,
            "ttft_intercept_s": ttft0}
@@ -344,11 +353,12 @@ async def amain(a: argparse.Namespace) -> int:
         vocab = json.loads((a.model_dir / "config.json").read_text())["vocab_size"]
     results: dict[str, list[Level]] = {}
     logs = Path(tempfile.mkdtemp(prefix="ig-calibrate-"))
-    for name in engines:
+
+    async def run(name: str, overrides: dict[str, float] | None = None) -> None:
         port = free_port()
         log = logs / f"{name}.log"
         proc = (start_vllm(a.vllm_python, a.model_dir, port, a.max_num_seqs, log) if name == "vllm"
-                else start_sim(a.profile, port, a.max_num_seqs, log))
+                else start_sim(a.profile, port, a.max_num_seqs, log, overrides))
         try:
             url = f"http://127.0.0.1:{port}"
             up = await wait_ready(url, proc, log, 400)
@@ -356,8 +366,14 @@ async def amain(a: argparse.Namespace) -> int:
             results[name] = await measure(name, url, a, vocab, sweep=a.fit and name == "vllm")
         finally:
             stop(proc)
-    report(results, a)
+
+    for name in engines:
+        await run(name)
     fitted = fit(results["vllm"], a) if a.fit and "vllm" in results else None
+    if fitted and "sim" in engines:  # does the fitted profile close the gap?
+        await run("sim-fit", {k: max(v, 0.0) for k, v in fitted.items() if k in FITTED_KEYS})
+    report(results, a, "sim", f"profile {a.profile}")
+    report(results, a, "sim-fit", f"profile {a.profile} with the fitted coefficients")
     if a.json:
         a.json.write_text(json.dumps({
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},

@@ -76,8 +76,7 @@ async def test_streams_chat_and_completions_with_usage(vllm_appliance: Any) -> N
     assert bare.usage is None, "usage chunk leaked to a client that did not ask for it"
     assert plain.status == 200 and plain.usage["completion_tokens"] == 8, plain.body
     # the scheduler was charged the engine's real counts
-    st = wait(lambda: (lambda s: s if all(t["inflight"] == 0 for t in s["tenants"]) else None)(
-        app.status()), 20, "idle tenants")
+    st = _idle(app)
     alpha = next(t for t in st["tenants"] if t["name"] == "alpha")
     assert alpha["tokens_out"] == 32 + 24 + 8 + 8
 
@@ -91,9 +90,7 @@ async def test_concurrent_streams_two_tenants(vllm_appliance: Any) -> None:
             stream_chat(s, app.url, KEYS[i % 2], _body(48)) for i in range(12)])
     for r in results:
         _assert_complete(r, 48)
-    st = wait(lambda: (lambda s: s if all(t["inflight"] == 0 and t["queued"] == 0
-                                          for t in s["tenants"]) else None)(app.status()),
-              20, "idle tenants")
+    st = _idle(app)
     after = {t["name"]: t["tokens_out"] for t in st["tenants"]}
     assert {n: after[n] - before.get(n, 0) for n in after} == {"alpha": 6 * 48, "beta": 6 * 48}
 
@@ -116,9 +113,7 @@ async def test_client_disconnect_aborts_the_sequence_in_vllm(vllm_appliance: Any
     # Finishing all LONG tokens would show as generated == LONG; an abort stops it early.
     assert generated < LONG * 0.75, (
         f"vLLM generated {generated:.0f} of {LONG} tokens in {took:.1f}s: not aborted")
-    st = wait(lambda: (lambda s: s if all(t["inflight"] == 0 for t in s["tenants"]) else None)(
-        app.status()), 10, "the cancelled request's Done")
-    assert st
+    _idle(app)  # the cancelled request's Done reached the scheduler
 
 
 async def test_engine_sigkill_restarts_and_queued_requests_are_served(
@@ -151,6 +146,17 @@ async def test_engine_sigkill_restarts_and_queued_requests_are_served(
     # the killed API server's engine-core worker must not linger on core 0
     assert wait(lambda: _gone_group(old["pid"]), 30, f"process group {old['pid']} to be gone")
     print(f"engine restart: requests waited {waited:.1f}s for the new vLLM")
+
+
+def _idle(app: Any, timeout: float = 30) -> dict[str, Any]:
+    """Status once no tenant has anything queued or in flight (every Done arrived)."""
+    def check() -> dict[str, Any]:
+        st = app.status()
+        busy = [t for t in st["tenants"] if t["inflight"] or t["queued"]]
+        if busy:
+            raise AssertionError(f"busy tenants: {busy}")  # ``wait`` reports the last one
+        return st
+    return wait(check, timeout, "every tenant idle (status: queued 0, inflight 0)")
 
 
 def _gone_group(pgid: int) -> bool:
