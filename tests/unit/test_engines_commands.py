@@ -91,6 +91,7 @@ def test_sim_command_exact() -> None:
     assert a.launch_spec(5000, "K").argv == [
         sys.executable, "-m", "infergridd.engines.sim", "--host", "127.0.0.1", "--port", "5000",
         "--model", "demo", "--api-key", "K", "--max-num-seqs", "3",
+        "--scheduling-policy", "priority",
         "--profile", "fast", "--seed", "7", "--fail-after", "10",
     ]
 
