@@ -71,6 +71,8 @@ class Sample:
     tpot_s: float  # (last token - first token) / (tokens - 1): one decode step per token
     completion_tokens: int
     prompt_tokens: int
+    tail_s: float = 0.0  # last token → end of the response (usage chunk, [DONE], close)
+    e2e_s: float = 0.0
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Level:
     ttft_p50_s: float
     ttft_p99_s: float
     tpot_p50_s: float
+    e2e_mean_s: float = 0.0
     sweep: bool = False  # part of the --fit prompt-length sweep, not the main workload
     samples: list[Sample] = field(default_factory=list, repr=False)
 
@@ -206,11 +209,13 @@ async def one_request(s: aiohttp.ClientSession, url: str, prompt: list[int],
                 if obj.get("choices"):
                     first = first or now
                     last = now
+    end = time.monotonic()
     n = usage.get("completion_tokens", 0)
     if n != max_tokens:
         raise RuntimeError(f"asked for {max_tokens} tokens, usage says {usage}")
     return Sample(ttft_s=first - t0, tpot_s=(last - first) / max(1, n - 1),
-                  completion_tokens=n, prompt_tokens=usage.get("prompt_tokens", 0))
+                  completion_tokens=n, prompt_tokens=usage.get("prompt_tokens", 0),
+                  tail_s=end - last, e2e_s=end - t0)
 
 
 async def run_level(engine: str, url: str, concurrency: int, requests: int, prompt_tokens: int,
@@ -237,7 +242,8 @@ async def run_level(engine: str, url: str, concurrency: int, requests: int, prom
         requests=len(samples), wall_s=wall,
         tokens_per_s=sum(x.completion_tokens for x in samples) / wall,
         ttft_p50_s=percentile(ttfts, 50), ttft_p99_s=percentile(ttfts, 99),
-        tpot_p50_s=percentile([x.tpot_s for x in samples], 50), samples=samples)
+        tpot_p50_s=percentile([x.tpot_s for x in samples], 50),
+        e2e_mean_s=sum(x.e2e_s for x in samples) / max(1, len(samples)), samples=samples)
 
 
 async def measure(engine: str, url: str, a: argparse.Namespace, vocab: int,
@@ -250,7 +256,8 @@ async def measure(engine: str, url: str, a: argparse.Namespace, vocab: int,
                              a.prompt_tokens, a.max_tokens, vocab, rng)
         print(f"  {engine:7} c={c:<2} P={a.prompt_tokens:<4} {lv.requests:3} req  "
               f"{lv.tokens_per_s:7.0f} tok/s  ttft p50 {lv.ttft_p50_s * 1e3:6.1f} ms  "
-              f"p99 {lv.ttft_p99_s * 1e3:6.1f} ms  tpot p50 {lv.tpot_p50_s * 1e3:5.2f} ms",
+              f"p99 {lv.ttft_p99_s * 1e3:6.1f} ms  tpot p50 {lv.tpot_p50_s * 1e3:5.2f} ms  "
+              f"e2e mean {lv.e2e_mean_s * 1e3:6.1f} ms",
               flush=True)
         out.append(lv)
     if sweep:
@@ -295,8 +302,20 @@ def fit(levels: list[Level], a: argparse.Namespace) -> dict[str, float]:
                                   [lv.tpot_p50_s for lv in decode])
     pre = [lv for lv in levels if lv.sweep]
     ttft0, per_tok = least_squares([lv.prompt_tokens for lv in pre], [lv.ttft_p50_s for lv in pre])
+    # What the step model cannot see: time per request outside its steps, and a closed
+    # loop's own gap (a request's end to the next one's start is the client's, ~0.1 ms).
+    one = next((lv for lv in decode if lv.concurrency == 1), None)
+    unseen = (sum(x.e2e_s - x.ttft_s - (x.completion_tokens - 1) * x.tpot_s for x in one.samples)
+              / len(one.samples)) if one and one.samples else 0.0
+    tail = (sum(x.tail_s for x in one.samples) / len(one.samples)) if one and one.samples else 0.0
+    # TTFT grows with the number of requests arriving together (a closed loop of equal
+    # requests refills in bursts): each is tokenised and admitted by vLLM's API server on
+    # the same core as the engine, one after another.  The step model has no such term.
+    adm0, per_arrival = least_squares([lv.concurrency for lv in decode],
+                                      [lv.ttft_p50_s for lv in decode])
     out = {"base_s": base, "per_prefill_token_s": per_tok, "per_decode_seq_s": per_seq,
-           "ttft_intercept_s": ttft0}
+           "ttft_intercept_s": ttft0, "request_overhead_s": unseen, "tail_s": tail,
+           "ttft_per_concurrent_request_s": per_arrival}
     print("\nfitted from vLLM (least squares):")
     for c in sorted({lv.concurrency for lv in decode}):
         lv = next(x for x in decode if x.concurrency == c)
@@ -309,7 +328,11 @@ def fit(levels: list[Level], a: argparse.Namespace) -> dict[str, float]:
     print(f"base_s: {max(base, 0.0):.6f}")
     print(f"per_prefill_token_s: {max(per_tok, 0.0):.8f}")
     print(f"per_decode_seq_s: {max(per_seq, 0.0):.8f}")
-    print(f"# ttft intercept (base_s + HTTP + detokenise): {ttft0 * 1e3:.2f} ms")
+    print(f"# ttft intercept (base_s + HTTP + tokenise): {ttft0 * 1e3:.2f} ms")
+    print(f"# per request outside the decode steps at c=1: {unseen * 1e3:.2f} ms, of which "
+          f"{tail * 1e3:.2f} ms after the last token (no profile key models these yet)")
+    print(f"# ttft p50 grows {per_arrival * 1e3:.2f} ms per concurrent request "
+          f"(ttft ≈ {adm0 * 1e3:.2f} ms + c × {per_arrival * 1e3:.2f} ms; not modelled by the sim)")
     return out
 
 

