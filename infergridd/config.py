@@ -47,6 +47,24 @@ class TokenBucketConfig(_Strict):
     burst: float = 20.0
 
 
+class ResidencyConfig(_Strict):
+    """Which models hold GPU memory (DESIGN §6): lazy loads, eviction and its rate limit.
+
+    A *swap* is one model put to sleep or stopped to make room for another.
+    Each costs the evicted model a wake later, so two busy models that cannot
+    both fit would otherwise trade places on every request; the budget below
+    bounds that, and the requests of the model kept waiting stay queued (fair
+    order kept) until the next swap is allowed or ``load_deadline_s`` passes.
+    """
+
+    max_swaps_per_window: int = 6  # 0: never evict for demand
+    swap_window_s: float = 60.0
+    load_deadline_s: float = 60.0  # a request waits this long for its model to load
+    sleep_level: int = 1  # 1: weights to host RAM (fast wake); 2: weights dropped
+    stop_after_s: float = 0.0  # asleep this long: stop the engine too (0: never)
+    command_timeout_s: float = 180.0  # no answer to an engine command: send it again
+
+
 class SchedulerConfig(_Strict):
     policy: Literal["vtc", "fifo", "token_bucket"] = "vtc"
     input_weight: float = 1.0
@@ -57,6 +75,7 @@ class SchedulerConfig(_Strict):
     max_tenants: int = 1_000  # bounds tenants, and so metric label values
     snapshot_interval_s: float = 1.0
     token_bucket: TokenBucketConfig = msgspec.field(default_factory=TokenBucketConfig)
+    residency: ResidencyConfig = msgspec.field(default_factory=ResidencyConfig)
 
 
 class GpuConfig(_Strict):
@@ -77,6 +96,7 @@ class ModelConfig(_Strict):
     replicas: int = 1
     max_num_seqs: int = 8
     memory: str | int | float = 0  # bytes, "16GiB", or a fraction (0..1] of the GPU
+    sleep_memory: str | int | float = 0  # what it keeps on the GPU asleep (CUDA context)
     preload: bool = True
     keep_alive_s: float = 0.0  # 0: never put to sleep for idleness
     pinned: bool = False
@@ -149,6 +169,54 @@ def parse_size(value: str | int | float, total: int = 0) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
+def model_memory(m: ModelConfig, total: int) -> int:
+    """GPU bytes one replica of ``m`` holds when awake (0: not accounted)."""
+    return parse_size(m.memory, total)
+
+
+def model_sleep_memory(m: ModelConfig, total: int) -> int:
+    """GPU bytes one replica keeps while asleep, never more than it holds awake."""
+    return min(parse_size(m.sleep_memory, total), model_memory(m, total))
+
+
+def fmt_bytes(n: int) -> str:
+    """``51539607552`` → ``"48.0 GiB"``: every memory figure shown to an operator."""
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def check_fit(cfg: Config, total: int) -> None:
+    """Refuse a model set that can never run on a GPU of ``total`` bytes (0: unlimited).
+
+    Called at config load with ``gpu.total_memory`` and again by the supervisor
+    once NVML has said how big the GPU really is.  Pinned models are never
+    evicted, so they must fit together; the preloaded ones must fit together
+    (else ``/health`` could never answer 200); and every model must fit alone.
+    """
+    if total <= 0:
+        return
+
+    def cost(m: ModelConfig) -> int:
+        return model_memory(m, total) * m.replicas
+
+    for i, m in enumerate(cfg.models):
+        if cost(m) > total:
+            raise ConfigError(
+                f"$.models[{i}].memory: model {m.name!r} needs {fmt_bytes(cost(m))}"
+                f"{f' ({m.replicas} replicas)' if m.replicas > 1 else ''}, more than the "
+                f"GPU's {fmt_bytes(total)}")
+    for what, models in (("pinned", [m for m in cfg.models if m.pinned]),
+                         ("preloaded", [m for m in cfg.models if m.preload or m.pinned])):
+        need = sum(cost(m) for m in models)
+        if need > total:
+            parts = " + ".join(f"{m.name} {fmt_bytes(cost(m))}" for m in models)
+            raise ConfigError(
+                f"$.models: the {what} models cannot all fit on the GPU: {parts} = "
+                f"{fmt_bytes(need)} > {fmt_bytes(total)} of GPU memory")
+
+
 def hash_key(key: str) -> str:
     """The at-rest form of an API key; ``sha256:<hex>`` keys are already hashed."""
     if key.startswith("sha256:"):
@@ -182,14 +250,18 @@ def _validate(cfg: Config) -> None:
             raise bad(f"{p}.max_num_seqs", "must be at least 1")
         if m.engine == "openai" and not m.url:
             raise bad(f"{p}.url", "required for engine: openai")
-        try:
-            parse_size(m.memory, parse_size(cfg.gpu.total_memory) or 1)
-        except ValueError as exc:
-            raise bad(f"{p}.memory", str(exc)) from None
+        for key in ("memory", "sleep_memory"):
+            try:
+                parse_size(getattr(m, key), parse_size(cfg.gpu.total_memory) or 1)
+            except ValueError as exc:
+                raise bad(f"{p}.{key}", str(exc)) from None
+        if m.keep_alive_s < 0:
+            raise bad(f"{p}.keep_alive_s", "cannot be negative")
     try:
-        parse_size(cfg.gpu.total_memory)
+        total = parse_size(cfg.gpu.total_memory)
     except ValueError as exc:
         raise bad("$.gpu.total_memory", str(exc)) from None
+    check_fit(cfg, total)
     seen = set()
     keys: dict[str, str] = {}
     for i, t in enumerate(cfg.tenants):
@@ -220,6 +292,16 @@ def _validate(cfg: Config) -> None:
         raise bad("$.scheduler.kv_threshold", "must be in (0, 1]")
     if s.input_weight < 0 or s.output_weight < 0:
         raise bad("$.scheduler", "input_weight and output_weight cannot be negative")
+    r = s.residency
+    if r.sleep_level not in (1, 2):
+        raise bad("$.scheduler.residency.sleep_level", "must be 1 or 2")
+    if r.max_swaps_per_window < 0:
+        raise bad("$.scheduler.residency.max_swaps_per_window", "cannot be negative")
+    for key in ("swap_window_s", "load_deadline_s", "command_timeout_s"):
+        if not getattr(r, key) > 0:
+            raise bad(f"$.scheduler.residency.{key}", "must be greater than 0")
+    if r.stop_after_s < 0:
+        raise bad("$.scheduler.residency.stop_after_s", "cannot be negative")
 
 
 def loads(text: str, source: str = "<config>") -> Config:

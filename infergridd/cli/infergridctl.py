@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     mod = commands[ns.command]
     try:
         sock = find_control_socket(ns.runtime_dir, ns.config)
-        reply = call(sock, ns.command, mod.to_args(ns), ns.timeout)
+        timeout = ns.timeout
+        if hasattr(mod, "reply_timeout"):  # a command that waits inside the scheduler
+            timeout = max(timeout, mod.reply_timeout(ns))
+        reply = call(sock, ns.command, mod.to_args(ns), timeout)
     except Unreachable as exc:
         print(f"infergridctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

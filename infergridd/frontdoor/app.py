@@ -14,7 +14,7 @@ from .. import protocol as p
 from ..logs import fields
 from .errors import ApiError, error_middleware
 from .relay import EngineUnavailable, RelayResult, relay
-from .validate import CHAT, COMPLETIONS, parse, read_body
+from .validate import CHAT, COMPLETIONS, ParsedRequest, parse, read_body
 
 if TYPE_CHECKING:
     from .main import Frontdoor
@@ -31,66 +31,81 @@ def _json(obj: object, status: int = 200) -> web.Response:
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions and /v1/completions: auth, bound, queue, relay, account."""
     fd = request.app[FD]
     t0 = time.monotonic()
     tenant = fd.auth.tenant(request.headers.get("Authorization"))
-    raw = await read_body(request, fd.cfg.limits)
-    req = parse(request.path, raw, fd.cfg.limits, fd.model_names)
+    try:
+        raw = await read_body(request, fd.cfg.limits)
+        req = parse(request.path, raw, fd.cfg.limits, fd.model_names)
+    except ApiError as exc:
+        fd.metrics.rejections.labels(tenant, exc.code).inc()
+        raise
     attempt = 0
+    arrived = time.time()  # a retry keeps the request's place in line
     while True:
         rid = "cmpl-" + uuid.uuid4().hex
         rec = p.QueuedRecord(request_id=rid, tenant=tenant, model=req.model,
                              prompt_tokens=req.prompt_tokens, max_tokens=req.max_tokens,
-                             priority=req.priority, submitted_at=time.time())
-        answer = await fd.link.submit(rec)
+                             priority=req.priority, submitted_at=arrived)
+        answer = await fd.link.submit(rec)  # cancelled here (client left) → Cancel
         if isinstance(answer, p.Reject):
             fd.metrics.rejections.labels(tenant, answer.code).inc()
             fd.metrics.requests.labels(tenant, req.model, "rejected").inc()
             raise ApiError(answer.http_status, answer.code, answer.reason,
-                           retry_after_s=answer.retry_after_s)
+                           retry_after_s=answer.retry_after_s, request_id=rid)
+        # From here on exactly one Done: no await between started() and the try.
         fd.link.started(rec, answer)
         fd.metrics.queue_wait.labels(tenant, req.model).observe(time.monotonic() - t0)
         gauge = fd.metrics.inflight.labels(tenant, req.model)
         gauge.inc()
-        res: RelayResult | None = None
-        outcome, error = p.Outcome.CANCELLED, ""
+        res = RelayResult()  # ours, so a cancelled relay still leaves its token counts
+        outcome, error = p.Outcome.CANCELLED, ""  # what an exception or cancellation means
         try:
-            res = await relay(fd.http, request, req, answer, rid, t0,
-                              fd.cfg.limits.request_timeout_s,
-                              lambda n, rid=rid: fd.link.progress(rid, n))
+            await relay(fd.http, request, req, answer, rid, t0, fd.cfg.limits.request_timeout_s,
+                        lambda n, rid=rid: fd.link.progress(rid, n), res)
             outcome, error = res.outcome, res.error
         except EngineUnavailable as exc:
             outcome, error = p.Outcome.ENGINE_ERROR, str(exc)
-            log.warning("%s; %s", exc, "retrying once" if attempt < RETRIES_BEFORE_FIRST_BYTE
-                        else "giving up", extra=fields(tenant=tenant, model=req.model,
-                                                      request_id=rid, engine=answer.engine_id))
-            if attempt >= RETRIES_BEFORE_FIRST_BYTE:
+            retry = attempt < RETRIES_BEFORE_FIRST_BYTE
+            log.warning("%s; %s", exc, "retrying once" if retry else "giving up",
+                        extra=fields(tenant=tenant, model=req.model, request_id=rid,
+                                     engine=answer.engine_id))
+            if not retry:
                 raise ApiError(502, "engine_unavailable",
                                f"the engine for {req.model!r} failed before answering; "
-                               "try again", retry_after_s=1) from None
+                               "try again", retry_after_s=1, request_id=rid) from None
+        except Exception as exc:
+            outcome, error = p.Outcome.ENGINE_ERROR, f"front door error: {exc!r}"
+            raise
         finally:
             gauge.dec()
-            _account(fd, rid, tenant, req.model, req.prompt_tokens, t0, outcome, error, res)
-        if res is not None and res.response is not None:
+            _account(fd, rid, tenant, req, t0, outcome, error, res)
+        if res.response is not None:
             return res.response
         attempt += 1
 
 
-def _account(fd: Frontdoor, rid: str, tenant: str, model: str, estimate: int, t0: float,
-             outcome: str, error: str, res: RelayResult | None) -> None:
+def _account(fd: Frontdoor, rid: str, tenant: str, req: ParsedRequest, t0: float,
+             outcome: str, error: str, res: RelayResult) -> None:
     """The single place a dispatched request's books are closed: exactly one Done."""
-    prompt = (res.prompt_tokens if res else 0) or estimate
-    completion = res.completion_tokens if res else 0
-    ttft = res.ttft_s if res else None
+    model = req.model
+    # the engine's count when it gave one; an engine that failed without output did no
+    # work worth charging, anything else is charged our estimate
+    failed_empty = outcome == p.Outcome.ENGINE_ERROR and not res.completion_tokens
+    prompt = res.prompt_tokens or (0 if failed_empty else req.prompt_tokens)
+    completion = res.completion_tokens
+    ttft = res.ttft_s
     fd.link.finish(rid, outcome, prompt, completion, ttft_s=ttft, error=error)
     m = fd.metrics
     m.requests.labels(tenant, model, outcome).inc()
-    if outcome == p.Outcome.OK:
+    if completion or outcome == p.Outcome.OK:
         m.tokens.labels(tenant, model, "in").inc(prompt)
         m.tokens.labels(tenant, model, "out").inc(completion)
-        if ttft is not None:
+    if outcome == p.Outcome.OK:
+        if ttft is not None and req.stream:
             m.ttft.labels(tenant, model).observe(ttft)
-        if res and res.itl_s:
+        if res.itl_s:
             h = m.itl.labels(tenant, model)
             for x in res.itl_s:
                 h.observe(x)
@@ -145,6 +160,13 @@ async def metrics(request: web.Request) -> web.Response:
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """While draining, answers close their connection: the client's next request goes to
+    the listening socket (and so to the next instance), not to this one via keep-alive."""
+    if request.app[FD].draining:
+        response.force_close()
+
+
 @web.middleware
 async def track_active(request: web.Request, handler):  # type: ignore[no-untyped-def]
     """Count requests in progress, so a drain knows when it is done."""
@@ -162,6 +184,7 @@ def build_app(fd: Frontdoor) -> web.Application:
     app = web.Application(middlewares=[track_active, error_middleware],
                           client_max_size=fd.cfg.limits.max_body_bytes + 1)
     app[FD] = fd
+    app.on_response_prepare.append(_on_prepare)
     app.router.add_post(CHAT, completions)
     app.router.add_post(COMPLETIONS, completions)
     app.router.add_get("/v1/models", models)

@@ -16,15 +16,22 @@ from .errors import ApiError
 
 
 class Authenticator:
+    """Maps ``Authorization: Bearer <key>`` to a tenant name, or refuses with 401."""
+
     def __init__(self, cfg: Config) -> None:
-        self.none_tenant = "default" if cfg.auth == "none" else ""
-        self.version = -1
+        self._config_none = "default" if cfg.auth == "none" else ""
+        self.none_tenant = self._config_none
+        self.version = -1  # no table from the scheduler yet: the config's keys
         self._table = {hash_key(k): t.name for t in cfg.tenants for k in t.keys}
 
-    def update(self, version: int, entries: list[AuthEntry], none_tenant: str) -> None:
+    def update(self, version: int, entries: list[AuthEntry]) -> None:
+        """Replace the table with the scheduler's (it includes keys added at runtime)."""
         self._table = {e.key_sha256: e.tenant for e in entries}
         self.version = version
-        self.none_tenant = none_tenant
+
+    def set_none_tenant(self, name: str) -> None:
+        """With ``auth: none`` every request belongs to this tenant (scheduler's choice)."""
+        self.none_tenant = name or self._config_none
 
     def tenant(self, authorization: str | None) -> str:
         if self.none_tenant:

@@ -7,6 +7,7 @@ SDKs read both, and a plain-text error breaks them (PEERS.md).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import msgspec
@@ -27,26 +28,32 @@ _TYPES = {
 }
 
 
+log = logging.getLogger("infergrid.frontdoor")
+
+
 class ApiError(Exception):
     """Raised anywhere in a handler; the middleware turns it into the response."""
 
     def __init__(self, status: int, code: str, message: str, param: str | None = None,
-                 retry_after_s: float | None = None) -> None:
+                 retry_after_s: float | None = None, request_id: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.param = param
         self.retry_after_s = retry_after_s
+        self.request_id = request_id
 
     def body(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": _TYPES.get(self.status, "error"),
                           "param": self.param, "code": self.code}}
 
-    def response(self) -> web.Response:
-        headers = {}
+    def response(self, headers: dict[str, str] | None = None) -> web.Response:
+        headers = dict(headers or {})
         if self.retry_after_s is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+            headers["Retry-After"] = str(retry_after_header(self.retry_after_s))
+        if self.request_id:
+            headers["X-Request-Id"] = self.request_id
         return web.Response(status=self.status, body=msgspec.json.encode(self.body()),
                             content_type="application/json", headers=headers)
 
@@ -55,8 +62,14 @@ class ApiError(Exception):
         return b"data: " + msgspec.json.encode(self.body()) + b"\n\ndata: [DONE]\n\n"
 
 
+def retry_after_header(seconds: float) -> int:
+    """``Retry-After`` is whole seconds; rounding down could send a client back too early."""
+    return max(1, math.ceil(seconds))
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Every error leaves as OpenAI JSON — aiohttp's own 404/405 and our bugs included."""
     try:
         return await handler(request)
     except ApiError as exc:
@@ -66,4 +79,9 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
             exc.status, "http_error")
-        return ApiError(exc.status, code, exc.reason or "error").response()
+        return ApiError(exc.status, code, exc.reason or "error").response(
+            headers={"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None)
+    except Exception:  # noqa: BLE001 - a plain-text 500 breaks every SDK (PEERS.md)
+        log.exception("internal error on %s %s", request.method, request.path)
+        return ApiError(500, "internal_error", "internal error in the front door; "
+                        "the request was not completed").response()

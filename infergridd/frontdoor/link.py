@@ -19,6 +19,7 @@ from pathlib import Path
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from .. import protocol as p
 from ..zmqio import connect_dealer, send_nowait
@@ -48,6 +49,11 @@ class SchedulerLink:
         self._done_seq = 0
         self._hb_seq = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._refused = ""  # last refusal reason, logged once rather than every retry
+        # Handshake events say when a (re)connected pipe can carry a Hello: with
+        # IMMEDIATE=1 a Hello sent before that is dropped, and waiting for the
+        # periodic retry would hold the first requests for up to HELLO_RETRY_S.
+        self._mon = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
     # ------------------------------------------------------------------ state
     @property
@@ -56,6 +62,7 @@ class SchedulerLink:
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._rx(), name="link-rx"),
+                       asyncio.create_task(self._monitor(), name="link-monitor"),
                        asyncio.create_task(self._timers(), name="link-timers")]
         self.send_hello()
 
@@ -63,6 +70,8 @@ class SchedulerLink:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.sock.disable_monitor()
+        self._mon.close(0)
         self.sock.close(0)
 
     def _send(self, msg: p.Message) -> None:
@@ -143,6 +152,16 @@ class SchedulerLink:
             except Exception:  # noqa: BLE001 - never let one message stop the link
                 log.exception("error handling %s", type(msg).__name__)
 
+    async def _monitor(self) -> None:
+        while True:
+            frames = await self._mon.recv_multipart()
+            try:
+                event = parse_monitor_message(frames)["event"]
+            except Exception:  # noqa: BLE001 - a malformed event is no reason to stop
+                continue
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.send_hello()
+
     def _on_message(self, msg: p.Message) -> None:
         self.last_heard = time.monotonic()
         if isinstance(msg, p.Dispatch):
@@ -158,9 +177,13 @@ class SchedulerLink:
             self.on_snapshot(msg)
         elif isinstance(msg, p.Welcome):
             if not msg.accepted:
-                log.error("the scheduler refused this front door: %s", msg.reason)
+                if msg.reason != self._refused:
+                    log.error("the scheduler refused this front door (retrying every %.0fs): "
+                              "%s", HELLO_RETRY_S, msg.reason)
+                self._refused = msg.reason
                 self.welcomed = False
                 return
+            self._refused = ""
             if msg.instance != self.scheduler_instance:
                 log.info("connected to scheduler %s (%d queued, %d in flight here)",
                          msg.instance, len(self.queued), len(self.inflight))

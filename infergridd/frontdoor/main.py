@@ -49,7 +49,8 @@ class Frontdoor:
 
     def on_snapshot(self, snap: p.Snapshot) -> None:
         if snap.auth is not None:
-            self.auth.update(snap.auth_version, snap.auth, snap.auth_none_tenant)
+            self.auth.update(snap.auth_version, snap.auth)
+        self.auth.set_none_tenant(snap.auth_none_tenant)
         self.snapshot = snap
         self.metrics.snapshot.snapshot = snap
         self.metrics.snapshot.received_at = time.monotonic()

@@ -1,9 +1,15 @@
 """The data path: one request, straight to the engine the scheduler picked.
 
-Events are relayed one by one as the engine sends them, never buffered whole.
-The engine is always asked for ``include_usage`` so the scheduler is charged
-the engine's real token counts; the usage-only chunk is passed on only to
-clients that asked for it themselves.
+Events are relayed as the engine sends them, never buffered whole (``sse.py``
+does the framing and the counting).  The engine is always asked for
+``include_usage`` so the scheduler is charged the engine's real token counts.
+
+Failure rules (DESIGN §2.5): a failure before anything reached the client
+raises ``EngineUnavailable`` so the caller may retry on another engine; once
+the client has the response headers, a failure ends the stream with an SSE
+error event and ``data: [DONE]``.  Closing (not releasing) the engine
+connection is what makes the engine abort the sequence, so every path that
+does not read the engine's answer to its end closes it.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from aiohttp import web
 
 from .. import protocol as p
 from .errors import ApiError
+from .sse import StreamAccount
 from .validate import ParsedRequest
 
-_decode = msgspec.json.decode
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
+_CONNECT_TIMEOUT_S = 5.0
+_encode = msgspec.json.encode
 
 
 class EngineUnavailable(Exception):
@@ -35,26 +43,31 @@ class ClientGone(Exception):
     """The client closed its connection; the caller records the request as cancelled."""
 
 
-async def _write(resp: web.StreamResponse, data: bytes) -> None:
-    try:
-        await resp.write(data)
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
-        raise ClientGone(str(exc)) from None
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _Whole(msgspec.Struct):
+    usage: _Usage | None = None
+
+
+_decode_whole = msgspec.json.Decoder(_Whole).decode
 
 
 @dataclass
 class RelayResult:
     outcome: str = p.Outcome.OK
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # 0: the engine did not say (the caller keeps its estimate)
     completion_tokens: int = 0
     ttft_s: float | None = None
     error: str = ""
-    count: int = 0  # content chunks relayed
     itl_s: list[float] = field(default_factory=list)
     response: web.StreamResponse | None = None
 
 
 def engine_body(req: ParsedRequest, d: p.Dispatch) -> dict[str, Any]:
+    """The client's body, plus what InferGrid needs from the engine (never mutates it)."""
     body = dict(req.body)
     if req.stream:
         opts = dict(body.get("stream_options") or {})
@@ -65,137 +78,131 @@ def engine_body(req: ParsedRequest, d: p.Dispatch) -> dict[str, Any]:
     return body
 
 
+def engine_headers(d: p.Dispatch, request_id: str) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "X-Request-Id": request_id,
+               # auto_decompress is off so bytes pass through untouched: ask for none
+               "Accept-Encoding": "identity"}
+    if d.api_key:
+        headers["Authorization"] = f"Bearer {d.api_key}"
+    return headers
+
+
+async def _write(resp: web.StreamResponse, data: bytes) -> None:
+    try:
+        await resp.write(data)
+    except (ConnectionError, aiohttp.ClientConnectionResetError) as exc:
+        raise ClientGone(str(exc)) from None
+
+
 async def relay(http: aiohttp.ClientSession, request: web.Request, req: ParsedRequest,
                 d: p.Dispatch, request_id: str, t0: float, timeout_s: float,
-                on_tokens: Callable[[int], None]) -> RelayResult:
-    """Run the request on the engine and answer the client.
+                on_tokens: Callable[[int], None], res: RelayResult) -> RelayResult:
+    """Run the request on the engine and answer the client; fills in and returns ``res``.
 
-    Raises ``EngineUnavailable`` if nothing was sent to the client yet, so the
-    caller may retry on another engine; any later failure ends the stream
-    with an SSE error event.
+    ``res`` belongs to the caller so that, if this is cancelled (the client went
+    away), the tokens already streamed are still there to be charged.  On return
+    ``res.response`` is set.  Raises ``EngineUnavailable`` only while nothing was
+    sent to the client.
     """
-    headers = {"Authorization": f"Bearer {d.api_key}"} if d.api_key else {}
-    headers["X-Request-Id"] = request_id
     try:
         upstream = await http.post(
-            d.endpoint + req.path, json=engine_body(req, d), headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=5))
+            d.endpoint + req.path, data=_encode(engine_body(req, d)),
+            headers=engine_headers(d, request_id),
+            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=_CONNECT_TIMEOUT_S))
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         raise EngineUnavailable(f"engine {d.engine_id} unreachable: {exc!r}") from None
     clean = False  # read to the end: the connection may go back to the pool
     try:
         if upstream.status >= 500:
-            text = (await upstream.read())[:500].decode(errors="replace")
+            text = (await upstream.content.read(500)).decode(errors="replace")
             raise EngineUnavailable(f"engine {d.engine_id} answered {upstream.status}: {text}")
         if upstream.status != 200:
-            # the engine's own 4xx (OpenAI-shaped): the client's problem, passed through
-            data = await upstream.read()
-            res = RelayResult(outcome=p.Outcome.ENGINE_ERROR,
-                              error=f"engine answered {upstream.status}")
-            res.response = web.Response(status=upstream.status, body=data,
-                                        content_type="application/json",
-                                        headers={"X-Request-Id": request_id})
-            clean = True
-            return res
-        if not req.stream:
-            res = await _whole(upstream, request_id, t0)
+            await _passthrough_error(upstream, request_id, res)
+        elif req.stream:
+            await _stream(upstream, request, req, request_id, t0, on_tokens, res)
         else:
-            res = await _stream(upstream, request, req, request_id, t0, on_tokens)
+            await _whole(upstream, request_id, t0, res)
         clean = res.outcome == p.Outcome.OK
         return res
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        # only reachable before the client saw anything (the stream path catches its own)
+        if isinstance(exc, asyncio.TimeoutError):
+            err = ApiError(504, "timeout", f"the engine did not finish within {timeout_s:g}s")
+            res.outcome, res.error = p.Outcome.TIMEOUT, err.message
+            res.response = err.response(headers={"X-Request-Id": request_id})
+            return res
+        raise EngineUnavailable(f"engine {d.engine_id} failed: {exc!r}") from None
     finally:
-        # Closing (not releasing) the connection is what makes the engine abort the
-        # sequence when the client went away or the stream broke.
         if clean:
             upstream.release()
         else:
             upstream.close()
 
 
-async def _whole(upstream: aiohttp.ClientResponse, request_id: str, t0: float) -> RelayResult:
+async def _passthrough_error(upstream: aiohttp.ClientResponse, request_id: str,
+                             res: RelayResult) -> None:
+    """The engine's own 4xx (OpenAI-shaped): the client's problem, passed on as it is."""
     data = await upstream.read()
-    res = RelayResult(ttft_s=time.monotonic() - t0)
+    res.outcome, res.error = p.Outcome.ENGINE_ERROR, f"engine answered {upstream.status}"
+    res.response = web.Response(status=upstream.status, body=data,
+                                content_type="application/json",
+                                headers={"X-Request-Id": request_id})
+
+
+async def _whole(upstream: aiohttp.ClientResponse, request_id: str, t0: float,
+                 res: RelayResult) -> None:
+    data = await upstream.read()
+    res.ttft_s = time.monotonic() - t0
     try:
-        usage = _decode(data).get("usage") or {}
-    except (msgspec.DecodeError, AttributeError):
-        usage = {}
-    res.prompt_tokens = int(usage.get("prompt_tokens", 0))
-    res.completion_tokens = int(usage.get("completion_tokens", 0))
+        usage = _decode_whole(data).usage
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        usage = None
+    if usage is not None:
+        res.prompt_tokens, res.completion_tokens = usage.prompt_tokens, usage.completion_tokens
     res.response = web.Response(status=200, body=data, content_type="application/json",
                                 headers={"X-Request-Id": request_id})
-    return res
 
 
 async def _stream(upstream: aiohttp.ClientResponse, request: web.Request, req: ParsedRequest,
-                  request_id: str, t0: float, on_tokens: Callable[[int], None]) -> RelayResult:
-    res = RelayResult()
+                  request_id: str, t0: float, on_tokens: Callable[[int], None],
+                  res: RelayResult) -> None:
+    acct = StreamAccount(t0, req.client_wants_usage, on_tokens)
     resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": request_id})
-    await resp.prepare(request)
     res.response = resp
     try:
-        await _relay_events(upstream, resp, req, res, t0, on_tokens)
-    except ClientGone:
+        await resp.prepare(request)
+        try:
+            async for data in upstream.content.iter_any():
+                out = acct.feed(data)
+                if out:
+                    await _write(resp, out)
+            out = acct.flush()
+            if out:
+                await _write(resp, out)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            timeout = isinstance(exc, asyncio.TimeoutError)
+            res.outcome = p.Outcome.TIMEOUT if timeout else p.Outcome.ENGINE_ERROR
+            res.error = f"engine stream broke: {exc!r}"
+            await _write(resp, ApiError(
+                504 if timeout else 502, "timeout" if timeout else "engine_error",
+                "the engine did not finish in time; the response is incomplete" if timeout
+                else "the engine failed while streaming; the response is incomplete",
+            ).sse_event())
+        else:
+            if acct.error:
+                res.outcome, res.error = p.Outcome.ENGINE_ERROR, acct.error
+            elif not acct.done:
+                res.outcome, res.error = p.Outcome.ENGINE_ERROR, "stream ended without [DONE]"
+                await _write(resp, ApiError(502, "engine_error", "the engine ended the stream "
+                                            "early; the response is incomplete").sse_event())
+        try:
+            await resp.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            pass  # everything was sent; the client closed first
+    except (ClientGone, ConnectionError):
         res.outcome = p.Outcome.CANCELLED
-        return res
-    if not res.completion_tokens:
-        res.completion_tokens = res.count
-    try:
-        await resp.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        pass  # everything was sent; the client closed first
-    return res
-
-
-async def _relay_events(upstream: aiohttp.ClientResponse, resp: web.StreamResponse,
-                        req: ParsedRequest, res: RelayResult, t0: float,
-                        on_tokens: Callable[[int], None]) -> None:
-    last = 0.0
-    event: list[bytes] = []
-    try:
-        async for line in upstream.content:
-            if line.strip():
-                event.append(line)
-                continue
-            if not event:
-                continue
-            raw = b"".join(event)
-            event.clear()
-            payload = raw[6:].strip() if raw.startswith(b"data: ") else b""
-            forward = True
-            if payload and payload != b"[DONE]":
-                try:
-                    chunk = _decode(payload)
-                except msgspec.DecodeError:
-                    chunk = None
-                if isinstance(chunk, dict):
-                    if chunk.get("error"):
-                        res.outcome = p.Outcome.ENGINE_ERROR
-                        res.error = str(chunk["error"])[:300]
-                    usage = chunk.get("usage")
-                    if usage:
-                        res.prompt_tokens = int(usage.get("prompt_tokens", 0))
-                        res.completion_tokens = int(usage.get("completion_tokens", 0))
-                    choices = chunk.get("choices")
-                    if choices:
-                        c0 = choices[0]
-                        if (c0.get("delta") or {}).get("content") or c0.get("text"):
-                            now = time.monotonic()
-                            if res.ttft_s is None:
-                                res.ttft_s = now - t0
-                            else:
-                                res.itl_s.append(now - last)
-                            last = now
-                            res.count += 1
-                            on_tokens(res.count)
-                    elif usage and not req.client_wants_usage:
-                        forward = False
-            if forward:
-                await _write(resp, raw + b"\n")
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-            asyncio.TimeoutError) as exc:
-        res.outcome = p.Outcome.TIMEOUT if isinstance(exc, asyncio.TimeoutError) \
-            else p.Outcome.ENGINE_ERROR
-        res.error = f"engine stream broke: {exc!r}"
-        await _write(resp, ApiError(502, "engine_error",
-                                    "the engine failed while streaming; the response is "
-                                    "incomplete").sse_event())
+    finally:  # also when cancelled: what streamed so far is charged
+        res.ttft_s = acct.ttft_s
+        res.itl_s = acct.itl_s
+        res.prompt_tokens = acct.usage_prompt or 0
+        res.completion_tokens = acct.completion_tokens

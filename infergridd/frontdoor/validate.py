@@ -59,6 +59,14 @@ def _int(body: dict[str, Any], name: str) -> int | None:
     return v
 
 
+def _content_ok(m: dict[str, Any]) -> bool:
+    """``content`` is text or parts; it may be null only beside tool or function calls."""
+    c = m.get("content")
+    if isinstance(c, (str, list)):
+        return True
+    return c is None and bool(m.get("tool_calls") or m.get("function_call"))
+
+
 def parse(path: str, raw: bytes, limits: Limits, models: set[str]) -> ParsedRequest:
     try:
         body = msgspec.json.decode(raw)
@@ -91,6 +99,10 @@ def parse(path: str, raw: bytes, limits: Limits, models: set[str]) -> ParsedRequ
                 raise ApiError(400, "invalid_value",
                                f"messages[{i}] must be an object with a string role",
                                f"messages[{i}]")
+            if not _content_ok(m):
+                raise ApiError(400, "invalid_value",
+                               f"messages[{i}].content must be a string or a list of parts",
+                               f"messages[{i}].content")
         prompt_tokens = tokens.estimate_messages(messages)
         field = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
             else "max_tokens"

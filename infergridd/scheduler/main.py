@@ -10,6 +10,7 @@ recovers anything dropped).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import signal
@@ -66,6 +67,7 @@ class SchedulerDaemon:
         self.ctx = CommandContext(self, self.core, cfg, self.started_at, persist=self.persist)
         self._peer_sock: zmq.asyncio.Socket | None = None
         self._ctl_sock: zmq.asyncio.Socket | None = None
+        self._ctl_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> int:
@@ -105,9 +107,9 @@ class SchedulerDaemon:
             await self._stop.wait()
             self.notifier.stopping()
             log.info("stopping")
-            for t in tasks:
+            for t in [*tasks, *self._ctl_tasks]:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._ctl_tasks, return_exceptions=True)
             self.persist(force=True)
             self._peer_sock.close(0)
             self._ctl_sock.close(0)
@@ -133,6 +135,10 @@ class SchedulerDaemon:
         send_nowait(self._peer_sock, [peer.encode(), p.encode(msg)], type(msg).__name__, log,
                     f"peer {peer} not reachable")
 
+    def apply(self, sends: list[Send]) -> None:
+        """Send what the core decided (for control commands that change residency)."""
+        self._apply(sends)
+
     def _apply(self, sends: list[Send]) -> None:
         for s in sends:
             if s.peer:
@@ -143,6 +149,10 @@ class SchedulerDaemon:
             if isinstance(s.msg, p.Reject):
                 log.info("rejected %s: %s", s.msg.request_id, s.msg.reason,
                          extra=fields(request_id=s.msg.request_id, code=s.msg.code))
+            elif isinstance(s.msg, p.EngineCommand):
+                log.info("engine %s: %s%s (command %s)", s.msg.engine_id, s.msg.action,
+                         f" level {s.msg.level}" if s.msg.action == "sleep" else "",
+                         s.msg.command_id, extra=fields(engine=s.msg.engine_id))
 
     # ------------------------------------------------------------------ receiving
     async def _peer_rx(self) -> None:
@@ -186,10 +196,14 @@ class SchedulerDaemon:
         elif isinstance(msg, p.Cancel):
             self._apply(self.core.cancel(name, msg.request_id))
         elif isinstance(msg, p.EngineUpdate):
-            self._apply(self.core.engines_update(name, msg.engines))
+            self._apply(self.core.engines_update(name, msg.engines, msg.gpu_total_bytes,
+                                                 msg.gpu_free_bytes))
         elif isinstance(msg, p.EngineCommandResult):
-            log.info("engine %s command %s: %s", msg.engine_id, msg.command_id,
-                     "ok" if msg.ok else msg.error, extra=fields(engine=msg.engine_id))
+            log.log(logging.INFO if msg.ok else logging.WARNING,
+                    "engine %s command %s: %s (%.2fs)", msg.engine_id, msg.command_id,
+                    "ok" if msg.ok else msg.error, msg.elapsed_s,
+                    extra=fields(engine=msg.engine_id))
+            self._apply(self.core.command_result(name, msg))
         else:
             log.warning("unexpected %s from %s", type(msg).__name__, name)
 
@@ -279,9 +293,32 @@ class SchedulerDaemon:
             if len(frames) != 2:
                 continue
             reply = self._control(frames[1])
+            if inspect.isawaitable(reply):  # a command that waits (model unload): answer later
+                task = asyncio.create_task(self._reply_later(frames[0], reply), name="ctl-wait")
+                self._ctl_tasks.add(task)
+                task.add_done_callback(self._ctl_tasks.discard)
+                continue
             send_nowait(self._ctl_sock, [frames[0], p.encode(reply)], "control reply", log)
 
-    def _control(self, data: bytes) -> p.ControlReply:
+    async def _reply_later(self, ident: bytes, pending: Any) -> None:
+        assert self._ctl_sock is not None
+        reply = await pending
+        send_nowait(self._ctl_sock, [ident, p.encode(reply)], "control reply", log)
+
+    @staticmethod
+    async def _await_result(name: str, pending: Any) -> p.ControlReply:
+        """The reply of a command whose ``execute`` returned an awaitable."""
+        try:
+            result = await pending
+        except CommandError as exc:
+            return p.ControlReply(ok=False, error=str(exc), exit_code=exc.exit_code)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("control command %s failed", name)
+            return p.ControlReply(ok=False, error=f"internal error: {exc}", exit_code=1)
+        return p.ControlReply(ok=True, result=result)
+
+    def _control(self, data: bytes) -> Any:
+        """A ``ControlReply``, or an awaitable of one for a command that waits."""
         try:
             msg = p.decode(data)
         except p.ProtocolError as exc:
@@ -303,12 +340,15 @@ class SchedulerDaemon:
         except Exception as exc:  # noqa: BLE001
             log.exception("control command %s failed", msg.command)
             return p.ControlReply(ok=False, error=f"internal error: {exc}", exit_code=1)
-        read_only = msg.command in ("status", "models", "tenant.list", "tenant.show")
+        read_only = msg.command in ("status", "models", "model.list", "tenant.list",
+                                    "tenant.show")
         log.log(logging.DEBUG if read_only else logging.INFO, "control: %s %s", msg.command,
                 _loggable(msg.args))
         if not read_only:  # keys and settings reach every front door before we answer
             for fd in self.peers.by_role("frontdoor"):
                 self._send_snapshot(fd)
+        if inspect.isawaitable(result):
+            return self._await_result(msg.command, result)
         return p.ControlReply(ok=True, result=result)
 
 

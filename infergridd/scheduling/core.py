@@ -34,9 +34,11 @@ from typing import Any, NamedTuple
 
 from .. import protocol as p
 from ..config import Config
+from . import reconcile
 from .capacity import DispatchWindow
 from .policy import QueuedRequest, make_policy
 from .quotas import Limits, Quotas
+from .residency import EngineView, ModelView, Residency
 from .tenants import DEFAULT_TENANT, TenantRegistry
 
 #: how many finished request ids are remembered, so a late duplicate Done is harmless
@@ -110,6 +112,8 @@ class SchedulerCore:
         self._engine_inflight: dict[str, int] = {}
         self._model_queued: dict[str, int] = {}
         self._model_inflight: dict[str, int] = {}
+        self._model_waiting: dict[str, OrderedDict[str, float]] = {}  # oldest first
+        self.residency = Residency(cfg)
         self._counts: dict[str, _TenantCounts] = {}
         self._deadlines: list[tuple[float, int, str]] = []
         self._seq = 0
@@ -123,7 +127,10 @@ class SchedulerCore:
             return []
         now = self.clock()
         rejected = self._admit(peer, s, now)
-        return rejected or self._dispatch_all(now)
+        if rejected:
+            return rejected
+        self.residency.note_request(s.model, now)
+        return self._tick_residency(now) + self._dispatch_all(now)
 
     def _admit(self, peer: str, s: p.Submit | p.QueuedRecord, now: float) -> list[Send]:
         """Every admission check, then queue it; returns the Reject, or [] when queued."""
@@ -135,6 +142,9 @@ class SchedulerCore:
         if not self._model_known(s.model):
             return [self._reject(peer, s.request_id, tenant, 404, "model_not_found",
                                  f"the model {s.model!r} does not exist")]
+        refused = self.residency.refusal(s.model, self._views(s.model))
+        if refused is not None:
+            return [self._reject(peer, s.request_id, tenant, 503, "model_unavailable", *refused)]
         limit = t.max_queued or self.cfg.scheduler.max_queued_per_tenant
         if self._count(tenant).queued >= limit:
             return [self._reject(peer, s.request_id, tenant, 429, "tenant_queue_full",
@@ -176,19 +186,27 @@ class SchedulerCore:
         now = self.clock()
         if not self._finish(d, now):
             return []
-        return self._dispatch_all(now)
+        return self._tick_residency(now) + self._dispatch_all(now)
 
     def tick(self) -> list[Send]:
         """Tenant removals, queue deadlines, then dispatch as much as fits."""
         now = self.clock()
         out = self._apply_tenant_changes(now)
         out += self._expire(now)
+        out += self._tick_residency(now)
+        out += self._reject_unservable(now)
         out += self._dispatch_all(now)
         return out
 
     # ================================================================== peers
-    def engines_update(self, peer: str, engines: list[p.EngineStatus]) -> list[Send]:
-        """A supervisor's full list of engines; the ones it no longer lists are gone."""
+    def engines_update(self, peer: str, engines: list[p.EngineStatus], gpu_total_bytes: int = 0,
+                       gpu_free_bytes: int = 0) -> list[Send]:
+        """A supervisor's full list of engines (the ones it no longer lists are gone) and
+        its ledger's GPU figures (0: unchanged)."""
+        now = self.clock()
+        if gpu_total_bytes:
+            self.residency.gpu_total = gpu_total_bytes
+            self.residency.gpu_free = gpu_free_bytes
         listed = {e.engine_id for e in engines}
         for eid, e in list(self._engines.items()):
             if eid not in listed and e.owner in (peer, ""):
@@ -196,18 +214,29 @@ class SchedulerCore:
         for st in engines:
             e = self._engines.get(st.engine_id)
             fallback = self._fallback_max_seqs(st.model)
+            old = e.status if e is not None else None
             if e is None:
                 e = self._engines[st.engine_id] = _Engine(
                     status=st, owner=peer,
                     window=DispatchWindow(st.max_num_seqs or fallback,
                                           self.cfg.scheduler.kv_threshold))
+            elif e.owner != peer:  # another supervisor: answers to the old one's commands are lost
+                self.residency.forget_pending(st.engine_id)
+            self.residency.observe(old, st, now)
             e.status, e.owner = st, peer
             if st.state == p.EngineState.READY:
                 e.window.observe(st, self._engine_inflight.get(st.engine_id, 0), fallback)
         self._by_model = {}
         for e in self._engines.values():
             self._by_model.setdefault(e.status.model, []).append(e)
-        return self._dispatch_all(self.clock())
+        return self._tick_residency(now) + self._dispatch_all(now)
+
+    def command_result(self, peer: str, r: p.EngineCommandResult) -> list[Send]:
+        """A supervisor answered an EngineCommand; a refusal is retried by residency."""
+        now = self.clock()
+        e = self._engines.get(r.engine_id)
+        self.residency.command_result(r, now, e.status.model if e else "")
+        return self._tick_residency(now) + self._dispatch_all(now)
 
     def peer_hello(self, peer: str, hello: p.Hello) -> list[Send]:
         """Replace what the core held for ``peer`` with the state it reports.
@@ -224,24 +253,8 @@ class SchedulerCore:
         if hello.role == "supervisor":
             return self.engines_update(peer, hello.engines)
         now = self.clock()
-        out: list[Send] = []
-        listed = {r.request_id for r in hello.queued} | {r.request_id for r in hello.inflight} \
-            | {d.request_id for d in hello.undelivered_done}
-        for rid in list(self._by_peer.get(peer, {})):
-            rec = self._records[rid]
-            if rid not in listed:
-                if rec.state == QUEUED:
-                    self._drop_queued(rec, now)
-                else:
-                    self._end_lost(rec, now)
-        for d in hello.undelivered_done:
-            self._finish(d, now)
-        for r in hello.inflight:
-            self._adopt_inflight(peer, r, now)
-        for q in hello.queued:
-            out += self._adopt_queued(peer, q, now)
-        out += self._dispatch_all(now)
-        return out
+        return reconcile.frontdoor_hello(self, peer, hello, now) + self._tick_residency(now) \
+            + self._dispatch_all(now)
 
     def peer_gone(self, peer: str) -> list[Send]:
         """A peer stopped answering.  Front door: its queue is dropped, its in-flight
@@ -288,8 +301,9 @@ class SchedulerCore:
             reason = ""
             if state != p.EngineState.READY:
                 errors = [e.status.last_error for e in engines if e.status.last_error]
-                reason = errors[0] if errors else (
-                    f"engine {state}" if engines else "no engine reported yet")
+                reason = self.residency.reason(name) or (errors[0] if errors else (
+                    "loading" if state in (p.EngineState.STARTING, p.EngineState.WAKING)
+                    else f"engine {state}" if engines else "no engine reported yet"))
             mc = self.cfg.model(name)
             out.append(p.ModelInfo(
                 name=name, state=state, engines=[e.status.engine_id for e in engines],
@@ -410,6 +424,7 @@ class SchedulerCore:
         self._count(rec.req.tenant).queued += 1
         m = rec.req.model
         self._model_queued[m] = self._model_queued.get(m, 0) + 1
+        self._model_waiting.setdefault(m, OrderedDict())[rec.req.request_id] = now
         t = self.tenants.get(rec.req.tenant)
         deadline_s = (t.queue_deadline_s if t else 0.0) or self.cfg.scheduler.queue_deadline_s
         if deadline_s > 0:
@@ -422,6 +437,11 @@ class SchedulerCore:
         self._model_queued[m] -= 1
         if not self._model_queued[m]:
             del self._model_queued[m]
+        waiting = self._model_waiting.get(m)
+        if waiting is not None:
+            waiting.pop(rec.req.request_id, None)
+            if not waiting:
+                del self._model_waiting[m]
 
     def _drop_queued(self, rec: _Record, now: float) -> None:
         """Unserved: out of the queue, quota tokens back."""
@@ -474,7 +494,8 @@ class SchedulerCore:
         out: list[Send] = []
         for model in list(self._model_queued):
             engines = [e for e in self._by_model.get(model, ())
-                       if e.status.state == p.EngineState.READY]
+                       if e.status.state == p.EngineState.READY
+                       and self.residency.dispatchable(model, e.status.engine_id)]
             while engines and self._model_queued.get(model, 0) > 0:
                 target = self._pick_engine(engines)
                 if target is None:
@@ -502,6 +523,7 @@ class SchedulerCore:
         req.charged_prompt, req.charged_completion = req.prompt_tokens, 0
         self._dequeue(rec)
         self._to_inflight(rec, e.status.engine_id, now)
+        self.residency.note_activity(req.model, now)
         st = e.status
         prio = self.policy.rank(req) * st.priority_sign if st.supports_priority else None
         return Send(rec.peer, p.Dispatch(
@@ -567,6 +589,7 @@ class SchedulerCore:
         self._unlink(rec)
         self._charge_usage(rec, d, now)
         self._remember_finished(rid, None)
+        self.residency.note_activity(rec.req.model, now)
         return True
 
     def _charge_usage(self, rec: _Record, d: p.Done, now: float) -> None:
@@ -602,65 +625,71 @@ class SchedulerCore:
         rec.state = "lost"
         self._remember_finished(rec.req.request_id, rec)
 
-    # ------------------------------------------------------------------ reconciliation
-    def _adopt_inflight(self, peer: str, r: p.InflightRecord, now: float) -> None:
-        rec = self._records.get(r.request_id)
-        if rec is not None and rec.peer != peer:
-            self._unlink(rec)
-            rec.peer = peer
-            self._link(rec)
-        if rec is not None and rec.state == INFLIGHT:
-            if rec.engine_id != r.engine_id:  # retried on another engine by the front door
-                self._free(rec)
-                self._to_inflight(rec, r.engine_id, now)
-            self.progress(r.request_id, r.completion_tokens)
-            return
-        if rec is not None:  # queued here, running there: dispatched by an earlier Hello's view
-            self.policy.on_dispatch(rec.req)
-            rec.req.charged_prompt, rec.req.charged_completion = rec.req.prompt_tokens, 0
-            self._dequeue(rec)
-            self._to_inflight(rec, r.engine_id, now)
-            self.progress(r.request_id, r.completion_tokens)
-            return
-        lost = self._finished.get(r.request_id)
-        if r.request_id in self._finished and lost is None:
-            return  # finished already; this list is older than its Done
-        if lost is not None:  # it came back after we gave it up: charges are as they were
-            del self._finished[r.request_id]
-            rec = lost
-            c = self._count(rec.req.tenant)  # undo the stats _end_lost recorded
-            c.tokens_in -= rec.req.charged_prompt
-            c.tokens_out -= rec.req.charged_completion
-            rec.peer = peer
-        else:  # dispatched by a previous scheduler, which charged it
-            req = self._request(r.request_id, r.tenant, r.model, r.prompt_tokens,
-                                r.max_tokens, 0, 0.0)
-            req.charged_prompt = req.prompt_tokens
-            req.charged_completion = max(0, r.completion_tokens)
-            rec = _Record(req=req, peer=peer, completion_tokens=max(0, r.completion_tokens))
-        self._link(rec)
-        self._to_inflight(rec, r.engine_id, now)
-        self.progress(r.request_id, r.completion_tokens)
+    def _new_record(self, req: QueuedRequest, peer: str, completion_tokens: int) -> _Record:
+        return _Record(req=req, peer=peer, completion_tokens=completion_tokens)
 
-    def _adopt_queued(self, peer: str, q: p.QueuedRecord, now: float) -> list[Send]:
-        rec = self._records.get(q.request_id)
-        if rec is not None and rec.state == QUEUED:
-            if rec.peer != peer:
-                self._unlink(rec)
-                rec.peer = peer
-                self._link(rec)
-            return []
-        if rec is not None:  # we dispatched it, the Dispatch never arrived: back in line
-            self._free(rec)
-            self._unlink(rec)
-            self.policy.on_done(rec.req, 0, 0)  # refund what the dispatch charged
-            rec.req.charged_prompt = rec.req.charged_completion = 0
-            rec.completion_tokens = 0
-            rec.peer = peer
-            self._enqueue(rec, now)
-            return []
-        # Unknown here: it arrived while the scheduler was away, or the old scheduler
-        # admitted it and died.  Admission is checked again, so a quota holds across
-        # a scheduler restart (at worst a request is charged twice, never zero times).
-        self._finished.pop(q.request_id, None)
-        return self._admit(peer, q, now)
+    # ------------------------------------------------------------------ residency
+    def _views(self, model: str) -> list[EngineView]:
+        return [EngineView(e.status, e.owner, self._engine_inflight.get(e.status.engine_id, 0))
+                for e in self._by_model.get(model, ())]
+
+    def _model_views(self) -> list[ModelView]:
+        names = [m.name for m in self.cfg.models]
+        names += [m for m in self._by_model if m not in names]
+        out = []
+        for name in names:
+            waiting = self._model_waiting.get(name)
+            oldest = next(iter(waiting.values())) if waiting else None
+            out.append(ModelView(name, self._views(name), self._model_queued.get(name, 0),
+                                 self._model_inflight.get(name, 0), oldest))
+        return out
+
+    def _tick_residency(self, now: float) -> list[Send]:
+        """Residency's commands, each to the supervisor that owns the engine."""
+        return [Send(peer, cmd) for peer, cmd in self.residency.plan(now, self._model_views())]
+
+    def _reject_unservable(self, now: float) -> list[Send]:
+        """503 for queued requests whose model failed to load or was unloaded (all of
+        them), or that waited ``load_deadline_s`` for a model that is still not up."""
+        out: list[Send] = []
+        deadline = self.cfg.scheduler.residency.load_deadline_s
+        for model, waiting in list(self._model_waiting.items()):
+            views = self._views(model)
+            if any(v.status.state == p.EngineState.READY
+                   and self.residency.dispatchable(model, v.status.engine_id) for v in views):
+                continue
+            refused = self.residency.refusal(model, views)
+            cutoff = now if refused is not None else now - deadline
+            if next(iter(waiting.values())) > cutoff:
+                continue
+            if refused is None:
+                why, retry = self.residency.wait_info(model, now)
+                refused = (f"model {model!r} is not ready after {deadline:g}s: {why}", retry)
+            for rid, at in list(waiting.items()):
+                if at > cutoff:
+                    break
+                rec = self._records[rid]
+                self._drop_queued(rec, now)
+                out.append(self._reject(rec.peer, rid, rec.req.tenant, 503, "model_unavailable",
+                                        *refused))
+        return out
+
+    def model_up(self, model: str) -> list[Send]:
+        """Operator ``model load``/``wake``: bring it up (evicting others if needed)."""
+        now = self.clock()
+        self.residency.request_up(model, now)
+        return self._tick_residency(now) + self._dispatch_all(now)
+
+    def model_down(self, model: str, action: str, level: int = 1) -> list[Send]:
+        """Operator ``model unload`` (``stop``) or ``model sleep``: drain, then that.
+        An unloaded model's queued requests get 503 at once (it stays down)."""
+        now = self.clock()
+        self.residency.request_down(model, action, level, now)
+        return self._tick_residency(now) + self._reject_unservable(now)
+
+    def model_settled(self, model: str, target: str) -> bool:
+        return self.residency.settled(model, self._views(model), target)
+
+    def model_inflight(self, model: str) -> int:
+        return self._model_inflight.get(model, 0)
+

@@ -54,6 +54,7 @@ UNHEALTHY_AFTER = 4  # consecutive failed polls
 UNHEALTHY_RESTART_S = 120.0  # alive but unanswering this long: replace it
 STOP_TIMEOUT_S = 30.0
 ADOPT_READY_TRIES = 3
+HOLDING = (S.STARTING, S.READY, S.UNHEALTHY, S.WAKING, S.DRAINING, S.STOPPING)
 
 
 def config_hash(model: ModelConfig) -> str:
@@ -91,13 +92,17 @@ def kill_leftover_group(pid: int) -> None:
 
 class EngineRunner:
     def __init__(self, engine_id: str, model: ModelConfig, adapter: EngineAdapter, dirs: Dirs,
-                 http: aiohttp.ClientSession, memory_bytes: int = 0) -> None:
+                 http: aiohttp.ClientSession, memory_bytes: int = 0,
+                 sleep_bytes: int = 0) -> None:
         self.engine_id = engine_id
         self.model = model
         self.adapter = adapter
         self.dirs = dirs
         self.http = http
-        self.memory_bytes = memory_bytes
+        self.memory_bytes = memory_bytes  # GPU bytes it holds awake (ledger.py)
+        self.sleep_bytes = sleep_bytes  # ... and asleep
+        self.reserved = False  # a start or wake admitted by the ledger is running
+        self.resume = ""  # a sleep or wake the previous supervisor left half done
         self.config_hash = config_hash(model)
         self.lock = asyncio.Lock()
         self.status = p.EngineStatus(
@@ -105,7 +110,9 @@ class EngineRunner:
             max_num_seqs=adapter.max_num_seqs(), supports_priority=adapter.supports_priority,
             priority_sign=adapter.priority_sign, supports_sleep=adapter.supports_sleep,
         )
-        self.want_running = model.preload
+        # a preloaded engine the scheduler stopped stays stopped across supervisor restarts
+        self.want_running = model.preload and not statefile.is_stopped(dirs.engines_dir,
+                                                                        engine_id)
         self.rec: EngineRecord | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.backoff_s = BACKOFF_START_S
@@ -128,13 +135,24 @@ class EngineRunner:
     def _fields(self) -> dict:
         return fields(engine=self.engine_id, model=self.model.name)
 
+    def held_bytes(self) -> int:
+        """GPU bytes this engine holds or has been promised, per the ledger (ledger.py)."""
+        if not self.adapter.managed:
+            return 0
+        st = self.status.state
+        if self.reserved or st in HOLDING or (
+                st in (S.STOPPED, S.FAILED) and self.want_running and not self.fatal):
+            return self.memory_bytes
+        if st in (S.SLEEPING1, S.SLEEPING2):
+            return self.sleep_bytes
+        return 0
+
     def _set_state(self, state: str) -> None:
         if state != self.status.state:
             log.debug("engine %s: %s -> %s", self.engine_id, self.status.state, state,
                       extra=self._fields())
         self.status.state = state
-        held = state in (S.STARTING, S.READY, S.UNHEALTHY, S.WAKING, S.DRAINING, S.STOPPING)
-        self.status.memory_bytes = self.memory_bytes if held else 0
+        self.status.memory_bytes = self.held_bytes()
         if state in (S.STOPPED, S.FAILED):
             self.status.num_running = self.status.num_waiting = 0
             self.status.kv_usage = 0.0
@@ -183,7 +201,12 @@ class EngineRunner:
         sleeping = await self.adapter.is_sleeping(self.http, endpoint, rec.api_key)
         if sleeping is None:
             sleeping = self.adapter.supports_sleep and rec.sleep_level > 0
-        if sleeping:
+        if rec.transition:
+            # the previous supervisor died mid sleep or wake: finish it in the first step
+            # (the scheduler asked for it), counting the memory as held until then
+            self.resume = rec.transition
+            state = S.WAKING if rec.transition == "wake" else S.DRAINING
+        elif sleeping:
             state = S.SLEEPING2 if rec.sleep_level == 2 else S.SLEEPING1
         else:
             for _ in range(ADOPT_READY_TRIES):
@@ -208,8 +231,10 @@ class EngineRunner:
             self.ready_since = now
         elif state == S.UNHEALTHY:
             self.unhealthy_since = now
-        log.info("adopted engine %s (pid %d, port %d, generation %d) as %s", self.engine_id,
-                 rec.pid, rec.port, rec.generation, state, extra=self._fields())
+        log.info("adopted engine %s (pid %d, port %d, generation %d) as %s%s", self.engine_id,
+                 rec.pid, rec.port, rec.generation, state,
+                 f" (finishing its {rec.transition})" if rec.transition else "",
+                 extra=self._fields())
 
     async def _discard(self, rec: EngineRecord, why: str) -> None:
         if is_alive(rec.pid, rec.start_time):
@@ -231,6 +256,9 @@ class EngineRunner:
             await asyncio.sleep(POLL_S)
 
     async def step(self) -> None:
+        if self.resume:
+            await self._resume_transition()
+            return
         if not self.want_running or self.fatal:
             return
         now = time.monotonic()
@@ -361,6 +389,8 @@ class EngineRunner:
                 self.backoff_s = BACKOFF_START_S
                 self.next_start = 0.0
             return
+        if st.state in (S.SLEEPING1, S.SLEEPING2) and self.adapter.supports_sleep:
+            await self._check_still_asleep(now)
         st.num_running, st.num_waiting = m.num_running, m.num_waiting
         st.kv_usage = m.kv_usage
         st.prompt_tokens_total = m.prompt_tokens_total
@@ -416,7 +446,7 @@ class EngineRunner:
             else:
                 self._want_start()
         elif cmd.action == "restart":
-            await self.stop()
+            await self.stop(remember=False)
             self._want_start()
         elif cmd.action == "sleep":
             await self._sleep(cmd.level)
@@ -428,13 +458,20 @@ class EngineRunner:
     def _want_start(self) -> None:
         self.want_running = True
         self.fatal = False
+        statefile.save_stopped(self.dirs.engines_dir, self.engine_id, False)
         if self.rec is None:
             self.backoff_s = BACKOFF_START_S
             self.next_start = 0.0
 
-    async def stop(self) -> None:
-        """Stop and keep stopped until a start command (SIGTERM, bounded wait, SIGKILL)."""
+    async def stop(self, remember: bool = True) -> None:
+        """Stop and keep stopped until a start command (SIGTERM, bounded wait, SIGKILL).
+
+        ``remember``: also across supervisor restarts (a scheduler's eviction or
+        unload); not when the whole appliance stops, so it starts afresh."""
         self.want_running = False
+        self.resume = ""
+        if remember and self.adapter.managed:
+            statefile.save_stopped(self.dirs.engines_dir, self.engine_id, True)
         if self.adapter.managed and self.rec is not None:
             self._set_state(S.STOPPING)
             await self._stop_process()
@@ -450,13 +487,67 @@ class EngineRunner:
         st = self.status
         if st.state == want:
             return
-        if st.state not in (S.READY, S.UNHEALTHY, S.DRAINING, S.SLEEPING1):
+        if st.state == S.SLEEPING1:  # vLLM and SGLang ignore a sleep while asleep
+            raise EngineError(f"engine {self.engine_id} is asleep at level 1 and cannot go "
+                              "to level 2 without waking: wake it first, or stop it")
+        if st.state not in (S.READY, S.UNHEALTHY, S.DRAINING):
             raise EngineError(f"engine {self.engine_id} is {st.state}, cannot sleep")
-        await self.adapter.sleep(self.http, st.endpoint, st.api_key, level)
-        self._set_state(want)
+        before = st.state
+        self._record_transition(f"sleep{level}")
+        self._set_state(S.DRAINING)  # still holds its memory until the engine says done
+        try:
+            await self.adapter.sleep(self.http, st.endpoint, st.api_key, level)
+        except EngineError:
+            self._record_transition("")
+            self._set_state(before)
+            raise
         if self.rec is not None:
             self.rec.sleep_level = level
+        self._record_transition("")
+        self._set_state(want)
+
+    def _record_transition(self, transition: str) -> None:
+        """Written *before* a sleep or wake call and cleared after: see ``adopt``."""
+        if self.rec is not None:
+            self.rec.transition = transition
             statefile.save(self.dirs.engines_dir, self.rec)
+
+    async def _resume_transition(self) -> None:
+        """Finish the sleep or wake a killed supervisor left half done.  Both calls are
+        idempotent at the engine (a wake of an awake engine returns at once), so this
+        only waits for what is under way and then reports the engine's true state."""
+        what, self.resume = self.resume, ""
+        st = self.status
+        try:
+            if what == "wake":
+                self._set_state(S.SLEEPING1)  # so _wake accepts it; it re-marks WAKING
+                await self._wake()
+            else:
+                self._set_state(S.READY)
+                await self._sleep(2 if what == "sleep2" else 1)
+        except EngineError as exc:
+            log.warning("engine %s: could not finish its %s (%s); asking it how it is",
+                        self.engine_id, what, exc, extra=self._fields())
+            self._record_transition("")
+            sleeping = await self.adapter.is_sleeping(self.http, st.endpoint, st.api_key)
+            level = self.rec.sleep_level if self.rec is not None else 1
+            self._set_state((S.SLEEPING2 if level == 2 else S.SLEEPING1) if sleeping
+                            else S.UNHEALTHY)
+            self.unhealthy_since = time.monotonic()
+
+    async def _check_still_asleep(self, now: float) -> None:
+        """The engine says whether it sleeps: a wake we did not see (a supervisor killed
+        mid-wake, an operator's curl) is corrected, so the ledger matches the engine."""
+        st = self.status
+        sleeping = await self.adapter.is_sleeping(self.http, st.endpoint, st.api_key)
+        if sleeping is False:
+            log.warning("engine %s reports it is awake though recorded %s; it holds its "
+                        "memory again", self.engine_id, st.state, extra=self._fields())
+            if self.rec is not None:
+                self.rec.sleep_level = 0
+            self._record_transition("")
+            self._set_state(S.READY)
+            self.ready_since = now
 
     async def _wake(self) -> None:
         st = self.status
@@ -465,10 +556,12 @@ class EngineRunner:
         if st.state not in (S.SLEEPING1, S.SLEEPING2):
             raise EngineError(f"engine {self.engine_id} is {st.state}, not sleeping")
         before = st.state
+        self._record_transition("wake")
         self._set_state(S.WAKING)
         try:
             await self.adapter.wake(self.http, st.endpoint, st.api_key)
         except EngineError:
+            self._record_transition("")
             self._set_state(before)
             raise
         try:
@@ -478,6 +571,6 @@ class EngineRunner:
                         extra=self._fields())
         if self.rec is not None:
             self.rec.sleep_level = 0
-            statefile.save(self.dirs.engines_dir, self.rec)
+        self._record_transition("")
         self._set_state(S.READY)
         self.ready_since = time.monotonic()

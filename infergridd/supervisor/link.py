@@ -76,19 +76,18 @@ class SchedulerLink:
                           protocol_version=p.PROTOCOL_VERSION, pid=os.getpid(),
                           engines=self.engines()))
 
-    def send_update(self, gpu_total_bytes: int = 0) -> None:
-        """The full engine list; only once welcomed (before that the Hello carries it).
-
-        GPU figures are the configured total less what the engines hold per their
-        ``memory_bytes`` — a placeholder until the NVML ledger (DESIGN §6) exists.
-        """
+    def send_update(self, gpu_total_bytes: int = 0, gpu_free_bytes: int | None = None) -> None:
+        """The full engine list and the ledger's GPU figures; only once welcomed (before
+        that the Hello carries the engines).  ``gpu_free_bytes`` None: the total less
+        what the engines report holding."""
         if not self.welcomed:
             return
         engines = self.engines()
-        free = max(0, gpu_total_bytes - sum(e.memory_bytes for e in engines))
+        if gpu_free_bytes is None:
+            gpu_free_bytes = max(0, gpu_total_bytes - sum(e.memory_bytes for e in engines))
         self.send(p.EngineUpdate(instance=self.instance, engines=engines,
                                  gpu_total_bytes=gpu_total_bytes,
-                                 gpu_free_bytes=free if gpu_total_bytes else 0))
+                                 gpu_free_bytes=gpu_free_bytes if gpu_total_bytes else 0))
 
     # ------------------------------------------------------------------ receiving
     async def _rx(self) -> None:

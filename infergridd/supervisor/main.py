@@ -20,12 +20,13 @@ import aiohttp
 import zmq.asyncio
 
 from .. import protocol as p
-from ..config import Config, Dirs, parse_size
+from ..config import Config, ConfigError, Dirs, check_fit, model_memory, model_sleep_memory
 from ..engines import AdapterConfigError, adapter_for
 from ..engines.base import astop_process_group, is_alive
 from ..systemd import Notifier
 from . import procs, statefile
 from .engine import POLL_S, EngineRunner
+from .ledger import Ledger, gpu_total
 from .link import SchedulerLink
 
 log = logging.getLogger("infergrid.supervisor")
@@ -47,24 +48,48 @@ class Supervisor:
         self.notifier = Notifier()
         self.runners: list[EngineRunner] = []
         self._stop = asyncio.Event()
-        try:
-            self.gpu_total = parse_size(cfg.gpu.total_memory)
-        except ValueError:
-            self.gpu_total = 0
+        total, source = gpu_total(cfg)
+        self.ledger = Ledger(total, source)
+
+    @property
+    def gpu_total(self) -> int:
+        return self.ledger.total
 
     def statuses(self) -> list[p.EngineStatus]:
+        """Every engine's status, its ``memory_bytes`` as the ledger counts it right now."""
+        for r in self.runners:
+            r.status.memory_bytes = r.held_bytes()
         return [r.status for r in self.runners]
+
+    def gpu_free(self) -> int:
+        return self.ledger.free(self.runners)
 
     def _make_runners(self, http: aiohttp.ClientSession) -> None:
         for m in self.cfg.models:
             adapter = adapter_for(m)  # AdapterConfigError: caller reports it
             try:
-                mem = parse_size(m.memory, self.gpu_total)
+                mem = model_memory(m, self.gpu_total)
+                asleep = model_sleep_memory(m, self.gpu_total)
             except ValueError:
-                mem = 0
+                mem = asleep = 0
             for i in range(m.replicas):
                 self.runners.append(
-                    EngineRunner(f"{m.name}-{i}", m, adapter, self.dirs, http, mem))
+                    EngineRunner(f"{m.name}-{i}", m, adapter, self.dirs, http, mem, asleep))
+
+    def _hold_back_what_does_not_fit(self) -> None:
+        """After adoption: a preloaded engine that would not fit beside what is already
+        running (adopted engines come first: they are serving) is not started; the
+        scheduler loads it on demand once room is made."""
+        for r in self.runners:
+            if r.rec is not None or not r.want_running:
+                continue
+            r.want_running = False
+            why = self.ledger.shortfall(r, self.runners)
+            if why:
+                r.status.last_error = f"not started at boot: {why}"
+                log.warning("engine %s %s", r.engine_id, r.status.last_error)
+            else:
+                r.want_running = True
 
     async def _forget_unconfigured(self) -> None:
         """Engines recorded under ids the config no longer has (a model removed, fewer
@@ -82,9 +107,25 @@ class Supervisor:
     async def _command(self, cmd: p.EngineCommand) -> p.EngineCommandResult:
         for r in self.runners:
             if r.engine_id == cmd.engine_id:
-                return await r.command(cmd)
+                return await self._admitted(r, cmd)
         return p.EngineCommandResult(command_id=cmd.command_id, engine_id=cmd.engine_id,
                                      ok=False, error=f"unknown engine {cmd.engine_id!r}")
+
+    async def _admitted(self, r: EngineRunner, cmd: p.EngineCommand) -> p.EngineCommandResult:
+        """A start or wake runs only if it fits in the ledger; it holds its memory from
+        the moment it is admitted (``reserved``), so two cannot take the same bytes."""
+        if cmd.action not in ("start", "wake", "restart"):
+            return await r.command(cmd)
+        why = self.ledger.shortfall(r, self.runners)
+        if why:
+            log.warning("refused %s of engine %s: %s", cmd.action, r.engine_id, why)
+            return p.EngineCommandResult(command_id=cmd.command_id, engine_id=r.engine_id,
+                                         ok=False, error=why)
+        r.reserved = True
+        try:
+            return await r.command(cmd)
+        finally:
+            r.reserved = False
 
     def _status_line(self) -> str:
         counts: dict[str, int] = {}
@@ -98,7 +139,7 @@ class Supervisor:
         last_line = ""
         while True:
             await asyncio.sleep(POLL_S)
-            link.send_update(self.gpu_total)
+            link.send_update(self.gpu_total, self.gpu_free())
             now = time.monotonic()
             if now - last_status >= STATUS_EVERY_S:
                 line = self._status_line()
@@ -118,15 +159,19 @@ class Supervisor:
             connector=aiohttp.TCPConnector(limit=64), trust_env=False,
         ) as http:
             try:
+                check_fit(self.cfg, self.gpu_total)  # again, with NVML's figure
                 self._make_runners(http)
-            except AdapterConfigError as exc:
+            except (AdapterConfigError, ConfigError) as exc:
                 log.error("configuration error: %s", exc)
                 return EX_CONFIG
+            log.info("GPU memory ledger: %s from %s", self.gpu_total or "unlimited",
+                     self.ledger.source)
             ctx = zmq.asyncio.Context()
             link = SchedulerLink(ctx, self.dirs.scheduler_sock, self.instance, self.statuses,
                                  self._command)
             await asyncio.gather(*(r.adopt() for r in self.runners))
             await self._forget_unconfigured()
+            self._hold_back_what_does_not_fit()
             tasks = [asyncio.create_task(r.run(), name=f"engine-{r.engine_id}")
                      for r in self.runners]
             tasks += link.tasks()
@@ -144,7 +189,8 @@ class Supervisor:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.stop_engines_on_exit:
                 log.info("stopping every engine (the appliance is stopping)")
-                await asyncio.gather(*(r.stop() for r in self.runners), return_exceptions=True)
+                await asyncio.gather(*(r.stop(remember=False) for r in self.runners),
+                                     return_exceptions=True)
             else:
                 log.info("exiting; engines keep running for the next supervisor")
             link.close()

@@ -124,4 +124,6 @@ def stop_all_engines(dirs: Dirs, timeout: float = 30.0) -> int:
         stop_process_group(r.pid, r.start_time, max(0.1, deadline - time.monotonic()))
     for r in records:
         statefile.remove(dirs.engines_dir, r.engine_id)
+    for intent in dirs.engines_dir.glob("*.stopped"):  # the next start begins afresh
+        intent.unlink(missing_ok=True)
     return len(running)

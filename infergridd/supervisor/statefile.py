@@ -35,6 +35,9 @@ class EngineRecord(msgspec.Struct, omit_defaults=True):
     started_at: float = 0.0  # wall clock of the launch
     config_hash: str = ""  # the model config it was launched from
     sleep_level: int = 0  # 0: awake
+    #: a sleep or wake under way ("sleep1", "sleep2", "wake"), written before the call:
+    #: a supervisor that dies mid-way leaves the next one the engine's true direction
+    transition: str = ""
     format: int = RECORD_FORMAT
 
 
@@ -74,6 +77,27 @@ def load_all(engines_dir: Path) -> list[EngineRecord]:
         if rec is not None:
             out.append(rec)
     return out
+
+
+def intent_path(engines_dir: Path, engine_id: str) -> Path:
+    return engines_dir / f"{engine_id}.stopped"
+
+
+def save_stopped(engines_dir: Path, engine_id: str, stopped: bool) -> None:
+    """Remember that the scheduler stopped this engine (evicted or unloaded), so that a
+    restarted supervisor does not start a preloaded model behind its back."""
+    path = intent_path(engines_dir, engine_id)
+    if stopped:
+        write_atomic(path, b"stopped by command\n", mode=0o600)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def is_stopped(engines_dir: Path, engine_id: str) -> bool:
+    return intent_path(engines_dir, engine_id).exists()
 
 
 def remove(engines_dir: Path, engine_id: str) -> None:

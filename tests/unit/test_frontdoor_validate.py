@@ -99,7 +99,7 @@ def test_auth_from_config_before_the_first_snapshot() -> None:
 
 def test_auth_table_from_the_scheduler_replaces_config_keys() -> None:
     a = Authenticator(_cfg())
-    a.update(3, [AuthEntry(hashlib.sha256(b"sk-new").hexdigest(), "c")], "")
+    a.update(3, [AuthEntry(hashlib.sha256(b"sk-new").hexdigest(), "c")])
     assert a.tenant("Bearer sk-new") == "c"
     with pytest.raises(ApiError):
         a.tenant("Bearer sk-a")

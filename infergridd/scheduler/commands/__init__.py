@@ -7,7 +7,10 @@ Each module defines:
 * ``add_arguments(parser)`` and ``to_args(namespace) -> dict`` — the CLI side;
 * ``execute(ctx, args) -> result`` — runs inside the scheduler (``ctx`` is the
   daemon's ``CommandContext``); raises ``CommandError`` for bad input;
-* ``render(result) -> str`` — human-readable output (``--json`` prints the result).
+* ``render(result) -> str`` — human-readable output (``--json`` prints the result);
+* optionally ``reply_timeout(namespace) -> float`` — how long infergridctl waits for the
+  answer, for a command whose ``execute`` returns a coroutine (it waits inside the
+  scheduler, in its own task, e.g. ``model unload`` draining requests in flight).
 
 ``infergridctl`` builds its parser from this registry, so a command cannot
 exist on one side only.
@@ -30,6 +33,11 @@ class CommandError(Exception):
 _MODULES = (
     "status",
     "models",
+    "model_list",
+    "model_load",
+    "model_unload",
+    "model_sleep",
+    "model_wake",
     "tenant_list",
     "tenant_show",
     "tenant_add",

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from ...config import fmt_bytes
 from ._render import table
 
 NAME = "models"
@@ -25,6 +26,7 @@ def execute(ctx: Any, args: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render(r: list[dict[str, Any]]) -> str:
-    return table(["MODEL", "STATE", "READY", "ENGINES", "QUEUED", "INFLIGHT", "REASON"],
+    return table(["MODEL", "STATE", "READY", "ENGINES", "MEMORY", "QUEUED", "INFLIGHT", "REASON"],
                  [[m["name"], m["state"], m.get("ready_engines", 0), ",".join(m.get("engines", [])),
-                   m.get("queued", 0), m.get("inflight", 0), m.get("reason", "")] for m in r])
+                   fmt_bytes(m.get("memory_bytes", 0)), m.get("queued", 0), m.get("inflight", 0),
+                   m.get("reason", "")] for m in r])
