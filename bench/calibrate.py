@@ -59,8 +59,10 @@ from infergridd.engines.tinymodel import (  # noqa: E402 - after the path fix fo
 
 ENGINE_CPU = 0
 MODEL = "tiny"
+#: The tiny tokenizer's special tokens take the first ids; prompts use plain tokens only.
 FIRST_ID = 7
-FITTED_KEYS = ("base_s", "per_prefill_token_s", "per_decode_seq_s")  # the tiny tokenizer's special tokens come first; keep prompts to plain tokens
+#: The profile keys ``--fit`` estimates (the ones the sim's step-time formula has).
+FITTED_KEYS = ("base_s", "per_prefill_token_s", "per_decode_seq_s")
 
 
 @dataclass
@@ -332,7 +334,9 @@ def fit(levels: list[Level], a: argparse.Namespace) -> dict[str, float]:
     print(f"# per request outside the decode steps at c=1: {unseen * 1e3:.2f} ms, of which "
           f"{tail * 1e3:.2f} ms after the last token (no profile key models these yet)")
     print(f"# ttft p50 grows {per_arrival * 1e3:.2f} ms per concurrent request "
-          f"(ttft ≈ {adm0 * 1e3:.2f} ms + c × {per_arrival * 1e3:.2f} ms; not modelled by the sim)")
+          f"(ttft ≈ {adm0 * 1e3:.2f} ms + c × {per_arrival * 1e3:.2f} ms; not modelled by the sim:\n"
+          f"#   a per-admitted-sequence step cost of ~{per_arrival * 1e3:.1f} ms would model it; "
+          "no profile key has that meaning yet)")
     return out
 
 

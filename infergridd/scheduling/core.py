@@ -34,11 +34,11 @@ from typing import Any, NamedTuple
 
 from .. import protocol as p
 from ..config import Config
-from . import reconcile
+from . import demand, reconcile
 from .capacity import DispatchWindow
 from .policy import QueuedRequest, make_policy
 from .quotas import Limits, Quotas
-from .residency import EngineView, ModelView, Residency
+from .residency import EngineView, Residency
 from .tenants import DEFAULT_TENANT, TenantRegistry
 
 #: how many finished request ids are remembered, so a late duplicate Done is harmless
@@ -194,7 +194,7 @@ class SchedulerCore:
         out = self._apply_tenant_changes(now)
         out += self._expire(now)
         out += self._tick_residency(now)
-        out += self._reject_unservable(now)
+        out += demand.reject_unservable(self, now)
         out += self._dispatch_all(now)
         return out
 
@@ -633,46 +633,9 @@ class SchedulerCore:
         return [EngineView(e.status, e.owner, self._engine_inflight.get(e.status.engine_id, 0))
                 for e in self._by_model.get(model, ())]
 
-    def _model_views(self) -> list[ModelView]:
-        names = [m.name for m in self.cfg.models]
-        names += [m for m in self._by_model if m not in names]
-        out = []
-        for name in names:
-            waiting = self._model_waiting.get(name)
-            oldest = next(iter(waiting.values())) if waiting else None
-            out.append(ModelView(name, self._views(name), self._model_queued.get(name, 0),
-                                 self._model_inflight.get(name, 0), oldest))
-        return out
-
     def _tick_residency(self, now: float) -> list[Send]:
         """Residency's commands, each to the supervisor that owns the engine."""
-        return [Send(peer, cmd) for peer, cmd in self.residency.plan(now, self._model_views())]
-
-    def _reject_unservable(self, now: float) -> list[Send]:
-        """503 for queued requests whose model failed to load or was unloaded (all of
-        them), or that waited ``load_deadline_s`` for a model that is still not up."""
-        out: list[Send] = []
-        deadline = self.cfg.scheduler.residency.load_deadline_s
-        for model, waiting in list(self._model_waiting.items()):
-            views = self._views(model)
-            if any(v.status.state == p.EngineState.READY
-                   and self.residency.dispatchable(model, v.status.engine_id) for v in views):
-                continue
-            refused = self.residency.refusal(model, views)
-            cutoff = now if refused is not None else now - deadline
-            if next(iter(waiting.values())) > cutoff:
-                continue
-            if refused is None:
-                why, retry = self.residency.wait_info(model, now)
-                refused = (f"model {model!r} is not ready after {deadline:g}s: {why}", retry)
-            for rid, at in list(waiting.items()):
-                if at > cutoff:
-                    break
-                rec = self._records[rid]
-                self._drop_queued(rec, now)
-                out.append(self._reject(rec.peer, rid, rec.req.tenant, 503, "model_unavailable",
-                                        *refused))
-        return out
+        return [Send(peer, cmd) for peer, cmd in self.residency.plan(now, demand.model_views(self))]
 
     def model_up(self, model: str) -> list[Send]:
         """Operator ``model load``/``wake``: bring it up (evicting others if needed)."""
@@ -685,7 +648,7 @@ class SchedulerCore:
         An unloaded model's queued requests get 503 at once (it stays down)."""
         now = self.clock()
         self.residency.request_down(model, action, level, now)
-        return self._tick_residency(now) + self._reject_unservable(now)
+        return self._tick_residency(now) + demand.reject_unservable(self, now)
 
     def model_settled(self, model: str, target: str) -> bool:
         return self.residency.settled(model, self._views(model), target)

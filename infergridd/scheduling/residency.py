@@ -72,6 +72,11 @@ REFUSED_RETRY_S = 0.5
 #: Retry-After for a model that failed to load (the supervisor retries with backoff).
 FAILED_RETRY_AFTER_S = 10.0
 UP_ACTIONS = ("start", "wake")
+#: An answered command stays pending until the engine's reported state shows it (the
+#: answer can overtake the next report), or this long after the answer at most.
+ANSWERED_GRACE_S = 2.0
+#: States in which the supervisor is carrying a transition out: no new command.
+IN_TRANSITION = (S.DRAINING, S.WAKING, S.STOPPING)
 
 
 @dataclass
@@ -100,6 +105,7 @@ class _Pending:
     action: str
     level: int
     sent_at: float
+    answered_at: float | None = None
 
 
 @dataclass
@@ -229,13 +235,16 @@ class Residency:
             m.load_failed = (new.last_error or "the engine failed").splitlines()[0]
             m.load_started = None
         pend = self._pending.get(new.engine_id)
-        if pend is not None and _reached(pend.action, new.state) and new.state != was:
+        if pend is not None and _reached(pend.action, new.state):
             del self._pending[new.engine_id]
 
     def command_result(self, r: p.EngineCommandResult, now: float, model: str) -> None:
         """The supervisor's answer: a refusal (memory, a bad state) is retried shortly."""
         pend = self._pending.get(r.engine_id)
         if pend is None or pend.command_id != r.command_id:
+            return
+        if r.ok:  # done at the supervisor; pending until a report shows the new state
+            pend.answered_at = now
             return
         del self._pending[r.engine_id]
         if not r.ok:
@@ -362,7 +371,8 @@ class Residency:
     def _expire_pending(self, now: float) -> None:
         limit = self._r.command_timeout_s
         for eid, pend in list(self._pending.items()):
-            if now - pend.sent_at > limit:
+            if now - pend.sent_at > limit or (
+                    pend.answered_at is not None and now - pend.answered_at > ANSWERED_GRACE_S):
                 del self._pending[eid]
 
     def _send(self, e: EngineView, action: str, now: float, out: list, level: int = 1) -> bool:
@@ -569,7 +579,7 @@ class Residency:
                         and e.status.memory_bytes == 0):
                 continue
             done = False
-            if eid in self._pending or e.inflight > 0:
+            if eid in self._pending or e.inflight > 0 or st in IN_TRANSITION:
                 continue  # draining: the sleep waits for the last request in flight
             if want_stop or st not in (S.READY, S.UNHEALTHY):
                 if st not in (S.STOPPING,):
@@ -588,7 +598,7 @@ class Residency:
 def _reached(action: str, state: str) -> bool:
     """Has a reported state arrived where the command was going?"""
     if action in UP_ACTIONS:
-        return state in (S.READY, S.FAILED)
+        return state in UP or state == S.FAILED
     if action == "sleep":
         return state in ASLEEP
     if action == "stop":

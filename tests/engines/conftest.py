@@ -104,7 +104,6 @@ def vllm_appliance_factory() -> Iterator[VllmAppliance]:
         holder.close()
 
 
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """A failed test's report carries the appliance's and the engine's logs (the appliance

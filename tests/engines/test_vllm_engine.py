@@ -114,6 +114,8 @@ async def test_client_disconnect_aborts_the_sequence_in_vllm(vllm_appliance: Any
     assert generated < LONG * 0.75, (
         f"vLLM generated {generated:.0f} of {LONG} tokens in {took:.1f}s: not aborted")
     _idle(app)  # the cancelled request's Done reached the scheduler
+    print(f"client disconnect: vLLM generated {generated:.0f} of {LONG} tokens; "
+          f"running back to 0 {took:.2f}s after the request was sent")
 
 
 async def test_engine_sigkill_restarts_and_queued_requests_are_served(

@@ -79,8 +79,6 @@ async def test_alternating_traffic_swaps_within_the_limit_and_kills_nothing(
         assert_complete(r, 30)
     info = model_list(app)
     loads = {m["name"]: m for m in info["models"]}
-    print("ALT", elapsed, json.dumps(info))
-    print(app.logs())
     assert info["swaps_total"] >= 1, info  # b was loaded by evicting a, at least once
     windows = elapsed / 4.0 + 1
     assert info["swaps_total"] <= 3 * windows, (info["swaps_total"], elapsed)

@@ -61,6 +61,9 @@ async def wait_for(ctx: Any, name: str, target: str, wait_s: float,
     t0 = time.monotonic()
     while not ctx.core.model_settled(name, target):
         waited = time.monotonic() - t0
+        failed = info(ctx, name)["reason"]
+        if target == "up" and failed.startswith("failed:") and waited > POLL_S:
+            raise CommandError(f"model {name!r} {failed}", exit_code=1)
         if waited >= wait_s:
             now = info(ctx, name)
             if wait_s == 0:
