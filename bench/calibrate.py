@@ -62,7 +62,7 @@ MODEL = "tiny"
 #: The tiny tokenizer's special tokens take the first ids; prompts use plain tokens only.
 FIRST_ID = 7
 #: The profile keys ``--fit`` estimates (the ones the sim's step-time formula has).
-FITTED_KEYS = ("base_s", "per_prefill_token_s", "per_decode_seq_s")
+FITTED_KEYS = ("base_s", "per_prefill_token_s", "per_decode_seq_s", "per_new_seq_s")
 
 
 @dataclass

@@ -287,15 +287,17 @@ class EngineModel:
                 scheduled.append((req, n))
                 budget -= n
 
-        prefill = decode = kv = 0
+        prefill = decode = kv = new = 0
         for req, n in scheduled:
             if n == 1 and req.num_computed >= req.prompt_tokens:
                 decode += 1
             else:
                 prefill += n
+            if req.num_computed == 0 and req.num_preemptions == 0:
+                new += 1
             kv += req.num_computed + n
         return StepPlan(scheduled, prefill, decode, kv,
-                        self.profile.step_s(prefill, decode, kv), preempted)
+                        self.profile.step_s(prefill, decode, kv, new), preempted)
 
     def _preempt(self, req: SimRequest) -> None:
         self._free(req)

@@ -32,9 +32,12 @@ class Profile:
 
     One scheduler step lasts
     ``base_s + prefill_tokens * per_prefill_token_s + decode_seqs * per_decode_seq_s
-    + kv_tokens * per_kv_token_s`` seconds, where ``kv_tokens`` is the context
-    length summed over every sequence in the step (the attention cost that grows
-    with long contexts).
+    + kv_tokens * per_kv_token_s + new_seqs * per_new_seq_s`` seconds, where
+    ``kv_tokens`` is the context length summed over every sequence in the step
+    (the attention cost that grows with long contexts) and ``new_seqs`` counts
+    requests scheduled for the first time (vLLM's API server admits each one on
+    the engine's core: ~1 ms each on vLLM-CPU, the cost that makes TTFT grow with
+    concurrency).
     """
 
     name: str = "custom"
@@ -43,6 +46,7 @@ class Profile:
     per_prefill_token_s: float = 0.0
     per_decode_seq_s: float = 0.0
     per_kv_token_s: float = 0.0
+    per_new_seq_s: float = 0.0
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     kv_blocks: int = 4096
@@ -55,9 +59,11 @@ class Profile:
     wake_l2_s: float = 0.0
     eos_prob: float = 0.0  # per generated token, unless the request sets ignore_eos
 
-    def step_s(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
+    def step_s(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int,
+               new_seqs: int = 0) -> float:
         return (self.base_s + prefill_tokens * self.per_prefill_token_s
-                + decode_seqs * self.per_decode_seq_s + kv_tokens * self.per_kv_token_s)
+                + decode_seqs * self.per_decode_seq_s + kv_tokens * self.per_kv_token_s
+                + new_seqs * self.per_new_seq_s)
 
     def replace(self, **changes: Any) -> Profile:
         """A copy with ``changes`` applied, checked like a loaded file."""
