@@ -133,10 +133,25 @@ async def models(request: web.Request) -> web.Response:
     return _json({"object": "list", "data": data})
 
 
+#: A preloaded model in one of these states is not "missing": it was loaded and
+#: is parked (put to sleep or stopped to make room, or unloaded by the operator)
+#: and comes back on demand.  Only never-ready or broken models fail /health,
+#: so a swap in a multi-model setup does not make the appliance look down.
+_PARKED = {p.EngineState.READY, p.EngineState.DRAINING, p.EngineState.SLEEPING1,
+           p.EngineState.SLEEPING2, p.EngineState.WAKING, p.EngineState.STOPPING,
+           p.EngineState.STOPPED}
+
+
 def missing_models(fd: Frontdoor) -> list[str]:
     infos = {m.name: m for m in (fd.snapshot.models if fd.snapshot else [])}
-    return [m.name for m in fd.cfg.models
-            if m.preload and (m.name not in infos or infos[m.name].ready_engines < 1)]
+    out = []
+    for m in fd.cfg.models:
+        info = infos.get(m.name)
+        if not m.preload or (info is not None and info.ready_engines > 0):
+            continue
+        if info is None or info.state not in _PARKED or m.name not in fd.ever_ready:
+            out.append(m.name)
+    return out
 
 
 async def health(request: web.Request) -> web.Response:

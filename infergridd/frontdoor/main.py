@@ -40,6 +40,7 @@ class Frontdoor:
         self.auth = Authenticator(cfg)
         self.metrics = FrontdoorMetrics()
         self.snapshot: p.Snapshot | None = None
+        self.ever_ready: set[str] = set()  # models seen loaded (see app.missing_models)
         self.active = 0
         self.idle = asyncio.Event()
         self.draining = False
@@ -52,6 +53,8 @@ class Frontdoor:
             self.auth.update(snap.auth_version, snap.auth)
         self.auth.set_none_tenant(snap.auth_none_tenant)
         self.snapshot = snap
+        self.ever_ready.update(m.name for m in snap.models if m.ready_engines > 0 or
+                               m.state in (p.EngineState.SLEEPING1, p.EngineState.SLEEPING2))
         self.metrics.snapshot.snapshot = snap
         self.metrics.snapshot.received_at = time.monotonic()
 
