@@ -13,7 +13,10 @@ journal line per request is CPU the engine and the load generator need).
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -85,8 +88,6 @@ class Serve:
 
     def engine_metrics_urls(self) -> dict[str, str]:
         """The managed engines' own /metrics (from the supervisor's state files)."""
-        import json
-
         out = {}
         for f in sorted((self.runtime / "engines").glob("*.json")):
             try:
@@ -102,13 +103,11 @@ class Serve:
         proc, self.proc = self.proc, None
         if proc is not None:
             stop_process(proc, timeout_s)
-        # an engine must not outlive its arm, even if serve was killed
-        for f in (self.runtime / "engines").glob("*.json"):
+        # an engine must not outlive its arm: if serve did not stop cleanly, its engine
+        # may still run (its state file names it; a clean stop removes the files)
+        clean = proc is not None and proc.returncode == 0
+        for f in [] if clean else (self.runtime / "engines").glob("*.json"):
             try:
-                import json
-                import os
-                import signal
-
                 pid = int(json.loads(f.read_text()).get("pid", 0))
                 if pid:
                     os.killpg(pid, signal.SIGKILL)

@@ -46,6 +46,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--flood-multiple", type=float, default=1.5)
     ap.add_argument("--max-num-seqs", type=int, default=0,
                     help="engine batch size (default: the workload's, else the engine's)")
+    ap.add_argument("--measure-capacity", action="store_true",
+                    help="measure capacity even with a numeric --scale (always with auto)")
     ap.add_argument("--capacity-duration", type=float, help="seconds of the capacity run")
     ap.add_argument("--token-bucket-rate", type=float,
                     help="token_bucket arm: requests/s per tenant (default: InferGrid's)")
@@ -93,7 +95,7 @@ def main(argv: list[str]) -> int:
                       out=a.out, duration_s=duration, warmup_s=warmup, seed=a.seed,
                       scale=scale, flood_multiple=a.flood_multiple, drain_s=a.drain,
                       capacity_s=a.capacity_duration, token_bucket=tb or None,
-                      progress=not a.quiet)
+                      progress=not a.quiet, measure_capacity=a.measure_capacity)
     try:
         cfg.expanded_arms()
     except ValueError as exc:

@@ -176,9 +176,6 @@ class VllmCpuEngine(Engine):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "python": self.python, "model_dir": str(self.model_dir)}
 
-    def _cpus(self) -> set[int]:
-        return set(os.sched_getaffinity(0)) | {ENGINE_CPU}
-
     def pin_harness(self) -> None:
         cpus = os.sched_getaffinity(0)
         if len(cpus) > 1 and ENGINE_CPU in cpus:

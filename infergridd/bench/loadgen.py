@@ -248,7 +248,7 @@ class Progress:
         sys.stderr.flush()
 
 
-def _session() -> aiohttp.ClientSession:
+def session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, force_close=False),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=30))
@@ -262,7 +262,7 @@ async def open_loop(target: Target, plan: list[Planned], prompts: Prompts, *, la
     tasks: set[asyncio.Task[None]] = set()
     timeline = Timeline()
     prog = Progress(label, duration_s, progress)
-    async with _session() as http:
+    async with session() as http:
         t0 = time.monotonic()
         bg: list[asyncio.Task[None]] = []
         if sampler is not None:
@@ -319,7 +319,7 @@ async def closed_loop(target: Target, shape: list[Planned], prompts: Prompts, *,
     """
     timeline = Timeline()
     done_at: list[float] = []
-    async with _session() as http:
+    async with session() as http:
         t0 = time.monotonic()
         stop = t0 + duration_s
         counter = iter(range(1 << 30))

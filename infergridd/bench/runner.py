@@ -71,15 +71,18 @@ class BenchConfig:
     token_bucket: dict[str, float] | None = None
     progress: bool = True
     n_boot: int = stats.N_BOOT
+    measure_capacity: bool = False  # with a numeric scale too (tokens/s vs capacity)
+    solo_runs: int = 2  # "solo" expands to solo, solo#2, ...: the noise between them shows
     extra: dict[str, Any] = field(default_factory=dict)
 
     def expanded_arms(self) -> list[str]:
-        """``solo`` stands for two runs, ``solo`` and ``solo#2``."""
+        """``solo`` stands for ``solo_runs`` runs: ``solo``, ``solo#2``, ..."""
         out: list[str] = []
         for a in self.arms:
             if a not in KNOWN_ARMS:
                 raise ValueError(f"unknown arm {a!r} (known: {', '.join(KNOWN_ARMS)})")
-            out += ["solo", "solo#2"] if a == "solo" else [a]
+            out += (["solo"] + [f"solo#{i}" for i in range(2, self.solo_runs + 1)]
+                    if a == "solo" else [a])
         return out
 
     @property
@@ -296,7 +299,7 @@ async def run_bench(cfg: BenchConfig) -> Outcome:
     w = cfg.workload
     prompts = Prompts(cfg.seed)
     capacity: Capacity | None = None
-    if w.flooders() and (cfg.scale == "auto" or cfg.extra.get("measure_capacity", True)):
+    if w.flooders() and (cfg.scale == "auto" or cfg.measure_capacity):
         logdir = cfg.out / "logs" / "capacity"
         logdir.mkdir(parents=True, exist_ok=True)
         url = cfg.engine.start(logdir)

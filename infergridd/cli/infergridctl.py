@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 
 from .. import protocol as p
-from ..config import ConfigError, load
+from ..config import DEFAULT_CONFIG_PATH, ConfigError, load
 from ..scheduler.commands import registry
 from .common import candidate_runtime_dirs
 
@@ -50,6 +50,14 @@ def build_parser(commands: dict[str, Any]) -> argparse.ArgumentParser:
             sp = groups[parts[0]].add_parser(parts[1], help=mod.HELP, description=mod.HELP)
         mod.add_arguments(sp)
         sp.set_defaults(command=name)
+    # Runs here, not in the scheduler: it must work when the appliance does not.
+    doc = "check the installation: config, sockets, state, engines, GPU, port, units"
+    sp = sub.add_parser("doctor", help=doc, description=doc)
+    sp.add_argument("--config", default=argparse.SUPPRESS,
+                    help=f"configuration to check (default {DEFAULT_CONFIG_PATH})")
+    sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print the checks as JSON")
+    sp.set_defaults(command="doctor")
     return ap
 
 
@@ -67,6 +75,11 @@ def find_control_socket(runtime_dir: str | None, config: str | None) -> Path:
     for c in candidates:
         if c.exists():
             return c
+        if c.parent.is_dir() and not os.access(c.parent, os.X_OK):
+            # /run/infergrid is 0750 infergrid:infergrid: say so, not "not running"
+            raise Unreachable(f"permission denied on {c.parent}: only root and members of "
+                              "the infergrid group may use infergridctl "
+                              "(adduser $USER infergrid, then log in again)")
     raise Unreachable(
         "InferGrid is not running: no control socket at "
         + ", ".join(str(c) for c in candidates)
@@ -104,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = registry()
     ap = build_parser(commands)
     ns = ap.parse_args(argv)
+    if ns.command == "doctor":
+        from ..doctor import main as doctor
+
+        return doctor(ns.config, ns.runtime_dir, ns.json)
     mod = commands[ns.command]
     try:
         sock = find_control_socket(ns.runtime_dir, ns.config)

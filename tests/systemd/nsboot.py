@@ -141,6 +141,13 @@ class NsSystemd:
             raise AssertionError(f"{argv} rc={r.returncode}\n{r.stdout}\n{r.stderr}")
         return r
 
+    def popen_in(self, argv: list[str]) -> subprocess.Popen[str]:
+        """Start a command inside without waiting (stdout/stderr are pipes)."""
+        return subprocess.Popen(
+            ["nsenter", "-t", str(self.pid), "-a", "-r", "-w", *argv],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
     def path(self, inside: str) -> Path:
         """A path inside the namespace's root, as seen from the host."""
         return Path(f"/proc/{self.pid}/root") / inside.lstrip("/")

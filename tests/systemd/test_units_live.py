@@ -10,9 +10,7 @@ engines across a supervisor restart or crash but stops them with the appliance.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -135,20 +133,6 @@ def test_security_scores_when_loaded(appliance: NsSystemd) -> None:
         scores[unit] = float(m.group(1))
     print(f"systemd tier: systemd-analyze security {scores}")
     assert all(score < 2.5 for score in scores.values()), scores
-
-
-@pytest.fixture(scope="session")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The .deb built from this tree by packaging/build-deb.sh (~25 s)."""
-    out = tmp_path_factory.mktemp("dist")
-    t0 = time.monotonic()
-    r = subprocess.run(["bash", str(REPO / "packaging/build-deb.sh")], capture_output=True,
-                       text=True, timeout=600, env={**os.environ, "DIST_DIR": str(out)})
-    assert r.returncode == 0, r.stdout + r.stderr
-    debs = list(out.glob("infergrid_*.deb"))
-    assert len(debs) == 1, r.stdout
-    print(f"\nsystemd tier: built {debs[0].name} in {time.monotonic() - t0:.1f}s")
-    return debs[0]
 
 
 def test_deb_installs_and_serves(nsd: NsSystemd, deb: Path) -> None:

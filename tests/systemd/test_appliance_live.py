@@ -1,0 +1,256 @@
+"""The real package under a real systemd, serving real traffic (DESIGN.md §3 restarts).
+
+One namespace for the whole module: the .deb from packaging/build-deb.sh is installed,
+/etc/infergrid/infergrid.yaml is set to the simulated engine at 20 tokens/s (60-token
+streams last ~3 s) and `systemctl enable --now infergrid` starts it.  The load comes from
+tests/systemd/stream_client.py run inside with the root file system's python3.  The tests
+run in file order and each leaves the appliance running (the last one stops it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nsboot import NsSystemd
+
+pytestmark = pytest.mark.systemd
+
+HERE = Path(__file__).resolve().parent
+DAEMONS = ["scheduler", "supervisor", "frontdoor"]
+UNITS = ["infergrid.service", "infergrid-frontdoor.socket",
+         *(f"infergrid-{d}.service" for d in DAEMONS)]
+CONFIG = """\
+# written by tests/systemd/test_appliance_live.py
+version: 1
+listen: 127.0.0.1:8000
+auth: keys
+models:
+  - name: demo
+    engine: sim
+    max_num_seqs: 32
+    args: {profile: fast-test, step_s: 0.05}
+tenants:
+  - name: quiet
+    keys: ["sk-quiet-demo"]
+  - name: flooder
+    keys: ["sk-flooder-demo"]
+"""
+STOP_BOUND_S = 15.0
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 30, what: str = "") -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def show(box: NsSystemd, unit: str, prop: str) -> str:
+    return box.run_in(["systemctl", "show", "-P", prop, unit], check=True).stdout.strip()
+
+
+def active(box: NsSystemd, unit: str) -> str:
+    return box.run_in(["systemctl", "is-active", unit]).stdout.strip()
+
+
+def main_pids(box: NsSystemd) -> dict[str, int]:
+    return {d: int(show(box, f"infergrid-{d}.service", "MainPID")) for d in DAEMONS}
+
+
+def engine_pids(box: NsSystemd) -> set[int]:
+    r = box.run_in("for f in /run/infergrid/engines/*.json; do cat \"$f\"; echo; done",
+                   check=True)
+    return {int(json.loads(line)["pid"]) for line in r.stdout.splitlines() if line.strip()}
+
+
+def healthy(box: NsSystemd) -> bool:
+    r = box.run_in(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
+                    "http://127.0.0.1:8000/health"], timeout=10)
+    return r.stdout == "200"
+
+
+def journal(box: NsSystemd, n: int = 80) -> str:
+    return box.run_in(f"journalctl --no-pager -u 'infergrid*' | tail -{n}").stdout
+
+
+def run_load(box: NsSystemd, action: Callable[[], Any] | None = None, streams: int = 20,
+             trickle_s: float = 0.0, max_tokens: int = 60) -> tuple[list[dict[str, Any]], Any]:
+    """Start ``streams`` streams (and new connections for ``trickle_s``); once every stream
+    has its headers run ``action``; return every request's result and what action returned."""
+    p = box.popen_in(["python3", "/tmp/stream_client.py", "--streams", str(streams),
+                      "--max-tokens", str(max_tokens), "--trickle-s", str(trickle_s)])
+    assert p.stderr is not None
+    ready, _, _ = select.select([p.stderr], [], [], 30)
+    line = p.stderr.readline() if ready else ""
+    assert line.strip() == "started", f"client did not start: {line!r}"
+    got = action() if action else None
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    results = json.loads(out)["results"]
+    assert len(results) >= streams
+    return results, got
+
+
+def latencies(results: list[dict[str, Any]]) -> str:
+    out = []
+    for kind in ("stream", "new"):
+        t = sorted(r["elapsed_s"] for r in results if r["kind"] == kind)
+        if t:
+            out.append(f"{kind} p50 {t[len(t) // 2]:.1f}s max {t[-1]:.1f}s")
+    return ", ".join(out)
+
+
+def failures(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in results if r["status"] != 200 or not r["done"] or r["error"]]
+
+
+@pytest.fixture(scope="module")
+def box(rootfs: Path, deb: Path) -> Iterator[NsSystemd]:
+    b = NsSystemd(rootfs)
+    try:
+        b.wait_running()
+        b.put(deb, "/tmp/infergrid.deb")
+        b.put(HERE / "stream_client.py", "/tmp/stream_client.py", 0o755)
+        t0 = time.monotonic()
+        b.run_in(["dpkg", "-i", "/tmp/infergrid.deb"], check=True, timeout=180)
+        print(f"\nsystemd tier: dpkg -i in {time.monotonic() - t0:.1f}s")
+        b.path("/etc/infergrid/infergrid.yaml").write_text(CONFIG)
+        b.run_in(["systemctl", "enable", "--now", "infergrid.service"], check=True, timeout=60)
+        try:
+            took = wait_for(lambda: healthy(b), 60, "/health 200")
+        except AssertionError:
+            raise AssertionError(f"appliance not healthy:\n{journal(b)}") from None
+        print(f"systemd tier: /health 200 {took:.1f}s after enable --now")
+        yield b
+    finally:
+        b.stop()
+
+
+def test_installed_units_active_and_doctor_clean(box: NsSystemd) -> None:
+    for unit in UNITS:
+        assert active(box, unit) == "active", unit
+    r = box.run_in(["stat", "-c", "%U:%G:%a", "/run/infergrid", "/run/infergrid/control.sock",
+                    "/run/infergrid/scheduler.sock", "/var/lib/infergrid"], check=True)
+    assert r.stdout.split() == ["infergrid:infergrid:750", "infergrid:infergrid:660",
+                                "infergrid:infergrid:660", "infergrid:infergrid:750"]
+    r = box.run_in(["infergridctl", "doctor"], timeout=120)
+    print(f"systemd tier: infergridctl doctor (rc {r.returncode}):\n{r.stdout}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "FAIL" not in r.stdout
+    for unit in UNITS:
+        assert f"OK    {unit}: active" in r.stdout
+    assert re.search(r"OK    port: 127.0.0.1:8000 is held by our front door", r.stdout)
+
+
+@pytest.mark.parametrize("daemon", DAEMONS)
+def test_restart_under_load_fails_nothing(box: NsSystemd, daemon: str) -> None:
+    unit = f"infergrid-{daemon}.service"
+    wait_for(lambda: healthy(box), 30, "/health 200")
+    before = main_pids(box)
+    engines = engine_pids(box)
+
+    def restart() -> float:
+        t0 = time.monotonic()
+        box.run_in(["systemctl", "restart", unit], check=True, timeout=90)
+        return time.monotonic() - t0
+
+    results, took = run_load(box, restart, streams=20, trickle_s=4.0)
+    bad = failures(results)
+    streams = [r for r in results if r["kind"] == "stream"]
+    print(f"systemd tier: restart {daemon} under load took {took:.1f}s; {len(results)} "
+          f"requests ({len(streams)} streams, {len(results) - len(streams)} new), "
+          f"{len(bad)} failed; {latencies(results)}")
+    assert not bad, (bad[:5], journal(box))
+    after = main_pids(box)
+    assert after[daemon] != before[daemon]
+    assert {d: p for d, p in after.items() if d != daemon} == \
+        {d: p for d, p in before.items() if d != daemon}
+    assert engine_pids(box) == engines, "an engine was restarted"
+
+
+@pytest.mark.parametrize("daemon", DAEMONS)
+def test_sigkill_restarts_only_that_daemon(box: NsSystemd, daemon: str) -> None:
+    unit = f"infergrid-{daemon}.service"
+    wait_for(lambda: healthy(box), 30, "/health 200")
+    before = main_pids(box)
+    engines = engine_pids(box)
+    restarts = {d: int(show(box, f"infergrid-{d}.service", "NRestarts")) for d in DAEMONS}
+    box.run_in(["kill", "-9", str(before[daemon])], check=True)
+    took = wait_for(lambda: int(show(box, unit, "NRestarts")) == restarts[daemon] + 1
+                    and active(box, unit) == "active", 30, f"{unit} back after SIGKILL")
+    after = main_pids(box)
+    assert after[daemon] not in (0, before[daemon])
+    assert {d: p for d, p in after.items() if d != daemon} == \
+        {d: p for d, p in before.items() if d != daemon}, "another daemon was restarted"
+    assert engine_pids(box) == engines, "an engine was restarted"
+    for other in DAEMONS:
+        if other != daemon:
+            assert int(show(box, f"infergrid-{other}.service", "NRestarts")) == restarts[other]
+    recovered = wait_for(lambda: healthy(box), 30, "/health 200 after SIGKILL")
+    results, _ = run_load(box, streams=8, max_tokens=20)
+    print(f"systemd tier: SIGKILL {daemon}: active again in {took:.1f}s, healthy "
+          f"{recovered:.1f}s later, {len(failures(results))}/{len(results)} failed after")
+    assert not failures(results), failures(results)
+
+
+def test_control_socket_is_for_the_group_only(box: NsSystemd) -> None:
+    box.run_in("adduser --quiet --disabled-password --gecos '' alice && "
+               "adduser --quiet alice infergrid", check=True)
+    r = box.run_in(["runuser", "-u", "alice", "--", "infergridctl", "tenant", "set-rate",
+                    "--rpm", "6000", "quiet"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = box.run_in(["runuser", "-u", "alice", "--", "infergridctl", "--json", "tenant", "show",
+                    "quiet"], check=True)
+    assert "6000" in r.stdout, r.stdout
+    for user in ("nobody", "daemon"):
+        r = box.run_in(["runuser", "-u", user, "--", "infergridctl", "tenant", "set-rate",
+                        "--rpm", "1", "quiet"])
+        print(f"systemd tier: infergridctl as {user}: rc {r.returncode}: {r.stderr.strip()}")
+        assert r.returncode == 1
+        assert "permission denied" in r.stderr and "infergrid group" in r.stderr, r.stderr
+    r = box.run_in(["runuser", "-u", "alice", "--", "infergridctl", "tenant", "set-rate",
+                    "--unlimited", "quiet"], check=True)
+
+
+def test_journal_has_request_fields(box: NsSystemd) -> None:
+    results, _ = run_load(box, streams=3, max_tokens=5)
+    assert not failures(results)
+
+    def entries() -> list[dict[str, Any]]:
+        r = box.run_in(["journalctl", "--no-pager", "-u", "infergrid-frontdoor", "TENANT=quiet",
+                        "-o", "json"], check=True)
+        return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+    wait_for(lambda: any("OUTCOME" in e for e in entries()), 10, "request lines in the journal")
+    done = [e for e in entries() if "OUTCOME" in e]
+    e = done[-1]
+    assert {"REQUEST_ID", "MODEL", "OUTCOME", "TENANT"} <= set(e), sorted(e)
+    assert e["MODEL"] == "demo" and e["TENANT"] == "quiet"
+    assert e["SYSLOG_IDENTIFIER"].startswith("infergrid")
+    print(f"systemd tier: journal: {len(done)} finished requests of tenant quiet; fields "
+          f"{sorted(k for k in e if not k.startswith('_'))}")
+
+
+def test_stop_stops_everything_within_bound(box: NsSystemd) -> None:
+    engines = engine_pids(box)
+    assert engines
+    t0 = time.monotonic()
+    box.run_in(["systemctl", "stop", "infergrid.service"], check=True, timeout=180)
+    took = time.monotonic() - t0
+    print(f"systemd tier: systemctl stop infergrid took {took:.1f}s")
+    for unit in UNITS:
+        assert active(box, unit) in ("inactive", "failed"), unit
+        assert active(box, unit) == "inactive", (unit, journal(box))
+    for pid in engines:
+        assert box.run_in(["kill", "-0", str(pid)]).returncode != 0, f"engine {pid} left"
+    assert box.run_in(["pgrep", "-f", "infergridd"]).returncode == 1
+    assert took < STOP_BOUND_S
