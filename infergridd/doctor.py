@@ -89,7 +89,12 @@ def daemon_group() -> str | None:
 # --------------------------------------------------------------------------- config
 def check_config(path: str) -> tuple[Check, Config | None]:
     p = Path(path)
-    if not p.exists():
+    try:
+        present = p.exists()
+    except PermissionError:
+        return Check(FAIL, "config", f"cannot look into {p.parent}",
+                     "run as root or as a member of the infergrid group"), None
+    if not present:
         return Check(FAIL, "config", f"{p} does not exist",
                      "install the package's default or pass --config FILE"), None
     if not os.access(p, os.R_OK):
@@ -174,7 +179,7 @@ def check_state_dir(state: Path, user: str | None) -> Check:
     try:
         st = state.stat()
     except FileNotFoundError:
-        parent = next((p for p in state.parents if p.exists()), Path("/"))
+        parent = next((p for p in state.parents if p.is_dir()), Path("/"))
         if os.access(parent, os.W_OK):
             return Check(WARN, "state-dir", f"{state} does not exist yet",
                          "it is made at first start (systemd: StateDirectory=)")

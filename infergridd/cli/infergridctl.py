@@ -73,13 +73,8 @@ def find_control_socket(runtime_dir: str | None, config: str | None) -> Path:
             return Path(cfg.runtime_dir) / "control.sock"
     candidates = [d / "control.sock" for d in candidate_runtime_dirs()]
     for c in candidates:
-        if c.exists():
+        if _exists(c):
             return c
-        if c.parent.is_dir() and not os.access(c.parent, os.X_OK):
-            # /run/infergrid is 0750 infergrid:infergrid: say so, not "not running"
-            raise Unreachable(f"permission denied on {c.parent}: only root and members of "
-                              "the infergrid group may use infergridctl "
-                              "(adduser $USER infergrid, then log in again)")
     raise Unreachable(
         "InferGrid is not running: no control socket at "
         + ", ".join(str(c) for c in candidates)
@@ -88,8 +83,19 @@ def find_control_socket(runtime_dir: str | None, config: str | None) -> Path:
     )
 
 
+def _exists(sock_path: Path) -> bool:
+    """Whether the socket is there; a runtime dir we may not enter (/run/infergrid is 0750
+    infergrid:infergrid) is said plainly, not as "not running" or a traceback."""
+    try:
+        return sock_path.exists()
+    except PermissionError:
+        raise Unreachable(f"permission denied on {sock_path.parent}: only root and members "
+                          "of the infergrid group may use infergridctl "
+                          "(adduser $USER infergrid, then log in again)") from None
+
+
 def call(sock_path: Path, command: str, args: dict[str, Any], timeout_s: float) -> p.ControlReply:
-    if not sock_path.exists():
+    if not _exists(sock_path):
         raise Unreachable(f"InferGrid is not running: no control socket at {sock_path}")
     if not os.access(sock_path, os.R_OK | os.W_OK):
         raise Unreachable(f"permission denied on {sock_path}: "

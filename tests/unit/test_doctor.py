@@ -341,3 +341,17 @@ def test_cli_json_and_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert text.splitlines()[0].startswith("OK    config: ")
     assert "WARN  runtime-dir:" in text and "WARN  state-dir:" in text
     assert "checks: 0 failed" in text.splitlines()[-1]
+
+
+def test_ctl_says_permission_denied_not_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user outside the infergrid group cannot stat /run/infergrid/control.sock."""
+    def denied(self: Path, *a: Any, **kw: Any) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", denied)
+    assert ctl_main(["--runtime-dir", "/run/infergrid", "status"]) == 1
+    err = capsys.readouterr().err
+    assert "permission denied on /run/infergrid" in err and "infergrid group" in err
+    assert ctl_main(["status"]) == 1
+    assert "permission denied" in capsys.readouterr().err
