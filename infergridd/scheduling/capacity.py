@@ -12,13 +12,21 @@ engine has room when all three hold:
 * its KV-cache use, in that report, was under ``kv_threshold`` (same
   staleness rule).
 
-``cap`` starts at the engine's ``max_num_seqs`` and is learned: a report
-showing waiting requests, or KV over the threshold, at in-flight ``n`` means
-``n`` is too many, so ``cap`` drops to ``n - 1`` (or to what the engine
-managed to run, if less).  Repeated reports at the same ``n`` carry no new
-information and do not shrink it further.  After ``grow_after`` consecutive
-reports of running full (``n >= cap``) without pressure, ``cap`` grows by one,
-up to ``max_num_seqs``: shrink fast, grow slowly, as congestion control does.
+``cap`` starts at the engine's ``max_num_seqs`` and is learned from KV
+pressure only: a report with KV use over the threshold at in-flight ``n``
+means ``n`` is too many for this engine's memory, so ``cap`` drops to
+``n - 1`` (or to what the engine managed to run, if less).  Repeated reports
+at the same ``n`` carry no new information and do not shrink it further.
+After ``grow_after`` consecutive reports of running full (``n >= cap``)
+without pressure, ``cap`` grows by one, up to ``max_num_seqs``: shrink fast,
+grow slowly, as congestion control does.
+
+Waiting requests alone only pause dispatch; they never shrink ``cap``.  A
+vLLM-style engine shows fresh arrivals as waiting until its next step admits
+them, and with chunked prefill a burst of long prompts stays "waiting" for
+several steps while the engine is far from full.  Treating that as overload
+once collapsed the window to a quarter of ``max_num_seqs`` and halved
+throughput (hero benchmark, 2026-11-24).
 
 Pure: fed ``EngineStatus`` reports plus our in-flight count, asked ``has_room``.
 """
@@ -54,10 +62,11 @@ class DispatchWindow:
         if waiting or kv_high:
             self._blocked_at = inflight
             self._calm_full = 0
-            limit = inflight - 1
-            if waiting and status.num_running > 0:
-                limit = min(limit, status.num_running)
-            self.cap = max(1, min(self.cap, limit))
+            if kv_high:
+                limit = inflight - 1
+                if status.num_running > 0:
+                    limit = min(limit, status.num_running)
+                self.cap = max(1, min(self.cap, limit))
             return
         self._blocked_at = None
         if inflight >= self.cap and self.cap < self.max_seqs:

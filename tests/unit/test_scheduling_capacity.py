@@ -26,14 +26,24 @@ def test_cap_starts_at_max_num_seqs_or_the_configured_value() -> None:
     assert w.cap == 3
 
 
-def test_waiting_shrinks_to_what_the_engine_runs_once_per_level() -> None:
+def test_waiting_pauses_dispatch_but_never_shrinks_the_cap() -> None:
+    # fresh arrivals and chunked prefills show as "waiting" while the engine is far
+    # from full: shrinking on that once collapsed the window to 15 of 64 slots
     w = DispatchWindow(8, 0.9)
     w.observe(report(running=5, waiting=3), 8, 8)
+    assert w.cap == 8
+    assert not w.has_room(8)
+    assert w.has_room(7)  # one finished since it was seen waiting: its slot is free again
+
+
+def test_kv_pressure_shrinks_to_what_the_engine_runs_once_per_level() -> None:
+    w = DispatchWindow(8, 0.9)
+    w.observe(report(running=5, waiting=3, kv=0.95), 8, 8)
     assert w.cap == 5
-    w.observe(report(running=5, waiting=3), 8, 8)  # the same news again: no further shrink
+    w.observe(report(running=5, waiting=3, kv=0.95), 8, 8)  # same news: no further shrink
     assert w.cap == 5
     assert not w.has_room(7)
-    assert w.has_room(4)  # fewer in flight than when it was seen waiting: stale, go on
+    assert w.has_room(4)
 
 
 def test_kv_over_threshold_shrinks_and_blocks() -> None:
@@ -52,7 +62,7 @@ def test_waiting_with_nothing_of_ours_in_flight_blocks_until_it_clears() -> None
 
 def test_grows_back_slowly_when_running_full_without_pressure() -> None:
     w = DispatchWindow(8, 0.9, grow_after=3)
-    w.observe(report(running=4, waiting=1), 5, 8)
+    w.observe(report(running=4, waiting=1, kv=0.95), 5, 8)
     assert w.cap == 4
     for _ in range(2):
         w.observe(report(running=4), 4, 8)
@@ -67,7 +77,7 @@ def test_grows_back_slowly_when_running_full_without_pressure() -> None:
 
 def test_a_restarted_engine_starts_from_max_again() -> None:
     w = DispatchWindow(8, 0.9)
-    w.observe(report(running=2, waiting=4), 6, 8)
+    w.observe(report(running=2, waiting=4, kv=0.97), 6, 8)
     assert w.cap == 2
     w.observe(report(generation=1), 0, 8)
     assert w.cap == 8
@@ -91,8 +101,10 @@ def test_core_never_exceeds_the_engine_slots_and_holds_the_rest() -> None:
     core.engines_update(SV, [engine(max_num_seqs=3)])
     sent = [r for i in range(10) for r in dispatched(core.submit(FD, submit(f"r{i}")))]
     assert sent == ["r0", "r1", "r2"]
-    # the engine says one of them waits: the window shrinks, a freed slot is not refilled
-    core.engines_update(SV, [engine(max_num_seqs=3, num_running=2, num_waiting=1)])
+    # the engine says one of them waits (KV full): the window shrinks, and a freed
+    # slot is not refilled until in-flight is under the new cap
+    core.engines_update(SV, [engine(max_num_seqs=3, num_running=2, num_waiting=1,
+                                    kv_usage=0.95)])
     assert core.engine_window("m-0") == (2, 3)
     assert dispatched(core.done(FD, p.Done(request_id="r0"))) == []
     assert dispatched(core.done(FD, p.Done(request_id="r1"))) == ["r3"]
