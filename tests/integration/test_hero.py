@@ -59,6 +59,11 @@ tenants:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "open (issue 5): throughput now meets 0.95x direct, but quiet TTFT p99 is ~6x solo, "
+    "not <= 1.2x: with every engine slot busy a quiet request waits for the next "
+    "flooder completion. Reserving slots for light tenants (tried 2026-11-24: 2 of 32) "
+    "cost 8% throughput and did not fix the p99. strict: this fails loudly once it passes"))
 def test_hero_claim(tmp_path: Path) -> None:
     profile = tmp_path / "hero-test.yaml"
     profile.write_text(yaml.safe_dump(PROFILE))
