@@ -286,8 +286,9 @@ def test_bad_command_fails_with_reason_and_backs_off(h: Harness, sched: FakeSche
     assert "exited with status 3" in failed.last_error
     seen = sched.watch(4.5)
     gens = sorted({e.generation for e in seen})
-    # 1 s, 2 s, 4 s ... between launches: 2 or 3 more launches in 4.5 s, never a spin.
-    assert 2 <= gens[-1] - failed.generation <= 3, gens
+    # 1 s, 2 s, 4 s ... between launches: 1 to 3 more launches in 4.5 s (1 when the
+    # machine is loaded and the first retry lands late), never a spin.
+    assert 1 <= gens[-1] - failed.generation <= 3, gens
     assert all(e.state in ("failed", "starting") for e in seen)
     assert "next start in" in h.log()
 
