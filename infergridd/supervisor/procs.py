@@ -19,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from .. import logs
 from ..config import Dirs
 from ..engines.base import LaunchSpec, is_alive, proc_start_time, stop_process_group
 from . import statefile
@@ -62,8 +63,45 @@ def rotate_log(path: Path) -> None:
         log.warning("cannot rotate %s: %s", path, exc)
 
 
+def journal_identifier(log_file: Path) -> str:
+    return f"infergrid-engine-{log_file.stem}"
+
+
+def _journal_stream(identifier: str) -> int | None:
+    """A stream connected to journald, as ``sd_journal_stream_fd`` makes one.
+
+    Under systemd an engine's output belongs in the journal under its own
+    identifier (``journalctl -t infergrid-engine-demo-0``).  journald owns the
+    stream, so the engine keeps logging across supervisor restarts, and the
+    engine's pid stays its own (no ``systemd-cat`` process in between, which
+    re-adoption by pid and start time depends on).
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(JOURNAL_STDOUT)
+        # identifier, unit id, priority, level prefix, syslog, kmsg, console
+        sock.sendall(f"{identifier}\n\n6\n0\n0\n0\n0\n".encode())
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        sock.close()
+        return None
+    return sock.detach()
+
+
 def tail(path: Path, lines: int = 15, max_bytes: int = 8192) -> str:
-    """The last lines of an engine log, for the error that says why it failed."""
+    """The last lines of an engine log, for the error that says why it failed.
+
+    Read from the engine's log file, or from the journal when its output went
+    there (the supervisor unit is in group ``systemd-journal`` to read it).
+    """
+    if not path.exists() and logs.under_journald():
+        try:
+            r = subprocess.run(["journalctl", "-q", "--no-pager", "-o", "cat", "-n", str(lines),
+                                "-t", journal_identifier(path)],
+                               capture_output=True, text=True, timeout=5)
+            return r.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -76,6 +114,9 @@ def tail(path: Path, lines: int = 15, max_bytes: int = 8192) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+JOURNAL_STDOUT = "/run/systemd/journal/stdout"
+
+
 def launch(spec: LaunchSpec, log_file: Path) -> subprocess.Popen[bytes]:
     """Start a detached engine writing to ``log_file``; raises OSError if it cannot exec."""
     log_file.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -85,7 +126,11 @@ def launch(spec: LaunchSpec, log_file: Path) -> subprocess.Popen[bytes]:
     for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
               "LISTEN_FDNAMES", "INFERGRID_STOP_ENGINES_ON_EXIT"):
         env.pop(k, None)
-    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    fd = _journal_stream(journal_identifier(log_file)) if logs.under_journald() else None
+    if fd is not None:
+        log_file.unlink(missing_ok=True)  # the journal has it; tail() reads it from there
+    else:
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     try:
         return subprocess.Popen(
             spec.argv, env=env, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=fd,

@@ -238,6 +238,10 @@ def test_journal_has_request_fields(box: NsSystemd) -> None:
     assert e["SYSLOG_IDENTIFIER"].startswith("infergrid")
     print(f"systemd tier: journal: {len(done)} finished requests of tenant quiet; fields "
           f"{sorted(k for k in e if not k.startswith('_'))}")
+    # the engine's own output is in the journal under its own identifier
+    r = box.run_in(["journalctl", "--no-pager", "-o", "cat", "-t", "infergrid-engine-demo-0"],
+                   check=True)
+    assert "listening on" in r.stdout or "engine ready" in r.stdout, r.stdout[-2000:]
 
 
 def test_stop_stops_everything_within_bound(box: NsSystemd) -> None:
