@@ -88,3 +88,15 @@ def test_invalid_values_are_named(text: str, where: str) -> None:
     with pytest.raises(WorkloadError, match=r".*" + where.replace("$", r"\$").replace("[", r"\[")
                        .replace("]", r"\]")):
         workload.loads(text)
+
+
+def test_repo_workloads_are_the_packaged_ones() -> None:
+    """bench/workloads/ (what the issue and README point at) must not drift from the copies
+    pip installs with the package."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    repo = {p.name: p.read_text() for p in (root / "bench" / "workloads").glob("*.yaml")}
+    pkg = {p.name: p.read_text()
+           for p in (root / "infergridd" / "bench" / "workloads").glob("*.yaml")}
+    assert repo and repo == pkg
