@@ -70,6 +70,10 @@ class SchedulerConfig(_Strict):
     input_weight: float = 1.0
     output_weight: float = 2.0
     kv_threshold: float = 0.9  # dispatch only while the engine's KV use is under this
+    #: engine slots a tenant at or over its fair share may not take (scheduling/headroom.py)
+    light_reserve: int = 2
+    #: hold heavy tenants' dispatches while a light tenant's request awaits its first token
+    prefill_guard: bool = True
     max_queued_per_tenant: int = 10_000
     queue_deadline_s: float = 0.0  # 0: none
     max_tenants: int = 1_000  # bounds tenants, and so metric label values
@@ -79,7 +83,9 @@ class SchedulerConfig(_Strict):
 
 
 class GpuConfig(_Strict):
-    total_memory: str | int = 0  # bytes or "80GiB"; 0: from NVML, else unlimited
+    #: bytes or "80GiB": NVML's total where present (this may only lower it), else
+    #: this; 0 without NVML: unlimited (supervisor/ledger.py ``gpu_total``)
+    total_memory: str | int = 0
     device_index: int = 0
 
 
@@ -290,6 +296,8 @@ def _validate(cfg: Config) -> None:
     s = cfg.scheduler
     if not 0 < s.kv_threshold <= 1:
         raise bad("$.scheduler.kv_threshold", "must be in (0, 1]")
+    if s.light_reserve < 0:
+        raise bad("$.scheduler.light_reserve", "must be >= 0")
     if s.input_weight < 0 or s.output_weight < 0:
         raise bad("$.scheduler", "input_weight and output_weight cannot be negative")
     r = s.residency

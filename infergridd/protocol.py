@@ -101,6 +101,9 @@ class EngineStatus(msgspec.Struct, omit_defaults=True):
     priority_sign: int = 1  # +1: lower value runs first (vLLM); -1: higher first (SGLang)
     supports_sleep: bool = False
     memory_bytes: int = 0  # what it holds on the GPU now, per the ledger
+    #: stopped by an operator's ``model unload``: stays down until a start, and a
+    #: restarted scheduler learns it from here (the supervisor keeps it on disk)
+    unloaded: bool = False
     last_error: str = ""
     updated_at: float = 0.0  # wall clock of the last successful poll
 
@@ -317,6 +320,9 @@ class EngineCommand(_Msg, tag="engine_cmd"):
     engine_id: str
     action: Literal["start", "stop", "sleep", "wake", "restart"]
     level: int = 1  # for sleep
+    #: stop: an operator's unload (reported back as ``EngineStatus.unloaded``), not
+    #: an eviction; the model stays down until a start, across daemon restarts
+    unload: bool = False
 
 
 class EngineCommandResult(_Msg, tag="engine_cmd_result"):

@@ -86,17 +86,26 @@ class Serve:
             raise
         return self.url
 
-    def engine_metrics_urls(self) -> dict[str, str]:
-        """The managed engines' own /metrics (from the supervisor's state files)."""
-        out = {}
+    def engine_records(self) -> list[dict[str, Any]]:
+        """The supervisor's records of the engines it launched (port, pid, API key).
+
+        Read from ``<runtime>/engines/*.json`` (mode 0600, our own user): what lets
+        the overhead benchmark call *the same* engine directly, next to the front door.
+        """
+        out = []
         for f in sorted((self.runtime / "engines").glob("*.json")):
             try:
                 rec = json.loads(f.read_text())
-                out[f"engine-{rec.get('engine_id', f.stem)}"] = \
-                    f"http://127.0.0.1:{int(rec['port'])}/metrics"
-            except (OSError, ValueError, KeyError):
+                int(rec["port"])
+                out.append(rec)
+            except (OSError, ValueError, KeyError, TypeError):
                 pass
         return out
+
+    def engine_metrics_urls(self) -> dict[str, str]:
+        """The managed engines' own /metrics (from the supervisor's state files)."""
+        return {f"engine-{rec.get('engine_id', '?')}": f"http://127.0.0.1:{int(rec['port'])}/metrics"
+                for rec in self.engine_records()}
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM (the appliance drains and stops its engines), then clean up."""

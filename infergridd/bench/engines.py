@@ -255,9 +255,14 @@ class UrlEngine(Engine):
 
 
 def profile_max_num_seqs(profile: str) -> int:
-    from ..engines.sim.profile import load_profile
+    """The profile's batch size; raises ValueError for an unknown profile (before any
+    process starts, rather than as an engine that exits during the capacity run)."""
+    from ..engines.sim.profile import ProfileError, load_profile
 
-    return load_profile(profile).max_num_seqs
+    try:
+        return load_profile(profile).max_num_seqs
+    except ProfileError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def parse_engine(spec: str, max_num_seqs: int = 0, model: str = MODEL) -> Engine:
@@ -268,7 +273,8 @@ def parse_engine(spec: str, max_num_seqs: int = 0, model: str = MODEL) -> Engine
     """
     if spec == "sim" or spec.startswith("sim:"):
         profile = spec.partition(":")[2] or "a100-llama3-8b"
-        return SimEngine(profile, max_num_seqs or profile_max_num_seqs(profile))
+        own = profile_max_num_seqs(profile)  # validates the profile in any case
+        return SimEngine(profile, max_num_seqs or own)
     if spec == "vllm-cpu":
         return VllmCpuEngine(max_num_seqs or 4)
     if spec.startswith(("http://", "https://")):

@@ -41,6 +41,11 @@ def _boot_stats(x: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndar
     return out
 
 
+def _pct(w: float) -> str:
+    """A width just over the threshold must not print as the threshold ("50% > 50%")."""
+    return f"{w:.0%}" if round(w, 2) != WIDE else f"{w:.1%}"
+
+
 def relative_width(point: float, lo: float, hi: float) -> float:
     if not np.isfinite(point) or point == 0:
         return float("inf")
@@ -73,7 +78,7 @@ def summarize(values: Any, seed: int = 0, n_boot: int = N_BOOT,
         ci[k] = [float(lo[i]), float(hi[i])]
         w = relative_width(points[i], lo[i], hi[i])
         if w > WIDE:
-            flags.append(f"{k}: CI relative width {w:.0%} > {WIDE:.0%}")
+            flags.append(f"{k}: CI relative width {_pct(w)} > {WIDE:.0%}")
     if len(x) < MIN_P99_N:
         flags.append(f"p99: only {len(x)} samples (< {MIN_P99_N}), in effect the maximum")
     out["ci95"] = ci
@@ -105,7 +110,7 @@ def ratio(a: Any, b: Any, q: float, seed: int = 0, n_boot: int = N_BOOT) -> dict
     flags = []
     w = relative_width(point, lo_, hi_)
     if w > WIDE:
-        flags.append(f"CI relative width {w:.0%} > {WIDE:.0%}")
+        flags.append(f"CI relative width {_pct(w)} > {WIDE:.0%}")
     if q >= 99 and min(len(a), len(b)) < MIN_P99_N:
         flags.append(f"p99 from {min(len(a), len(b))} samples (< {MIN_P99_N})")
     return {"ratio": point, "ci95": [float(lo_), float(hi_)], "flags": flags}
@@ -121,7 +126,7 @@ def difference(a: Any, b: Any, q: float, seed: int = 0, n_boot: int = N_BOOT,
     xa = np.asarray(a, dtype=float) * scale
     xb = np.asarray(b, dtype=float) * scale
     if len(xa) == 0 or len(xb) == 0:
-        return {"diff": None, "ci95": None}
+        return {"diff": None, "ci95": None, "flags": ["no samples"]}
     rng = np.random.default_rng(seed)
     xa = rng.choice(xa, MAX_BOOT_N, replace=False) if len(xa) > MAX_BOOT_N else xa
     xb = rng.choice(xb, MAX_BOOT_N, replace=False) if len(xb) > MAX_BOOT_N else xb
@@ -134,4 +139,7 @@ def difference(a: Any, b: Any, q: float, seed: int = 0, n_boot: int = N_BOOT,
         sb = np.percentile(xb[rng.integers(0, len(xb), size=(hi - lo, len(xb)))], q, axis=1)
         d[lo:hi] = sa - sb
     lo_, hi_ = np.percentile(d, [2.5, 97.5])
-    return {"diff": point, "ci95": [float(lo_), float(hi_)]}
+    flags = []
+    if q >= 99 and min(len(xa), len(xb)) < MIN_P99_N:
+        flags.append(f"p99 from {min(len(xa), len(xb))} samples (< {MIN_P99_N})")
+    return {"diff": point, "ci95": [float(lo_), float(hi_)], "flags": flags}

@@ -118,10 +118,21 @@ class SchedulerLink:
             dispatched_at=time.time())
 
     def progress(self, request_id: str, completion_tokens: int) -> None:
-        self._progress[request_id] = completion_tokens
+        """Tokens streamed so far; batched every ``PROGRESS_EVERY_S``, except the first.
+
+        The first token goes at once: the scheduler holds heavy tenants' dispatches
+        while a light tenant's request waits for it (scheduling/headroom.py), and a
+        100 ms batching delay would be 100 ms of slots left idle.
+        """
         rec = self.inflight.get(request_id)
+        first = rec is not None and not rec.completion_tokens and completion_tokens > 0
         if rec is not None:
             rec.completion_tokens = completion_tokens
+        if first:
+            self._progress.pop(request_id, None)
+            self._send(p.Progress(items=[(request_id, completion_tokens)]))
+            return
+        self._progress[request_id] = completion_tokens
 
     def finish(self, request_id: str, outcome: str, prompt_tokens: int,
                completion_tokens: int, ttft_s: float | None = None, error: str = "") -> None:

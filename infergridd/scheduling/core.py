@@ -36,6 +36,7 @@ from .. import protocol as p
 from ..config import Config
 from . import demand, reconcile
 from .capacity import DispatchWindow
+from .headroom import Headroom
 from .policy import QueuedRequest, make_policy
 from .quotas import Limits, Quotas
 from .residency import EngineView, Residency
@@ -114,6 +115,8 @@ class SchedulerCore:
         self._model_inflight: dict[str, int] = {}
         self._model_waiting: dict[str, OrderedDict[str, float]] = {}  # oldest first
         self.residency = Residency(cfg)
+        self.headroom = Headroom(cfg.scheduler.light_reserve, cfg.scheduler.prefill_guard)
+        self.policy.inflight_of = self.headroom.inflight
         self._counts: dict[str, _TenantCounts] = {}
         self._deadlines: list[tuple[float, int, str]] = []
         self._seq = 0
@@ -130,6 +133,7 @@ class SchedulerCore:
         if rejected:
             return rejected
         self.residency.note_request(s.model, now)
+        self.headroom.note_submit(s.model, s.tenant or DEFAULT_TENANT, now)
         return self._tick_residency(now) + self._dispatch_all(now)
 
     def _admit(self, peer: str, s: p.Submit | p.QueuedRecord, now: float) -> list[Send]:
@@ -177,6 +181,8 @@ class SchedulerCore:
         if rec is None or rec.state != INFLIGHT or completion_tokens <= rec.completion_tokens:
             return
         delta = completion_tokens - rec.completion_tokens
+        if not rec.completion_tokens:
+            self.headroom.first_token(request_id, rec.engine_id)
         rec.completion_tokens = completion_tokens
         self.policy.on_progress(rec.req.tenant, delta)
         rec.req.charged_completion += delta
@@ -289,7 +295,9 @@ class SchedulerCore:
         return out
 
     def model_infos(self) -> list[p.ModelInfo]:
-        """Each model's state is the best of its engines'; preload comes from the config."""
+        """Each model's state is the best of its engines' (``draining`` while residency
+        drains it for a sleep or stop).  ``preload`` is the config's, except for a model
+        the operator unloaded: /health does not wait for a model kept down on purpose."""
         names = [m.name for m in self.cfg.models]
         names += [m for m in self._by_model if m not in names]
         out = []
@@ -298,6 +306,8 @@ class SchedulerCore:
             states = [e.status.state for e in engines]
             state = min(states, key=lambda s: _STATE_RANK.get(s, len(_STATE_RANK)),
                         default=p.EngineState.STOPPED)
+            if state == p.EngineState.READY and self.residency.draining(name):
+                state = p.EngineState.DRAINING  # ours: no new dispatches, in-flight finish
             reason = ""
             if state != p.EngineState.READY:
                 errors = [e.status.last_error for e in engines if e.status.last_error]
@@ -308,7 +318,8 @@ class SchedulerCore:
             out.append(p.ModelInfo(
                 name=name, state=state, engines=[e.status.engine_id for e in engines],
                 ready_engines=states.count(p.EngineState.READY),
-                preload=mc.preload if mc is not None else True,
+                preload=(mc.preload if mc is not None else True)
+                and not self.residency.unloaded(name),
                 memory_bytes=sum(e.status.memory_bytes for e in engines),
                 queued=self._model_queued.get(name, 0),
                 inflight=self._model_inflight.get(name, 0), reason=reason,
@@ -484,6 +495,7 @@ class SchedulerCore:
         for n in gone:
             self.policy.forget(n)
             self.quotas.forget(n)
+            self.headroom.forget_tenant(n)
             c = self._counts.get(n)
             if c is not None and not c.inflight:
                 del self._counts[n]
@@ -493,18 +505,57 @@ class SchedulerCore:
     def _dispatch_all(self, now: float) -> list[Send]:
         out: list[Send] = []
         for model in list(self._model_queued):
-            engines = [e for e in self._by_model.get(model, ())
-                       if e.status.state == p.EngineState.READY
-                       and self.residency.dispatchable(model, e.status.engine_id)]
+            engines = self._ready_engines(model)
+            total_cap = sum(e.window.cap for e in engines)
             while engines and self._model_queued.get(model, 0) > 0:
                 target = self._pick_engine(engines)
                 if target is None:
                     break
-                req = self.policy.pick(model)
-                if req is None:  # pragma: no cover - the counts say something is queued
-                    break
+                allow, is_heavy = self._headroom_rule(model, target, total_cap, now)
+                req = self.policy.pick(model, allow)
+                if req is None:  # only heavy tenants wait, and this engine's headroom is held
+                    engines.remove(target)
+                    continue
                 out.append(self._dispatch(self._records[req.request_id], target, now))
+                if not is_heavy(req.tenant) and not self._has_queued(req.tenant):
+                    self.headroom.guard_light(req.request_id, req.tenant,
+                                              target.status.engine_id, now)
         return out
+
+    def _ready_engines(self, model: str) -> list[_Engine]:
+        return [e for e in self._by_model.get(model, ())
+                if e.status.state == p.EngineState.READY
+                and self.residency.dispatchable(model, e.status.engine_id)]
+
+    def _headroom_rule(self, model: str, e: _Engine, total_cap: int, now: float,
+                       ) -> tuple[Callable[[str], bool], Callable[[str], bool]]:
+        """``(allow, is_heavy)`` for one dispatch decision on engine ``e`` (headroom.py)."""
+        eid, cap = e.status.engine_id, e.window.cap
+        n = self._engine_inflight.get(eid, 0)
+        is_heavy = self.headroom.heaviness(model, total_cap, self._has_queued,
+                                           self.tenants.weight, now)
+
+        def allow(tenant: str) -> bool:
+            return self.headroom.allows(eid, tenant, n, cap, is_heavy(tenant), now)
+
+        return allow, is_heavy
+
+    def may_dispatch(self, model: str, engine_id: str, tenant: str) -> bool:
+        """Whether the window and the headroom rules would let ``tenant`` start a request
+        for ``model`` on ``engine_id`` now (tests check work conservation with it)."""
+        engines = self._ready_engines(model)
+        e = self._engines.get(engine_id)
+        if e is None or e not in engines:
+            return False
+        if not e.window.has_room(self._engine_inflight.get(engine_id, 0)):
+            return False
+        allow, _ = self._headroom_rule(model, e, sum(x.window.cap for x in engines),
+                                       self.clock())
+        return allow(tenant)
+
+    def _has_queued(self, tenant: str) -> bool:
+        c = self._counts.get(tenant)
+        return c is not None and c.queued > 0
 
     def _pick_engine(self, engines: list[_Engine]) -> _Engine | None:
         """The least loaded engine with room (relative to its cap), ties by engine id."""
@@ -535,6 +586,7 @@ class SchedulerCore:
         rec.state, rec.engine_id, rec.dispatched_at = INFLIGHT, engine_id, now
         self._count(rec.req.tenant).inflight += 1
         m = rec.req.model
+        self.headroom.started(m, rec.req.tenant)
         self._model_inflight[m] = self._model_inflight.get(m, 0) + 1
         self._engine_inflight[engine_id] = self._engine_inflight.get(engine_id, 0) + 1
 
@@ -543,6 +595,7 @@ class SchedulerCore:
         c = self._count(rec.req.tenant)
         c.inflight -= 1
         m, eid = rec.req.model, rec.engine_id
+        self.headroom.ended(m, rec.req.tenant, rec.req.request_id, eid)
         self._model_inflight[m] -= 1
         if not self._model_inflight[m]:
             del self._model_inflight[m]

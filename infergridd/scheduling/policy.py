@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,8 @@ class Policy(ABC):
     def __init__(self, cfg: Config, tenants: TenantView) -> None:
         self.cfg = cfg
         self.tenants = tenants
+        #: (model, tenant) -> requests in flight; the core plugs in its own count
+        self.inflight_of: Callable[[str, str], int] = lambda model, tenant: 0
 
     @abstractmethod
     def enqueue(self, req: QueuedRequest) -> None: ...
@@ -133,8 +136,13 @@ class Policy(ABC):
         """Take a queued request out unserved; ``None`` when it is not queued."""
 
     @abstractmethod
-    def pick(self, model: str) -> QueuedRequest | None:
-        """The request that should run next for ``model`` (peek, not pop)."""
+    def pick(self, model: str,
+             allow: Callable[[str], bool] | None = None) -> QueuedRequest | None:
+        """The request that should run next for ``model`` (peek, not pop).
+
+        ``allow(tenant)``: whether that tenant may dispatch at all right now (the
+        core's headroom rules); a policy picks only among allowed tenants' requests.
+        """
 
     @abstractmethod
     def on_dispatch(self, req: QueuedRequest) -> None:
@@ -195,9 +203,13 @@ class FifoBase(Policy):
             return None
         return self._queues[model].discard(request_id)
 
-    def pick(self, model: str) -> QueuedRequest | None:
+    def pick(self, model: str,
+             allow: Callable[[str], bool] | None = None) -> QueuedRequest | None:
         q = self._queues.get(model)
-        return q.peek() if q is not None else None
+        head = q.peek() if q is not None else None
+        if head is not None and allow is not None and not allow(head.tenant):
+            return None  # first come, first served: nobody overtakes a held head
+        return head
 
     def on_dispatch(self, req: QueuedRequest) -> None:
         self.remove(req.request_id)

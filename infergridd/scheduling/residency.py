@@ -47,7 +47,9 @@ Why each rule:
   engine's error until it is ready again (the supervisor keeps retrying with
   backoff) or it is stopped, after which the next request tries afresh.
   A crash of a model that was serving is a restart, not a load failure:
-  its requests wait (DESIGN §3).
+  its requests wait (DESIGN §3).  An engine whose sleep fails twice in a
+  row is stopped instead (it is drained already, so that is as safe), so
+  an engine that cannot really sleep does not hold an eviction up for ever.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ ASLEEP = (S.SLEEPING1, S.SLEEPING2)
 SWAP_COST_FACTOR = 4.0
 #: After the supervisor refuses a command, wait this long before asking again.
 REFUSED_RETRY_S = 0.5
+#: A sleep the engine refused this many times running: stop it instead (the engine
+#: says it sleeps but cannot, e.g. vLLM started without sleep mode behind our back).
+SLEEP_FAILURES_BEFORE_STOP = 2
 #: Retry-After for a model that failed to load (the supervisor retries with backoff).
 FAILED_RETRY_AFTER_S = 10.0
 UP_ACTIONS = ("start", "wake")
@@ -106,6 +111,7 @@ class _Pending:
     level: int
     sent_at: float
     answered_at: float | None = None
+    unload: bool = False
 
 
 @dataclass
@@ -141,6 +147,7 @@ class Residency:
     _models: dict[str, _Model] = field(default_factory=dict)
     _pending: dict[str, _Pending] = field(default_factory=dict)  # engine_id -> command
     _not_before: dict[str, float] = field(default_factory=dict)  # engine_id -> retry time
+    _sleep_failures: dict[str, int] = field(default_factory=dict)  # engine_id -> in a row
     _swaps: deque[float] = field(default_factory=deque)
     _seq: int = 0
     swaps_total: int = 0
@@ -219,6 +226,11 @@ class Residency:
         """A state the supervisor reported: load successes and failures, arrival at targets."""
         m = self._model(new.model, now)
         was = old.state if old is not None else None
+        if old is None and new.unloaded and new.state == S.STOPPED and not m.want_up:
+            # first sight of it (this scheduler just started): the supervisor remembers
+            # an operator's unload, so the model stays down as the operator left it
+            m.admin_down = True
+            m.down_reason = "unloaded by the operator"
         if new.state == S.READY:
             if m.resident_since is None:
                 m.resident_since = now
@@ -232,10 +244,16 @@ class Residency:
         elif new.state == S.FAILED and was is not None and was != S.FAILED \
                 and was not in (S.READY, S.DRAINING, S.UNHEALTHY):
             # failed while starting or waking: a load failure, not a crash while serving
-            m.load_failed = (new.last_error or "the engine failed").splitlines()[0]
+            # its first line only (the log lines after it are for the operator:
+            # infergridctl status, the journal), without the dangling "; last log lines:"
+            first = (new.last_error or "the engine failed").splitlines()[0]
+            m.load_failed = first.removesuffix("; last log lines:").strip()
             m.load_started = None
+        if new.state in ASLEEP:
+            self._sleep_failures.pop(new.engine_id, None)
         pend = self._pending.get(new.engine_id)
-        if pend is not None and _reached(pend.action, new.state):
+        if pend is not None and _reached(pend.action, new.state) \
+                and (not pend.unload or new.unloaded):
             del self._pending[new.engine_id]
 
     def command_result(self, r: p.EngineCommandResult, now: float, model: str) -> None:
@@ -247,10 +265,11 @@ class Residency:
             pend.answered_at = now
             return
         del self._pending[r.engine_id]
-        if not r.ok:
-            self._not_before[r.engine_id] = now + REFUSED_RETRY_S
-            m = self._model(model, now)
-            m.wait_reason = f"{pend.action} refused: {r.error}"
+        self._not_before[r.engine_id] = now + REFUSED_RETRY_S
+        m = self._model(model, now)
+        m.wait_reason = f"{pend.action} refused: {r.error}"
+        if pend.action == "sleep":  # drained already: a stop is as safe, if slower back
+            self._sleep_failures[r.engine_id] = self._sleep_failures.get(r.engine_id, 0) + 1
 
     def forget_pending(self, engine_id: str) -> None:
         """Its supervisor changed: an answer to what we sent the old one will not come."""
@@ -264,6 +283,16 @@ class Residency:
             return False
         pend = self._pending.get(engine_id)
         return pend is None or pend.action in UP_ACTIONS
+
+    def draining(self, model: str) -> bool:
+        """Chosen for a sleep or stop and not there yet: no new dispatches to it."""
+        m = self._models.get(model)
+        return m is not None and bool(m.evicting)
+
+    def unloaded(self, model: str) -> bool:
+        """Kept down by the operator's ``model unload`` (until ``model load``)."""
+        m = self._models.get(model)
+        return m is not None and m.admin_down
 
     def refusal(self, model: str, engines: list[EngineView]) -> tuple[str, float] | None:
         """(reason, retry-after) when requests for ``model`` must get 503 now, not wait."""
@@ -375,16 +404,17 @@ class Residency:
                     pend.answered_at is not None and now - pend.answered_at > ANSWERED_GRACE_S):
                 del self._pending[eid]
 
-    def _send(self, e: EngineView, action: str, now: float, out: list, level: int = 1) -> bool:
+    def _send(self, e: EngineView, action: str, now: float, out: list, level: int = 1,
+              unload: bool = False) -> bool:
         eid = e.status.engine_id
         if eid in self._pending or not e.owner or self._not_before.get(eid, 0.0) > now:
             return False
         self._not_before.pop(eid, None)
         self._seq += 1
         cid = f"res-{self._seq}"
-        self._pending[eid] = _Pending(cid, action, level, now)
-        out.append((e.owner, p.EngineCommand(command_id=cid, engine_id=eid,
-                                             action=action, level=level)))  # type: ignore[arg-type]
+        self._pending[eid] = _Pending(cid, action, level, now, unload=unload)
+        out.append((e.owner, p.EngineCommand(command_id=cid, engine_id=eid, action=action,
+                                             level=level, unload=unload)))  # type: ignore[arg-type]
         return True
 
     def _idle_ladder(self, now: float, models: list[ModelView], out: list) -> None:
@@ -446,17 +476,24 @@ class Residency:
         blocked = False
         for _urgency, mv, down in candidates:
             m = self._models[mv.name]
+            # some replicas serve (the others failed, or were held back at boot): the rest
+            # come up into free memory, but no other model is evicted for them
+            serving = any(e.status.state == S.READY for e in mv.engines)
             need = sum(max(0, self.cost(e) - e.status.memory_bytes) for e in down)
             if total <= 0 or need <= free:
                 for e in down:
                     action = "wake" if e.status.state in ASLEEP else "start"
                     if self._send(e, action, now, out):
                         free -= max(0, self.cost(e) - e.status.memory_bytes)
+                        if serving:
+                            continue
                         if m.load_started is None:
                             m.load_started = now
                         m.resident_since = None
                         m.wait_reason = "waking" if action == "wake" else "loading"
                         m.retry_after_s = 0.0
+                continue
+            if serving and not m.want_up:
                 continue
             if blocked and not m.want_up:
                 m.wait_reason = "waiting for GPU memory behind an earlier request"
@@ -573,17 +610,22 @@ class Residency:
         for e in mv.engines:
             st = e.status.state
             eid = e.status.engine_id
-            want_stop = m.evicting == "stop" or not e.status.supports_sleep
+            want_stop = m.evicting == "stop" or not e.status.supports_sleep \
+                or self._sleep_failures.get(eid, 0) >= SLEEP_FAILURES_BEFORE_STOP
             if st == S.STOPPED or (st in ASLEEP and not want_stop) \
                     or (st == S.FAILED and want_stop and eid not in self._pending
                         and e.status.memory_bytes == 0):
+                if m.admin_down and not e.status.unloaded:
+                    # already down: still tell the supervisor it is an unload, which it
+                    # keeps, so a restarted scheduler does not load it on the next request
+                    self._send(e, "stop", now, out, unload=True)
                 continue
             done = False
             if eid in self._pending or e.inflight > 0 or st in IN_TRANSITION:
                 continue  # draining: the sleep waits for the last request in flight
             if want_stop or st not in (S.READY, S.UNHEALTHY):
                 if st not in (S.STOPPING,):
-                    self._send(e, "stop", now, out)
+                    self._send(e, "stop", now, out, unload=m.admin_down)
             else:
                 self._send(e, "sleep", now, out, level=m.evict_level)
         if done:

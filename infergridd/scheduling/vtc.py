@@ -23,12 +23,16 @@ that is still loading cannot shelter a tenant from the lift on another model,
 and so that a higher band's counters never penalise a lower band's tenants.
 
 Within a tenant, requests go in submit order (``submitted_at``, then arrival).
-Ties between tenants with equal counters go to the earliest queued request.
+Ties between tenants with equal counters go to the tenant with fewer requests in
+flight on the model, then to the earliest queued request.  The first rule matters
+at every lift: a tenant back from idle is raised to exactly the flooder's counter,
+and without it the flooder's older head would win that tie every time.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
@@ -87,14 +91,18 @@ class VtcPolicy(Policy):
             self._last_left[(req.model, req.band)] = self.counters.get(req.tenant, 0.0)
         return req
 
-    def pick(self, model: str) -> QueuedRequest | None:
+    def pick(self, model: str,
+             allow: Callable[[str], bool] | None = None) -> QueuedRequest | None:
         best: QueuedRequest | None = None
         best_key: tuple[Any, ...] = ()
         for tenant, q in self._queues.get(model, {}).items():
             head = q.peek()
             if head is None:  # pragma: no cover - empty queues are deleted
                 continue
-            key = (head.band, self.counters.get(tenant, 0.0), head.order_key(), head.seq)
+            if allow is not None and not allow(tenant):
+                continue
+            key = (head.band, self.counters.get(tenant, 0.0), self.inflight_of(model, tenant),
+                   head.order_key(), head.seq)
             if best is None or key < best_key:
                 best, best_key = head, key
         return best

@@ -53,6 +53,10 @@ STABLE_AFTER_S = 30.0  # ready this long: the next crash starts the backoff afre
 UNHEALTHY_AFTER = 4  # consecutive failed polls
 UNHEALTHY_RESTART_S = 120.0  # alive but unanswering this long: replace it
 STOP_TIMEOUT_S = 30.0
+#: Before a commanded sleep or stop, wait at most this long for the engine's own
+#: counters to show nothing running or waiting (see ``_wait_engine_idle``).
+DRAIN_CHECK_S = 10.0
+DRAIN_POLL_S = 0.1
 ADOPT_READY_TRIES = 3
 HOLDING = (S.STARTING, S.READY, S.UNHEALTHY, S.WAKING, S.DRAINING, S.STOPPING)
 
@@ -110,9 +114,11 @@ class EngineRunner:
             max_num_seqs=adapter.max_num_seqs(), supports_priority=adapter.supports_priority,
             priority_sign=adapter.priority_sign, supports_sleep=adapter.supports_sleep,
         )
-        # a preloaded engine the scheduler stopped stays stopped across supervisor restarts
-        self.want_running = model.preload and not statefile.is_stopped(dirs.engines_dir,
-                                                                        engine_id)
+        # a preloaded engine the scheduler stopped stays stopped across supervisor restarts,
+        # and one the operator unloaded says so (a restarted scheduler learns it from here)
+        intent = statefile.stopped_intent(dirs.engines_dir, engine_id)
+        self.want_running = model.preload and not intent
+        self.status.unloaded = intent == statefile.UNLOADED
         self.rec: EngineRecord | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.backoff_s = BACKOFF_START_S
@@ -439,7 +445,9 @@ class EngineRunner:
     async def _do(self, cmd: p.EngineCommand) -> None:
         st = self.status
         if cmd.action == "stop":
-            await self.stop()
+            if st.state in (S.READY, S.UNHEALTHY):
+                await self._wait_engine_idle("stop")
+            await self.stop(unload=cmd.unload)
         elif cmd.action == "start":
             if st.state in (S.SLEEPING1, S.SLEEPING2):
                 await self._wake()
@@ -458,20 +466,24 @@ class EngineRunner:
     def _want_start(self) -> None:
         self.want_running = True
         self.fatal = False
+        self.status.unloaded = False
         statefile.save_stopped(self.dirs.engines_dir, self.engine_id, False)
         if self.rec is None:
             self.backoff_s = BACKOFF_START_S
             self.next_start = 0.0
 
-    async def stop(self, remember: bool = True) -> None:
+    async def stop(self, remember: bool = True, unload: bool = False) -> None:
         """Stop and keep stopped until a start command (SIGTERM, bounded wait, SIGKILL).
 
         ``remember``: also across supervisor restarts (a scheduler's eviction or
-        unload); not when the whole appliance stops, so it starts afresh."""
+        unload); not when the whole appliance stops, so it starts afresh.
+        ``unload``: an operator's unload, reported as ``EngineStatus.unloaded``."""
         self.want_running = False
         self.resume = ""
-        if remember and self.adapter.managed:
-            statefile.save_stopped(self.dirs.engines_dir, self.engine_id, True)
+        if remember:
+            self.status.unloaded = unload
+            if self.adapter.managed:
+                statefile.save_stopped(self.dirs.engines_dir, self.engine_id, True, unload)
         if self.adapter.managed and self.rec is not None:
             self._set_state(S.STOPPING)
             await self._stop_process()
@@ -493,6 +505,8 @@ class EngineRunner:
         if st.state not in (S.READY, S.UNHEALTHY, S.DRAINING):
             raise EngineError(f"engine {self.engine_id} is {st.state}, cannot sleep")
         before = st.state
+        if before != S.DRAINING:  # DRAINING: resuming a sleep the engine already began
+            await self._wait_engine_idle(f"sleep (level {level})")
         self._record_transition(f"sleep{level}")
         self._set_state(S.DRAINING)  # still holds its memory until the engine says done
         try:
@@ -505,6 +519,41 @@ class EngineRunner:
             self.rec.sleep_level = level
         self._record_transition("")
         self._set_state(want)
+
+    async def _wait_engine_idle(self, what: str) -> None:
+        """Wait (bounded) until the engine itself reports nothing running or waiting.
+
+        The scheduler sends a sleep or stop only once its own books show the
+        engine drained, and that is the rule that keeps a swap from killing a
+        request.  This is the second line: a request the scheduler no longer
+        counts may still be running (one from a front door it gave up on that is
+        in fact still streaming; a front door's retry), and vLLM's sleep or a
+        stop would kill it.  A gauge that never drops must not block residency
+        for ever, so after ``DRAIN_CHECK_S`` it goes ahead, saying so; an engine
+        whose metrics cannot be read is taken at the scheduler's word.
+        """
+        st = self.status
+        if not self.adapter.managed or not st.endpoint:
+            return
+        t0 = time.monotonic()
+        while True:
+            try:
+                m = await self.adapter.metrics(self.http, st.endpoint, st.api_key)
+            except EngineError:
+                return
+            busy = m.num_running + m.num_waiting
+            if busy <= 0:
+                if time.monotonic() - t0 > DRAIN_POLL_S:
+                    log.info("engine %s: drained after %.1fs, now the %s", self.engine_id,
+                             time.monotonic() - t0, what, extra=self._fields())
+                return
+            if time.monotonic() - t0 >= DRAIN_CHECK_S:
+                log.warning("engine %s still reports %d running and %d waiting after %.0fs "
+                            "though the scheduler counts none in flight; going ahead with "
+                            "the %s", self.engine_id, m.num_running, m.num_waiting,
+                            DRAIN_CHECK_S, what, extra=self._fields())
+                return
+            await asyncio.sleep(DRAIN_POLL_S)
 
     def _record_transition(self, transition: str) -> None:
         """Written *before* a sleep or wake call and cleared after: see ``adopt``."""

@@ -61,17 +61,32 @@ def nvml_total(device_index: int) -> int | None:
 
 
 def gpu_total(cfg: Config) -> tuple[int, str]:
-    """(bytes, where from): ``gpu.total_memory`` when set (an operator may keep some back),
-    else NVML, else 0 (unlimited: nothing is accounted)."""
+    """(bytes, where from) of the GPU memory InferGrid may hand out.
+
+    NVML (``nvidia-ml-py``) is the truth when present.  ``gpu.total_memory``
+    may only lower it (an operator keeping some memory back for another
+    process); a figure above what the GPU has is a typo or a config copied
+    from a bigger machine, and planning with it would admit loads that then
+    fail for want of memory, so NVML's figure wins and a warning says so.
+    Without NVML the configured figure is used; without either, 0: unlimited
+    (nothing is accounted, every load is admitted).
+    """
     try:
         configured = parse_size(cfg.gpu.total_memory)
     except ValueError:
         configured = 0
-    if configured > 0:
-        return configured, "gpu.total_memory"
-    found = nvml_total(cfg.gpu.device_index)
+    found = nvml_total(cfg.gpu.device_index) or 0
+    where = f"NVML (GPU {cfg.gpu.device_index})"
+    if found and configured:
+        if configured <= found:
+            return configured, f"gpu.total_memory (of {fmt_bytes(found)} per {where})"
+        log.warning("gpu.total_memory %s is more than the %s that %s reports; using %s",
+                    fmt_bytes(configured), fmt_bytes(found), where, fmt_bytes(found))
+        return found, where
     if found:
-        return found, f"NVML (GPU {cfg.gpu.device_index})"
+        return found, where
+    if configured:
+        return configured, "gpu.total_memory (no NVML)"
     return 0, "unlimited (no NVML, gpu.total_memory 0)"
 
 

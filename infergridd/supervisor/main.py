@@ -48,6 +48,7 @@ class Supervisor:
         self.notifier = Notifier()
         self.runners: list[EngineRunner] = []
         self._stop = asyncio.Event()
+        self.link: SchedulerLink | None = None
         total, source = gpu_total(cfg)
         self.ledger = Ledger(total, source)
 
@@ -105,9 +106,15 @@ class Supervisor:
             statefile.remove(self.dirs.engines_dir, rec.engine_id)
 
     async def _command(self, cmd: p.EngineCommand) -> p.EngineCommandResult:
+        """Carry out one command, then report every engine at once: the scheduler plans
+        the next step of a swap (wake the other model, dispatch) from the reported state,
+        and waiting for the next poll would add up to ``POLL_S`` to each step."""
         for r in self.runners:
             if r.engine_id == cmd.engine_id:
-                return await self._admitted(r, cmd)
+                result = await self._admitted(r, cmd)
+                if self.link is not None:
+                    self.link.send_update(self.gpu_total, self.gpu_free())
+                return result
         return p.EngineCommandResult(command_id=cmd.command_id, engine_id=cmd.engine_id,
                                      ok=False, error=f"unknown engine {cmd.engine_id!r}")
 
@@ -167,8 +174,8 @@ class Supervisor:
             log.info("GPU memory ledger: %s from %s", self.gpu_total or "unlimited",
                      self.ledger.source)
             ctx = zmq.asyncio.Context()
-            link = SchedulerLink(ctx, self.dirs.scheduler_sock, self.instance, self.statuses,
-                                 self._command)
+            link = self.link = SchedulerLink(ctx, self.dirs.scheduler_sock, self.instance,
+                                             self.statuses, self._command)
             await asyncio.gather(*(r.adopt() for r in self.runners))
             await self._forget_unconfigured()
             self._hold_back_what_does_not_fit()
@@ -191,6 +198,8 @@ class Supervisor:
                 log.info("stopping every engine (the appliance is stopping)")
                 await asyncio.gather(*(r.stop(remember=False) for r in self.runners),
                                      return_exceptions=True)
+                for r in self.runners:  # the next start begins from the config
+                    statefile.save_stopped(self.dirs.engines_dir, r.engine_id, False)
             else:
                 log.info("exiting; engines keep running for the next supervisor")
             link.close()

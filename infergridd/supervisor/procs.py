@@ -40,7 +40,10 @@ def free_port() -> int:
 
 
 def new_api_key() -> str:
-    return secrets.token_urlsafe(24)
+    """A random key for one engine.  Hex, not URL-safe base64: it goes on the engine's
+    command line as ``--api-key KEY``, and a key starting with ``-`` (one launch in
+    64 with base64) is taken by argparse for an option: the engine exits with status 2."""
+    return secrets.token_hex(24)
 
 
 def rotate_log(path: Path) -> None:

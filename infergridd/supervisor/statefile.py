@@ -83,17 +83,37 @@ def intent_path(engines_dir: Path, engine_id: str) -> Path:
     return engines_dir / f"{engine_id}.stopped"
 
 
-def save_stopped(engines_dir: Path, engine_id: str, stopped: bool) -> None:
-    """Remember that the scheduler stopped this engine (evicted or unloaded), so that a
-    restarted supervisor does not start a preloaded model behind its back."""
+#: Contents of an intent file: why the scheduler stopped the engine.
+EVICTED = "evicted"
+UNLOADED = "unloaded"
+
+
+def save_stopped(engines_dir: Path, engine_id: str, stopped: bool, unloaded: bool = False) -> None:
+    """Remember that the scheduler stopped this engine, so that a restarted supervisor
+    does not start a preloaded model behind its back; and whether it was an operator's
+    unload, so that a restarted *scheduler* learns it (``EngineStatus.unloaded``) and
+    keeps refusing the model's requests instead of loading it on the next one.  The
+    files live in the runtime dir: an appliance (re)start begins from the config."""
     path = intent_path(engines_dir, engine_id)
     if stopped:
-        write_atomic(path, b"stopped by command\n", mode=0o600)
+        write_atomic(path, f"{UNLOADED if unloaded else EVICTED}\n".encode(), mode=0o600)
     else:
         try:
             path.unlink()
         except FileNotFoundError:
             pass
+
+
+def stopped_intent(engines_dir: Path, engine_id: str) -> str:
+    """"" (not stopped by command), ``EVICTED`` or ``UNLOADED``; a file from an older
+    version (or unreadable) counts as an eviction, the cautious reading."""
+    try:
+        text = intent_path(engines_dir, engine_id).read_text().strip()
+    except FileNotFoundError:
+        return ""
+    except OSError:
+        return EVICTED
+    return UNLOADED if text == UNLOADED else EVICTED
 
 
 def is_stopped(engines_dir: Path, engine_id: str) -> bool:

@@ -56,8 +56,13 @@ def model(app: Any, name: str) -> dict[str, Any]:
     return next(m for m in model_list(app)["models"] if m["name"] == name)
 
 
-def assert_complete(res: Any, tokens: int) -> None:
-    assert res.status == 200, res.body
+def assert_complete(res: Any, tokens: int, app: Any = None) -> None:
+    why = ""
+    if app is not None and res.status != 200:  # an engine failure in its own words
+        log = app.logs()
+        at = log.find("exited with")
+        why = log[at:at + 2000] if at >= 0 else log[-2000:]
+    assert res.status == 200, (res.body, why)
     assert res.error is None, res.error
     assert res.done and res.usage is not None
     assert res.usage["completion_tokens"] == tokens
@@ -87,7 +92,7 @@ async def test_alternating_traffic_swaps_within_the_limit_and_kills_nothing(
     # a swap parks the preloaded model; that is not an outage
     assert health_codes and set(health_codes) == {200}, health_codes
     for r in results:
-        assert_complete(r, 30)
+        assert_complete(r, 30, app)
     info = model_list(app)
     loads = {m["name"]: m for m in info["models"]}
     assert info["swaps_total"] >= 1, info  # b was loaded by evicting a, at least once
@@ -122,6 +127,16 @@ async def test_unload_waits_for_20_streams_then_stops(appliance_factory) -> None
     async with session() as s:
         r = await stream_chat(s, app.url, KEYS[0], chat_body(max_tokens=4, model="a"))
     assert r.status == 503 and "unloaded" in r.body["error"]["message"], r.body
+    # a restarted scheduler learns the unload from the supervisor: still down, still 503
+    old = app.daemon_pid("scheduler")
+    os.kill(old, signal.SIGKILL)
+    app.wait_for(lambda: app.daemon_pid("scheduler") != old, what="a new scheduler")
+    app.wait_for(lambda: model(app, "a")["reason"] == "unloaded by the operator",
+                 what="the unload known to the new scheduler")
+    async with session() as s:
+        r = await stream_chat(s, app.url, KEYS[0], chat_body(max_tokens=4, model="a"))
+    assert r.status == 503 and "unloaded" in r.body["error"]["message"], r.body
+    assert model(app, "a")["state"] == "stopped"
     app.ctl("model", "load", "a", "--wait", "30")
     async with session() as s:
         assert_complete(await stream_chat(s, app.url, KEYS[0], chat_body(4, model="a")), 4)

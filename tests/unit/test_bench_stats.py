@@ -59,3 +59,16 @@ def test_ratio_of_same_distribution_covers_one() -> None:
     assert 2.5 < r2["ratio"] < 3.5 and r2["ci95"][0] > 1.0
     few = stats.ratio(a[:40], b[:40], 99, seed=1, n_boot=100)
     assert any("< 100" in f for f in few["flags"])
+
+
+def test_difference_covers_the_shift_and_flags_a_thin_p99() -> None:
+    """The overhead benchmark's "added ms": a known 2 ms shift is inside the interval."""
+    rng = np.random.default_rng(3)
+    a, b = rng.exponential(0.005, 4000) + 0.002, rng.exponential(0.005, 4000)
+    d = stats.difference(a, b, 50, seed=1, n_boot=300)
+    assert d["ci95"][0] <= 2.0 <= d["ci95"][1] and d["flags"] == []
+    same = stats.difference(b[:2000], b[2000:], 50, seed=1, n_boot=300)
+    assert same["ci95"][0] <= 0.0 <= same["ci95"][1]
+    thin = stats.difference(a[:30], b[:30], 99, seed=1, n_boot=100)
+    assert any("< 100" in f for f in thin["flags"])
+    assert stats.difference([], b, 50)["diff"] is None

@@ -71,14 +71,21 @@ def test_check_fit_uses_the_real_total_for_fractions() -> None:
         config.check_fit(cfg, 80 * GiB)  # what the supervisor does with NVML's figure
 
 
-def test_total_from_config_else_nvml_else_unlimited(monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = config.loads("version: 1\n")
+def test_total_from_nvml_capped_by_config_else_config_else_unlimited(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    unset = config.loads("version: 1\n")
+    set16 = config.loads("version: 1\ngpu: {total_memory: 16GiB}\n")
+    set99 = config.loads("version: 1\ngpu: {total_memory: 99GiB}\n")
     monkeypatch.setattr(ledger, "nvml_total", lambda index: None)
-    assert ledger.gpu_total(cfg) == (0, "unlimited (no NVML, gpu.total_memory 0)")
+    assert ledger.gpu_total(unset) == (0, "unlimited (no NVML, gpu.total_memory 0)")
+    assert ledger.gpu_total(set16) == (16 * GiB, "gpu.total_memory (no NVML)")
     monkeypatch.setattr(ledger, "nvml_total", lambda index: 24 * GiB)
-    assert ledger.gpu_total(cfg) == (24 * GiB, "NVML (GPU 0)")
-    cfg = config.loads("version: 1\ngpu: {total_memory: 16GiB}\n")
-    assert ledger.gpu_total(cfg) == (16 * GiB, "gpu.total_memory")
+    assert ledger.gpu_total(unset) == (24 * GiB, "NVML (GPU 0)")
+    # the operator may keep some back ...
+    assert ledger.gpu_total(set16) == (16 * GiB, "gpu.total_memory (of 24.0 GiB per NVML (GPU 0))")
+    # ... but not hand out memory the GPU does not have
+    assert ledger.gpu_total(set99) == (24 * GiB, "NVML (GPU 0)")
+    assert "99.0 GiB is more than the 24.0 GiB" in caplog.text
 
 
 def test_nvml_absent_is_none(monkeypatch: pytest.MonkeyPatch) -> None:

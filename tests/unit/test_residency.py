@@ -39,12 +39,14 @@ class Farm:
     def __init__(self, core: SchedulerCore, states: dict[str, str]) -> None:
         self.core = core
         self.states = dict(states)
+        self.unloaded: set[str] = set()  # what the supervisor remembers as unloaded
         self.commands: list[p.EngineCommand] = []
         self.sends: list[Send] = []
 
     def status(self, eid: str) -> p.EngineStatus:
         # memory_bytes 0: the core counts an up engine at its configured cost anyway
-        return engine(eid, eid.rsplit("-", 1)[0], state=self.states[eid], supports_sleep=True)
+        return engine(eid, eid.rsplit("-", 1)[0], state=self.states[eid], supports_sleep=True,
+                      unloaded=eid in self.unloaded)
 
     def take(self, sends: list[Send]) -> list[Send]:
         self.sends += sends
@@ -62,6 +64,10 @@ class Farm:
         for c in list(self.commands):
             self.states[c.engine_id] = {"start": "ready", "wake": "ready", "stop": "stopped",
                                         "sleep": f"sleeping{c.level}"}[c.action]
+            if c.action == "stop" and c.unload:
+                self.unloaded.add(c.engine_id)
+            elif c.action in ("start", "wake"):
+                self.unloaded.discard(c.engine_id)
             out += self.take(self.core.command_result(SV, p.EngineCommandResult(
                 command_id=c.command_id, engine_id=c.engine_id, ok=True)))
         self.commands.clear()
@@ -176,10 +182,11 @@ def test_failed_load_rejects_queued_and_new_requests() -> None:
     core.submit(FD, submit("r1", model="b"))
     farm.states["b-0"] = "starting"
     farm.report()
-    st = engine("b-0", "b", state="failed", last_error="exited with status 3\nlog tail")
+    st = engine("b-0", "b", state="failed",
+                last_error="exited with status 3; last log lines:\nlog tail")
     rej = rejected(core.engines_update(SV, [farm.status("a-0"), st]) + core.tick())
     assert [r.request_id for r in rej] == ["r1"]
-    assert "failed to load: exited with status 3" in rej[0].reason
+    assert rej[0].reason == "model 'b' failed to load: exited with status 3"
     [r] = rejected(core.submit(FD, submit("r2", model="b")))
     assert r.http_status == 503 and r.retry_after_s
     assert dispatched(core.submit(FD, submit("r3", model="a"))) == ["r3"]  # others serve
@@ -240,3 +247,95 @@ def test_unlimited_memory_never_evicts() -> None:
     core, farm, clock = setup([m("a"), m("b", preload=False)],
                               {"a-0": "ready", "b-0": "stopped"}, total="0")
     assert actions(core.submit(FD, submit("r1", model="b"))) == [("b-0", "start")]
+
+
+def test_a_draining_model_shows_draining_and_takes_nothing_new() -> None:
+    core, farm, clock = setup([m("a")], {"a-0": "ready"})
+    assert dispatched(core.submit(FD, submit("r1", model="a"))) == ["r1"]
+    farm.take(core.model_down("a", "sleep", 1))
+    [info] = core.model_infos()
+    assert (info.state, info.ready_engines, info.inflight) == ("draining", 1, 1)
+    assert info.reason == "draining: put to sleep by the operator"
+    assert dispatched(core.submit(FD, submit("r2", model="a"))) == []
+    assert actions(farm.take(core.done(FD, p.Done(request_id="r1")))) == [("a-0", "sleep")]
+    farm.execute()
+    assert core.model_infos()[0].state == "sleeping1"
+
+
+def test_an_unload_survives_a_scheduler_restart() -> None:
+    """The supervisor keeps the unload (EngineStatus.unloaded): a new core that sees the
+    engine for the first time refuses the model's requests instead of loading it."""
+    core, farm, clock = setup([m("a")], {"a-0": "ready"})
+    farm.take(core.model_down("a", "stop"))
+    [cmd] = farm.commands
+    assert (cmd.action, cmd.unload) == ("stop", True)
+    farm.execute()
+    assert core.model_settled("a", "down")
+    fresh = SchedulerCore(core.cfg, clock)  # the scheduler restarted
+    farm.core = fresh
+    farm.report()
+    [r] = rejected(fresh.submit(FD, submit("r1", model="a")))
+    assert r.http_status == 503 and "unloaded by the operator" in r.reason
+    [info] = fresh.model_infos()
+    assert info.reason == "unloaded by the operator"
+    assert not info.preload  # /health does not wait for it
+    farm.take(fresh.model_up("a"))
+    assert ("a-0", "start") in actions(farm.sends)
+    farm.execute()
+    assert "a-0" not in farm.unloaded and fresh.model_infos()[0].preload
+    assert dispatched(fresh.submit(FD, submit("r2", model="a"))) == ["r2"]
+
+
+def test_unloading_a_model_already_stopped_still_records_the_unload() -> None:
+    core, farm, clock = setup([m("a", preload=False)], {"a-0": "stopped"})
+    farm.take(core.model_down("a", "stop"))
+    assert [(c.action, c.unload) for c in farm.commands] == [("stop", True)]
+    assert not core.model_settled("a", "down")  # until the supervisor has it
+    farm.execute()
+    assert core.model_settled("a", "down") and farm.unloaded == {"a-0"}
+    assert actions(farm.take(core.tick())) == []  # said once, not again
+
+
+def test_a_model_with_a_serving_replica_evicts_nobody_for_its_other_replica() -> None:
+    core, farm, clock = setup([m("a", replicas=2, memory="4GiB"), m("b", memory="4GiB")],
+                              {"a-0": "ready", "a-1": "stopped", "b-0": "ready"})
+    sends = farm.take(core.submit(FD, submit("r1", model="a")))
+    assert dispatched(sends) == ["r1"] and actions(sends) == []  # a-1 needs b evicted: no
+    assert core.residency.swaps_total == 0
+    core, farm, clock = setup([m("a", replicas=2, memory="3GiB"), m("b", memory="4GiB")],
+                              {"a-0": "ready", "a-1": "stopped", "b-0": "ready"})
+    sends = farm.take(core.submit(FD, submit("r1", model="a")))
+    assert actions(sends) == [("a-1", "start")]  # it fits beside b: brought up
+
+
+def test_the_shipped_multi_model_config_swaps_out_of_the_box() -> None:
+    """configs/multi_model.yaml: two simulated models that cannot both be resident, the
+    quickstart's demo tenants and keys."""
+    from pathlib import Path
+
+    from infergridd.config import load, model_memory, parse_size
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    multi, quick = load(root / "multi_model.yaml"), load(root / "quickstart_fairness.yaml")
+    total = parse_size(multi.gpu.total_memory)
+    assert [mc.engine for mc in multi.models] == ["sim", "sim"]
+    assert sum(model_memory(mc, total) for mc in multi.models) > total
+    assert all(model_memory(mc, total) <= total for mc in multi.models)
+    assert [(t.name, t.keys) for t in multi.tenants] == [(t.name, t.keys) for t in quick.tenants]
+    assert [mc.preload for mc in multi.models] == [True, False]
+
+
+def test_an_engine_whose_sleep_keeps_failing_is_stopped_instead() -> None:
+    core, farm, clock = setup([m("a")], {"a-0": "ready"})
+    farm.take(core.model_down("a", "sleep", 1))
+    for _ in range(2):
+        [cmd] = farm.commands
+        assert cmd.action == "sleep"
+        farm.commands.clear()
+        farm.take(core.command_result(SV, p.EngineCommandResult(
+            command_id=cmd.command_id, engine_id="a-0", ok=False, error="HTTP 500")))
+        clock.advance(1)
+        farm.take(core.tick())
+    assert [c.action for c in farm.commands] == ["stop"]
+    farm.execute()
+    assert core.model_settled("a", "down") and core.model_infos()[0].state == "stopped"

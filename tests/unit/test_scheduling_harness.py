@@ -157,16 +157,23 @@ class Sim:
 
 
 def assert_work_conserving(core: SchedulerCore) -> None:
-    """Nothing waits for a model while one of its ready engines has room."""
-    for info in core.model_infos():
-        if info.queued == 0:
-            continue
+    """Nothing waits for a model while one of its ready engines has room for it.
+
+    "Room for it": the window has room and the headroom rules (a reserve of slots
+    and a short prefill guard, both only against tenants over their fair share)
+    let the waiting request's tenant start there.
+    """
+    waiting: dict[tuple[str, str], None] = {}
+    for rec in core._records.values():
+        if rec.state == "queued":
+            waiting[(rec.req.model, rec.req.tenant)] = None
+    for model, tenant in waiting:
         for e in core.engine_statuses():
-            if e.model != info.name or e.state != p.EngineState.READY:
+            if e.model != model or e.state != p.EngineState.READY:
                 continue
             cap, n = core.engine_window(e.engine_id)  # type: ignore[misc]
-            assert not core._engines[e.engine_id].window.has_room(n), (
-                f"{info.queued} queued for {info.name} while {e.engine_id} has room "
+            assert not core.may_dispatch(model, e.engine_id, tenant), (
+                f"{tenant} waits for {model} while {e.engine_id} has room for it "
                 f"({n} in flight, cap {cap})")
 
 

@@ -4,7 +4,10 @@ No new request is dispatched to it; the ones in flight finish (however long
 that takes: the answer says how long it waited); then its engines are
 stopped and its GPU memory is free.  Its queued requests, and new ones, get
 503 until ``model load``.  Works on pinned models too (pinning only stops
-*automatic* eviction).
+*automatic* eviction).  The supervisor remembers the unload (its engines'
+intent files, reported as ``EngineStatus.unloaded``), so it holds across a
+scheduler or supervisor restart; a restart of the whole appliance begins
+from the configuration.
 """
 
 from __future__ import annotations

@@ -1,0 +1,154 @@
+"""Headroom for light tenants: the last slots, and a short hold on prefill (pure).
+
+Why: the dispatch window keeps an engine just saturated, so while a flooder is
+backlogged every slot is busy, and a quiet tenant's request, first in line at
+once thanks to its small counter, still waits for the next flooder request to
+*finish* before it can start.  Then, once dispatched, it shares the engine's
+next step with whatever flooder prompt was dispatched beside it, and a step
+that prefills a long prompt is several times a decode step.  VTC decides who
+goes first; these two rules decide how long "first" takes:
+
+* **reserve**: a *heavy* tenant (one holding at least its weighted fair share
+  of the model's slots while an intermittent tenant is around, see
+  ``heaviness``) may fill an engine only up to ``cap - reserve``; the
+  last ``reserve`` slots are for the others (at most ``cap // 8`` of them, so
+  an engine of fewer than 8 slots reserves none).  A tenant alone on a model is
+  never heavy (its fair share is every slot), so a lone flooder still gets the
+  whole engine: the reserve costs capacity only while someone else is around.
+* **prefill guard**: while an intermittent tenant's request (its tenant had
+  nothing else queued) on an engine has not produced its first token, heavy
+  tenants dispatch nothing more there, so that
+  the step computing the light request's first token carries no extra prompt.
+  The guard ends at the first token (the front door reports it at once) or
+  after ``GUARD_MAX_S``, whichever comes first: a stuck request cannot
+  starve the heavy ones.
+
+"Someone else is around" means a tenant submitted to the model in the last
+``ACTIVE_S`` seconds, or has requests queued or in flight there: a quiet tenant
+at one request a second is around all the time, though most of the time it
+has nothing queued.
+
+Pure and synchronous like the rest of the core: the clock comes in as ``now``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+#: a tenant counts as around on a model this long after its last submit
+ACTIVE_S = 10.0
+#: the reserve is at most cap // this: a small engine keeps (nearly) all its slots
+RESERVE_DIVISOR = 8
+#: the prefill guard never holds heavy tenants back longer than this per request
+GUARD_MAX_S = 2.0
+
+
+class Headroom:
+    """See the module docstring."""
+
+    def __init__(self, reserve: int, guard: bool) -> None:
+        self.reserve = max(0, reserve)
+        self.guard = guard
+        self._last_submit: dict[str, dict[str, float]] = {}  # model -> tenant -> time
+        self._inflight: dict[str, dict[str, int]] = {}  # model -> tenant -> in flight
+        # engine -> guarded request -> (its tenant, hold until)
+        self._guards: dict[str, dict[str, tuple[str, float]]] = {}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def note_submit(self, model: str, tenant: str, now: float) -> None:
+        self._last_submit.setdefault(model, {})[tenant] = now
+
+    def inflight(self, model: str, tenant: str) -> int:
+        return self._inflight.get(model, {}).get(tenant, 0)
+
+    def started(self, model: str, tenant: str) -> None:
+        per = self._inflight.setdefault(model, {})
+        per[tenant] = per.get(tenant, 0) + 1
+
+    def ended(self, model: str, tenant: str, request_id: str, engine_id: str) -> None:
+        per = self._inflight.get(model)
+        if per is not None and tenant in per:
+            per[tenant] -= 1
+            if per[tenant] <= 0:
+                del per[tenant]
+        self.first_token(request_id, engine_id)
+
+    def guard_light(self, request_id: str, tenant: str, engine_id: str, now: float) -> None:
+        """An intermittent tenant's request went to ``engine_id``: hold the heavy ones
+        until its first token."""
+        if self.guard:
+            self._guards.setdefault(engine_id, {})[request_id] = (tenant, now + GUARD_MAX_S)
+
+    def first_token(self, request_id: str, engine_id: str) -> None:
+        g = self._guards.get(engine_id)
+        if g is not None and g.pop(request_id, None) is not None and not g:
+            del self._guards[engine_id]
+
+    def forget_tenant(self, tenant: str) -> None:
+        for per in self._last_submit.values():
+            per.pop(tenant, None)
+
+    # ------------------------------------------------------------------ decisions
+    def heaviness(self, model: str, total_cap: int, queued: Callable[[str], bool],
+                  weight: Callable[[str], float], now: float) -> Callable[[str], bool]:
+        """``is_heavy(tenant)`` for one dispatch decision on ``model``.
+
+        A tenant is heavy when it holds at least its weighted share of the
+        model's ``total_cap`` slots *and* some intermittent tenant is around to be
+        protected from it: one with nothing queued that holds less than its own
+        share.  When every tenant around is backlogged nobody is heavy, and VTC
+        alone decides (the headroom is for arrivals, not for ordering a backlog).
+        ``queued(t)``: whether tenant ``t`` has requests queued.  Computed once
+        per decision, so asking about every tenant stays linear in the tenants.
+        """
+        around = self._around(model, now, queued)
+        per = self._inflight.get(model, {})
+        weights = {t: max(weight(t), 1e-9) for t in around}
+        total_w = sum(weights.values())
+
+        def share(t: str) -> float:
+            return total_cap * weights[t] / total_w
+
+        intermittent = any(not queued(t) and per.get(t, 0) < share(t) for t in around)
+
+        def is_heavy(tenant: str) -> bool:
+            if not intermittent or tenant not in around:
+                return False
+            mine = per.get(tenant, 0)
+            return mine > 0 and mine >= share(tenant)
+
+        return is_heavy
+
+    def allows(self, engine_id: str, tenant: str, inflight: int, cap: int, heavy: bool,
+               now: float) -> bool:
+        """Whether ``tenant`` may dispatch to this engine now (the window said it has room).
+
+        A guard never holds back its own tenant: a tenant that crosses its share
+        while its first requests compute is not to be stalled by them.
+        """
+        if not heavy:
+            return True
+        if inflight >= cap - min(self.reserve, cap // RESERVE_DIVISOR):
+            return False
+        g = self._guards.get(engine_id)
+        if not g:
+            return True
+        held = False
+        for rid, (owner, until) in list(g.items()):
+            if until <= now:
+                del g[rid]
+            elif owner != tenant:
+                held = True
+        if not g:
+            del self._guards[engine_id]
+        return not held
+
+    def _around(self, model: str, now: float,
+                queued: Callable[[str], bool]) -> dict[str, None]:
+        out: dict[str, None] = {}
+        for t, at in self._last_submit.get(model, {}).items():
+            if now - at < ACTIVE_S or queued(t):
+                out[t] = None
+        for t in self._inflight.get(model, {}):
+            out[t] = None
+        return out

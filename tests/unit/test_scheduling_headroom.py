@@ -1,0 +1,115 @@
+"""Headroom for intermittent tenants: the reserve of slots and the prefill guard."""
+
+from __future__ import annotations
+
+import pytest
+from test_scheduling_harness import FD, SV, FakeClock, dispatched, engine, make_cfg, submit
+
+from infergridd import protocol as p
+from infergridd.config import ConfigError, loads
+from infergridd.scheduling.core import SchedulerCore
+from infergridd.scheduling.headroom import GUARD_MAX_S
+
+TENANTS = [{"name": "flood"}, {"name": "quiet"}]
+
+
+def setup(slots: int = 64, **sched: object) -> tuple[SchedulerCore, FakeClock]:
+    clock = FakeClock()
+    core = SchedulerCore(make_cfg(tenants=TENANTS, **sched), clock)
+    core.engines_update(SV, [engine(max_num_seqs=slots)])
+    return core, clock
+
+
+def flood(core: SchedulerCore, n: int, start: int = 0) -> list[str]:
+    out: list[str] = []
+    for i in range(start, start + n):
+        out += dispatched(core.submit(FD, submit(f"f{i}", "flood")))
+    return out
+
+
+def finish(core: SchedulerCore, rid: str) -> list[str]:
+    return dispatched(core.done(FD, p.Done(request_id=rid, prompt_tokens=10,
+                                           completion_tokens=10, engine_id="m-0")))
+
+
+def test_a_lone_flooder_gets_every_slot() -> None:
+    core, _ = setup()
+    assert len(flood(core, 100)) == 64
+
+
+def test_the_reserve_keeps_slots_for_an_intermittent_tenant() -> None:
+    core, clock = setup()
+    # quiet has been around (one request, already finished)
+    assert dispatched(core.submit(FD, submit("q0", "quiet"))) == ["q0"]
+    core.progress("q0", 1)
+    finish(core, "q0")
+    clock.advance(1.0)
+    assert len(flood(core, 100)) == 62  # 64 - reserve 2
+    assert dispatched(core.submit(FD, submit("q1", "quiet"))) == ["q1"]  # at once
+
+
+def test_no_reserve_without_anyone_to_keep_it_for() -> None:
+    core, clock = setup()
+    core.submit(FD, submit("q0", "quiet"))
+    core.progress("q0", 1)
+    finish(core, "q0")
+    clock.advance(11.0)  # quiet has not been around for longer than ACTIVE_S
+    assert len(flood(core, 100)) == 64
+
+
+def test_the_prefill_guard_holds_heavy_tenants_until_the_first_token() -> None:
+    core, clock = setup()
+    core.submit(FD, submit("q0", "quiet"))
+    core.progress("q0", 1)
+    finish(core, "q0")
+    running = flood(core, 100)
+    assert len(running) == 62
+    assert dispatched(core.submit(FD, submit("q1", "quiet"))) == ["q1"]
+    # slots free (61 in flight, flood may go up to 62), but quiet's prompt is computing
+    assert finish(core, running[0]) == [] and finish(core, running[1]) == []
+    core.progress("q1", 1)  # its first token: the guard lifts
+    assert dispatched(core.tick()) == ["f62"]
+    # a guard never outlives GUARD_MAX_S, whatever happens to the first token
+    assert dispatched(core.submit(FD, submit("q2", "quiet"))) == ["q2"]
+    assert finish(core, running[2]) == [] and finish(core, running[3]) == []
+    clock.advance(GUARD_MAX_S / 2)
+    assert dispatched(core.tick()) == []
+    clock.advance(GUARD_MAX_S / 2 + 0.01)
+    assert dispatched(core.tick()) == ["f63"]
+
+
+def test_a_backlogged_tenant_takes_no_reserve_and_no_guard() -> None:
+    """Two backlogged tenants: VTC alone decides and every slot is used."""
+    core, _ = setup(slots=16)
+    sent = []
+    for i in range(40):
+        sent += dispatched(core.submit(FD, submit(f"f{i}", "flood")))
+        sent += dispatched(core.submit(FD, submit(f"q{i}", "quiet")))
+    assert len(sent) == 16
+    assert finish(core, sent[0]) != []  # no guard: the freed slot is used at once
+
+
+def test_a_lifted_tenant_wins_the_tie_with_the_flooder() -> None:
+    """Lifted to exactly the flooder's counter, the tenant with less in flight goes first."""
+    core, clock = setup(slots=8, light_reserve=0, prefill_guard=False)
+    running = flood(core, 50)
+    assert len(running) == 8
+    clock.advance(1.0)
+    core.submit(FD, submit("q1", "quiet"))
+    assert core.policy.counter("quiet") == core.policy.counter("flood")
+    assert finish(core, running[0]) == ["q1"]
+
+
+def test_small_engines_reserve_nothing() -> None:
+    core, _ = setup(slots=7)
+    core.submit(FD, submit("q0", "quiet"))
+    core.progress("q0", 1)
+    finish(core, "q0")
+    assert len(flood(core, 20)) == 7
+
+
+@pytest.mark.parametrize("bad", ["-1", "1.5", "x"])
+def test_light_reserve_must_be_a_count(bad: str) -> None:
+    text = f"version: 1\nmodels: [{{name: m}}]\nscheduler: {{light_reserve: {bad}}}\n"
+    with pytest.raises(ConfigError, match="light_reserve"):
+        loads(text)
