@@ -45,6 +45,7 @@ class DispatchWindow:
         self.kv_threshold = kv_threshold
         self.grow_after = max(1, grow_after)
         self._blocked_at: int | None = None  # in-flight at the last pressured report
+        self._kv_blocked_at: int | None = None  # the same, for KV pressure alone
         self._calm_full = 0  # consecutive reports running full without pressure
         self._generation: int | None = None
 
@@ -53,12 +54,13 @@ class DispatchWindow:
         self.max_seqs = max(1, status.max_num_seqs or fallback_max_seqs)
         if self._generation is None or status.generation != self._generation:
             self.cap = self.max_seqs  # first report, or a restarted engine: a new engine
-            self._blocked_at = None
+            self._blocked_at = self._kv_blocked_at = None
             self._calm_full = 0
         self._generation = status.generation
         self.cap = min(self.cap, self.max_seqs)
         waiting = status.num_waiting > 0
         kv_high = status.kv_usage >= self.kv_threshold
+        self._kv_blocked_at = inflight if kv_high else None
         if waiting or kv_high:
             self._blocked_at = inflight
             self._calm_full = 0
@@ -75,10 +77,13 @@ class DispatchWindow:
                 self.cap += 1
                 self._calm_full = 0
 
-    def has_room(self, inflight: int) -> bool:
+    def has_room(self, inflight: int, bypass_waiting: bool = False) -> bool:
+        """Under ``cap`` and not paused; ``bypass_waiting``: ignore a pause that only
+        engine-side waiting caused (KV pressure still pauses)."""
         if inflight >= self.cap:
             return False
-        return self._blocked_at is None or inflight < self._blocked_at
+        blocked = self._kv_blocked_at if bypass_waiting else self._blocked_at
+        return blocked is None or inflight < blocked
 
     def room(self, inflight: int) -> int:
         """How many more may go now (0 when ``has_room`` is false)."""

@@ -36,7 +36,7 @@ from .. import protocol as p
 from ..config import Config
 from . import demand, reconcile
 from .capacity import DispatchWindow
-from .headroom import Headroom
+from .headroom import Headroom, Standing
 from .policy import QueuedRequest, make_policy
 from .quotas import Limits, Quotas
 from .residency import EngineView, Residency
@@ -511,13 +511,14 @@ class SchedulerCore:
                 target = self._pick_engine(engines)
                 if target is None:
                     break
-                allow, is_heavy = self._headroom_rule(model, target, total_cap, now)
+                allow, standing = self._headroom_rule(model, target, total_cap, now)
                 req = self.policy.pick(model, allow)
-                if req is None:  # only heavy tenants wait, and this engine's headroom is held
+                if req is None:  # nobody waiting may use this engine's room now
                     engines.remove(target)
                     continue
+                light = standing.light(req.tenant)
                 out.append(self._dispatch(self._records[req.request_id], target, now))
-                if not is_heavy(req.tenant) and not self._has_queued(req.tenant):
+                if light and not self._queued_n(req.tenant):
                     self.headroom.guard_light(req.request_id, req.tenant,
                                               target.status.engine_id, now)
         return out
@@ -528,17 +529,24 @@ class SchedulerCore:
                 and self.residency.dispatchable(model, e.status.engine_id)]
 
     def _headroom_rule(self, model: str, e: _Engine, total_cap: int, now: float,
-                       ) -> tuple[Callable[[str], bool], Callable[[str], bool]]:
-        """``(allow, is_heavy)`` for one dispatch decision on engine ``e`` (headroom.py)."""
+                       ) -> tuple[Callable[[str], bool], Standing]:
+        """``(allow, standing)`` for one dispatch decision on engine ``e`` (headroom.py).
+
+        ``allow(tenant)``: the window has room for it (a light tenant passes a pause
+        that engine-side waiting alone caused) and the headroom rules let it go.
+        """
         eid, cap = e.status.engine_id, e.window.cap
         n = self._engine_inflight.get(eid, 0)
-        is_heavy = self.headroom.heaviness(model, total_cap, self._has_queued,
-                                           self.tenants.weight, now)
+        strict = e.window.has_room(n)
+        standing = self.headroom.standing(model, total_cap, self._queued_n,
+                                          self.tenants.weight, now)
 
         def allow(tenant: str) -> bool:
-            return self.headroom.allows(eid, tenant, n, cap, is_heavy(tenant), now)
+            if not strict and not standing.light(tenant):
+                return False
+            return self.headroom.allows(eid, tenant, n, cap, standing.heavy(tenant), now)
 
-        return allow, is_heavy
+        return allow, standing
 
     def may_dispatch(self, model: str, engine_id: str, tenant: str) -> bool:
         """Whether the window and the headroom rules would let ``tenant`` start a request
@@ -547,23 +555,27 @@ class SchedulerCore:
         e = self._engines.get(engine_id)
         if e is None or e not in engines:
             return False
-        if not e.window.has_room(self._engine_inflight.get(engine_id, 0)):
+        if not e.window.has_room(self._engine_inflight.get(engine_id, 0), bypass_waiting=True):
             return False
         allow, _ = self._headroom_rule(model, e, sum(x.window.cap for x in engines),
                                        self.clock())
         return allow(tenant)
 
-    def _has_queued(self, tenant: str) -> bool:
+    def _queued_n(self, tenant: str) -> int:
         c = self._counts.get(tenant)
-        return c is not None and c.queued > 0
+        return c.queued if c is not None else 0
 
     def _pick_engine(self, engines: list[_Engine]) -> _Engine | None:
-        """The least loaded engine with room (relative to its cap), ties by engine id."""
+        """The least loaded engine with room (relative to its cap), ties by engine id.
+
+        Engines whose window is paused only by engine-side waiting still count (a light
+        tenant may use them), after every engine with plain room.
+        """
         best, best_key = None, None
         for e in engines:
             n = self._engine_inflight.get(e.status.engine_id, 0)
-            if e.window.has_room(n):
-                key = (n / e.window.cap, n, e.status.engine_id)
+            if e.window.has_room(n, bypass_waiting=True):
+                key = (not e.window.has_room(n), n / e.window.cap, n, e.status.engine_id)
                 if best_key is None or key < best_key:
                     best, best_key = e, key
         return best

@@ -23,6 +23,9 @@ goes first; these two rules decide how long "first" takes:
   after ``GUARD_MAX_S``, whichever comes first: a stuck request cannot
   starve the heavy ones.
 
+A third rule lets a *light* tenant's request past the dispatch window's pause
+on engine-side waiting (see ``Standing``).
+
 "Someone else is around" means a tenant submitted to the model in the last
 ``ACTIVE_S`` seconds, or has requests queued or in flight there: a quiet tenant
 at one request a second is around all the time, though most of the time it
@@ -39,6 +42,8 @@ from collections.abc import Callable
 ACTIVE_S = 10.0
 #: the reserve is at most cap // this: a small engine keeps (nearly) all its slots
 RESERVE_DIVISOR = 8
+#: a tenant with at most this many requests queued (and under its share) is light
+LIGHT_QUEUE = 2
 #: the prefill guard never holds heavy tenants back longer than this per request
 GUARD_MAX_S = 2.0
 
@@ -89,35 +94,20 @@ class Headroom:
             per.pop(tenant, None)
 
     # ------------------------------------------------------------------ decisions
-    def heaviness(self, model: str, total_cap: int, queued: Callable[[str], bool],
-                  weight: Callable[[str], float], now: float) -> Callable[[str], bool]:
-        """``is_heavy(tenant)`` for one dispatch decision on ``model``.
+    def standing(self, model: str, total_cap: int, queued: Callable[[str], int],
+                 weight: Callable[[str], float], now: float) -> Standing:
+        """Who is heavy and who is light, for one dispatch decision on ``model``.
 
-        A tenant is heavy when it holds at least its weighted share of the
-        model's ``total_cap`` slots *and* some intermittent tenant is around to be
-        protected from it: one with nothing queued that holds less than its own
-        share.  When every tenant around is backlogged nobody is heavy, and VTC
-        alone decides (the headroom is for arrivals, not for ordering a backlog).
-        ``queued(t)``: whether tenant ``t`` has requests queued.  Computed once
+        ``queued(t)``: how many requests tenant ``t`` has queued.  Computed once
         per decision, so asking about every tenant stays linear in the tenants.
         """
         around = self._around(model, now, queued)
         per = self._inflight.get(model, {})
         weights = {t: max(weight(t), 1e-9) for t in around}
         total_w = sum(weights.values())
-
-        def share(t: str) -> float:
-            return total_cap * weights[t] / total_w
-
-        intermittent = any(not queued(t) and per.get(t, 0) < share(t) for t in around)
-
-        def is_heavy(tenant: str) -> bool:
-            if not intermittent or tenant not in around:
-                return False
-            mine = per.get(tenant, 0)
-            return mine > 0 and mine >= share(tenant)
-
-        return is_heavy
+        shares = {t: total_cap * w / total_w for t, w in weights.items()}
+        intermittent = any(not queued(t) and per.get(t, 0) < shares[t] for t in around)
+        return Standing(per, shares, intermittent, queued)
 
     def allows(self, engine_id: str, tenant: str, inflight: int, cap: int, heavy: bool,
                now: float) -> bool:
@@ -144,7 +134,7 @@ class Headroom:
         return not held
 
     def _around(self, model: str, now: float,
-                queued: Callable[[str], bool]) -> dict[str, None]:
+                queued: Callable[[str], int]) -> dict[str, None]:
         out: dict[str, None] = {}
         for t, at in self._last_submit.get(model, {}).items():
             if now - at < ACTIVE_S or queued(t):
@@ -152,3 +142,42 @@ class Headroom:
         for t in self._inflight.get(model, {}):
             out[t] = None
         return out
+
+
+class Standing:
+    """Heavy and light tenants at one dispatch decision (``Headroom.standing``).
+
+    *Heavy*: holds at least its weighted share of the model's slots while some
+    intermittent tenant (nothing queued, under its share) is around to be
+    protected from it.  When every tenant around is backlogged nobody is heavy
+    and VTC alone decides: the headroom is for arrivals, not for ordering a
+    backlog.
+
+    *Light*: under its share with at most ``LIGHT_QUEUE`` requests queued.  A
+    light tenant's request may go to an engine that still shows requests
+    waiting inside it (the dispatch window pauses the others until one
+    finishes): those are requests we just sent, the engine admits them at its
+    next step while it has free slots, and with engine priorities the light one
+    goes first.  What a light tenant can add to the engine's queue is bounded
+    by the window's cap and its own tiny backlog.
+    """
+
+    def __init__(self, inflight: dict[str, int], shares: dict[str, float], intermittent: bool,
+                 queued: Callable[[str], int]) -> None:
+        self._inflight = inflight
+        self._shares = shares
+        self._intermittent = intermittent
+        self._queued = queued
+
+    def heavy(self, tenant: str) -> bool:
+        if not self._intermittent or tenant not in self._shares:
+            return False
+        mine = self._inflight.get(tenant, 0)
+        return mine > 0 and mine >= self._shares[tenant]
+
+    def light(self, tenant: str) -> bool:
+        share = self._shares.get(tenant)
+        if share is None:  # not seen submitting: the core asks only about queued tenants
+            return False
+        return self._inflight.get(tenant, 0) < share and self._queued(tenant) <= LIGHT_QUEUE \
+            and not self.heavy(tenant)

@@ -113,3 +113,19 @@ def test_light_reserve_must_be_a_count(bad: str) -> None:
     text = f"version: 1\nmodels: [{{name: m}}]\nscheduler: {{light_reserve: {bad}}}\n"
     with pytest.raises(ConfigError, match="light_reserve"):
         loads(text)
+
+
+def test_a_light_tenant_passes_a_pause_that_engine_side_waiting_caused() -> None:
+    core, clock = setup(slots=64, prefill_guard=False)
+    core.submit(FD, submit("q0", "quiet"))
+    core.progress("q0", 1)
+    finish(core, "q0")
+    running = flood(core, 100)
+    assert len(running) == 62
+    # the engine still shows some of them waiting: the window pauses until one finishes
+    core.engines_update(SV, [engine(max_num_seqs=64, num_running=60, num_waiting=2)])
+    assert dispatched(core.submit(FD, submit("q1", "quiet"))) == ["q1"]
+    # KV pressure pauses everyone, light or not
+    core.engines_update(SV, [engine(max_num_seqs=64, num_running=63, kv_usage=0.95)])
+    clock.advance(0.1)
+    assert dispatched(core.submit(FD, submit("q2", "quiet"))) == []
