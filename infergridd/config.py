@@ -71,7 +71,7 @@ class SchedulerConfig(_Strict):
     output_weight: float = 2.0
     kv_threshold: float = 0.9  # dispatch only while the engine's KV use is under this
     #: engine slots a tenant at or over its fair share may not take (scheduling/headroom.py)
-    light_reserve: int = 2
+    light_reserve: int = 6
     #: hold heavy tenants' dispatches while a light tenant's request awaits its first token
     prefill_guard: bool = True
     max_queued_per_tenant: int = 10_000

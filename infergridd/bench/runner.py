@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 
 from . import stats
@@ -152,10 +153,24 @@ async def run_arm(cfg: BenchConfig, arm: str, full_plan: list[Planned],
     try:
         keys = {t.name: tenant_key(t.name) for t in w.tenants}
         metrics = {"infergrid": serve.url + "/metrics", **serve.engine_metrics_urls()}
-        return [await _send(cfg, Target(serve.url, eng.model, keys), full_plan, prompts, arm,
-                            metrics)]
+        run = await _send(cfg, Target(serve.url, eng.model, keys), full_plan, prompts, arm,
+                          metrics)
+        await _save_metrics(metrics, logdir)
+        return [run]
     finally:
         serve.stop()
+
+
+async def _save_metrics(urls: dict[str, str], logdir: Path) -> None:
+    """Keep each /metrics page as the arm ended (queue waits, TTFT histograms per
+    tenant): the evidence to explain a figure, e.g. where a quiet tenant's time went."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        for label, url in urls.items():
+            try:
+                async with http.get(url) as r:
+                    (logdir / f"metrics-{label}.txt").write_text(await r.text())
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                (logdir / f"metrics-{label}.txt").write_text(f"# not read: {exc}\n")
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -106,7 +106,8 @@ class Headroom:
         weights = {t: max(weight(t), 1e-9) for t in around}
         total_w = sum(weights.values())
         shares = {t: total_cap * w / total_w for t, w in weights.items()}
-        intermittent = any(not queued(t) and per.get(t, 0) < shares[t] for t in around)
+        intermittent = any(queued(t) <= LIGHT_QUEUE and per.get(t, 0) < shares[t]
+                           for t in around)
         return Standing(per, shares, intermittent, queued)
 
     def allows(self, engine_id: str, tenant: str, inflight: int, cap: int, heavy: bool,
@@ -148,8 +149,8 @@ class Standing:
     """Heavy and light tenants at one dispatch decision (``Headroom.standing``).
 
     *Heavy*: holds at least its weighted share of the model's slots while some
-    intermittent tenant (nothing queued, under its share) is around to be
-    protected from it.  When every tenant around is backlogged nobody is heavy
+    intermittent tenant (at most ``LIGHT_QUEUE`` queued, under its share) is
+    around to be protected from it.  When every tenant around is backlogged nobody is heavy
     and VTC alone decides: the headroom is for arrivals, not for ordering a
     backlog.
 

@@ -14,6 +14,8 @@ TENANTS = [{"name": "flood"}, {"name": "quiet"}]
 
 
 def setup(slots: int = 64, **sched: object) -> tuple[SchedulerCore, FakeClock]:
+    """A core with one engine of ``slots``; a reserve of 2 unless told otherwise."""
+    sched.setdefault("light_reserve", 2)
     clock = FakeClock()
     core = SchedulerCore(make_cfg(tenants=TENANTS, **sched), clock)
     core.engines_update(SV, [engine(max_num_seqs=slots)])
@@ -33,7 +35,7 @@ def finish(core: SchedulerCore, rid: str) -> list[str]:
 
 
 def test_a_lone_flooder_gets_every_slot() -> None:
-    core, _ = setup()
+    core, _ = setup(light_reserve=6)
     assert len(flood(core, 100)) == 64
 
 
@@ -101,7 +103,7 @@ def test_a_lifted_tenant_wins_the_tie_with_the_flooder() -> None:
 
 
 def test_small_engines_reserve_nothing() -> None:
-    core, _ = setup(slots=7)
+    core, _ = setup(slots=7, light_reserve=6)
     core.submit(FD, submit("q0", "quiet"))
     core.progress("q0", 1)
     finish(core, "q0")
@@ -129,3 +131,11 @@ def test_a_light_tenant_passes_a_pause_that_engine_side_waiting_caused() -> None
     core.engines_update(SV, [engine(max_num_seqs=64, num_running=63, kv_usage=0.95)])
     clock.advance(0.1)
     assert dispatched(core.submit(FD, submit("q2", "quiet"))) == []
+
+
+def test_the_reserve_is_at_most_an_eighth_of_the_engine() -> None:
+    core, _ = setup(slots=16, light_reserve=6)
+    core.submit(FD, submit("q0", "quiet"))
+    core.progress("q0", 1)
+    finish(core, "q0")
+    assert len(flood(core, 40)) == 14

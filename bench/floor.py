@@ -1,0 +1,226 @@
+"""The floor: what an ideal front-end scheduler could give a quiet tenant on a saturated engine.
+
+Why this exists: the hero claim compares a quiet tenant's TTFT beside a flooder
+with its TTFT alone.  No scheduler *in front of* an engine can make the
+engine's steps shorter: once the quiet request is inside, it waits for the step
+in progress to end, then its prefill runs in a step that also carries every
+running sequence's decode.  This script measures that floor with the simulated
+engine's own step model (``infergridd/engines/sim/model.py``) in virtual time,
+no processes, no network, so it is exact and noise-free:
+
+* ``alone``: the quiet tenant's requests alone on the engine (the ``solo`` arm);
+* ``ideal``: the same requests beside a flooder that an oracle tops up whenever
+  the engine holds fewer than ``N`` sequences in all (``N`` = max_num_seqs minus
+  a reserve, as InferGrid's reserve counts), quiet
+  requests entering the engine the instant they arrive, first in its queue
+  (engine priority), and optionally (``--guard``) no flooder request admitted
+  while a quiet request waits for its first token.  Zero dispatch latency.
+
+Whatever InferGrid measures for the quiet tenant in the ``vtc`` arm can only be
+worse than ``ideal``; when ``ideal`` is itself over 1.2x ``alone`` the claim is
+out of reach for any front end on that engine and workload.
+
+Usage: python bench/floor.py [--workload hero-dense] [--profile a100-llama3-8b]
+       [--seconds 600] [--reserve 2] [--guard] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+
+import msgspec
+import numpy as np
+
+from infergridd import protocol as p
+from infergridd.bench import workload as wl
+from infergridd.config import Config
+from infergridd.engines.sim.model import EngineModel, SimRequest
+from infergridd.engines.sim.profile import load_profile
+from infergridd.scheduling.core import SchedulerCore, Send
+
+
+def simulate(w: wl.Workload, profile_name: str, seconds: float, flood_n: int, guard: bool,
+             seed: int) -> tuple[list[float], float]:
+    """Quiet TTFTs (s) and output tokens/s; ``flood_n`` = 0: the quiet tenant alone."""
+    prof = load_profile(profile_name, {"max_num_seqs": w.max_num_seqs} if w.max_num_seqs else None)
+    t = 0.0
+    eng = EngineModel(prof, clock=lambda: t, seed=seed, policy="priority")
+    rng = np.random.default_rng(seed)
+    flood = [f for f in w.tenants if f.flood]
+    # the quiet tenants' arrivals and lengths: the very plan the benchmark sends
+    plan = sorted((p for q in w.tenants if not q.flood
+                   for p in wl.tenant_plan(q, q.rate, seconds, seed)), key=lambda p: p.t)
+    arrivals = [(p.t, i, p) for i, p in enumerate(plan)]
+    heapq.heapify(arrivals)
+    sent: dict[str, float] = {}
+    ttfts: list[float] = []
+    pending_first: set[str] = set()
+    flooding = quiet_in = 0  # flooder and quiet requests inside the engine
+    out_tokens = 0
+    n = 0
+
+    def add(tenant: str, prompt: int, out: int, prio: int) -> str:
+        nonlocal n
+        n += 1
+        rid = f"{tenant}-{n}"
+        eng.add(SimRequest(rid, prompt, out, priority=prio, ignore_eos=True, arrival=t))
+        sent[rid] = t
+        return rid
+
+    while t < seconds:
+        while arrivals and arrivals[0][0] <= t:
+            _, _, p = heapq.heappop(arrivals)
+            pending_first.add(add(p.tenant, p.prompt_tokens, p.max_tokens, 0))
+            quiet_in += 1
+        if flood_n and flood and not (guard and pending_first):
+            while flooding + quiet_in < flood_n:
+                add("flood", int(wl.draw(flood[0].prompt, rng, 1)[0]),
+                    int(wl.draw(flood[0].output, rng, 1)[0]), 1)
+                flooding += 1
+        if not eng.has_work:
+            if not arrivals:
+                break
+            t = arrivals[0][0]
+            continue
+        plan_ = eng.schedule()
+        t += plan_.duration_s
+        res = eng.commit(plan_)
+        out_tokens += len(res.tokens)
+        for r in res.first_tokens:
+            if r.request_id in pending_first:
+                pending_first.discard(r.request_id)
+                if sent[r.request_id] >= w.warmup_s:
+                    ttfts.append(t - sent[r.request_id])
+        ended_flood = sum(1 for r in res.finished if r.request_id.startswith("flood-"))
+        flooding -= ended_flood
+        quiet_in -= len(res.finished) - ended_flood
+    return ttfts, out_tokens / max(t, 1e-9)
+
+
+def simulate_core(w: wl.Workload, profile_name: str, seconds: float, reserve: int, guard: bool,
+                  seed: int, poll_s: float = 0.25) -> tuple[list[float], float]:
+    """The real ``SchedulerCore`` in front of the same engine, in the same virtual time.
+
+    Zero network and CPU latency, engine status every ``poll_s`` (the supervisor's
+    poll), the first token reported at once: what the scheduling *logic* gives.
+    The flooder's queue in the core is kept deep (it floods)."""
+    prof = load_profile(profile_name, {"max_num_seqs": w.max_num_seqs} if w.max_num_seqs else None)
+    t = 0.0
+    eng = EngineModel(prof, clock=lambda: t, seed=seed, policy="priority")
+    names = [x.name for x in w.tenants]
+    cfg = msgspec.convert({
+        "version": 1, "auth": "none",
+        "models": [{"name": "m", "max_num_seqs": prof.max_num_seqs}],
+        "tenants": [{"name": x.name, "weight": x.weight} for x in w.tenants],
+        "scheduler": {"light_reserve": reserve, "prefill_guard": guard},
+    }, Config)
+    core = SchedulerCore(cfg, lambda: t)
+    rng = np.random.default_rng(seed)
+    flood = [f for f in w.tenants if f.flood]
+    plan = sorted((p for q in w.tenants if not q.flood
+                   for p in wl.tenant_plan(q, q.rate, seconds, seed)), key=lambda p: p.t)
+    arrivals = [(p.t, i, p) for i, p in enumerate(plan)]
+    heapq.heapify(arrivals)
+    lengths: dict[str, tuple[int, int]] = {}
+    sent: dict[str, float] = {}
+    ttfts: list[float] = []
+    out_tokens = 0
+    n = 0
+    next_poll = 0.0
+
+    def status() -> p.EngineStatus:
+        return p.EngineStatus(
+            engine_id="m-0", model="m", kind="sim", state=p.EngineState.READY,
+            endpoint="sim", max_num_seqs=prof.max_num_seqs, num_running=eng.num_running,
+            num_waiting=eng.num_waiting, kv_usage=eng.kv_usage, supports_priority=True)
+
+    def apply(sends: list[Send]) -> None:
+        for s in sends:
+            if isinstance(s.msg, p.Dispatch):
+                rid = s.msg.request_id
+                prompt, out = lengths[rid]
+                eng.add(SimRequest(rid, prompt, out, priority=s.msg.engine_priority or 0,
+                                   ignore_eos=True, arrival=t))
+
+    def submit(tenant: str, prompt: int, out: int) -> str:
+        nonlocal n
+        n += 1
+        rid = f"{tenant}-{n}"
+        lengths[rid] = (prompt, out)
+        sent[rid] = t
+        apply(core.submit("fd", p.Submit(request_id=rid, tenant=tenant, model="m",
+                                         prompt_tokens=prompt, max_tokens=out, submitted_at=t)))
+        return rid
+
+    apply(core.engines_update("sv", [status()]))
+    quiet_ids: set[str] = set()
+    while t < seconds:
+        while arrivals and arrivals[0][0] <= t:
+            _, _, pl = heapq.heappop(arrivals)
+            quiet_ids.add(submit(pl.tenant, pl.prompt_tokens, pl.max_tokens))
+        if flood:
+            queued = next(s.queued for s in core.tenant_stats() if s.name == flood[0].name)
+            for _ in range(max(0, 200 - queued)):
+                submit(flood[0].name, int(wl.draw(flood[0].prompt, rng, 1)[0]),
+                       int(wl.draw(flood[0].output, rng, 1)[0]))
+        if t >= next_poll:
+            apply(core.engines_update("sv", [status()]))
+            apply(core.tick())
+            next_poll = t + poll_s
+        if not eng.has_work:
+            t = min(arrivals[0][0] if arrivals else seconds, next_poll)
+            continue
+        step = eng.schedule()
+        t += step.duration_s
+        res = eng.commit(step)
+        out_tokens += len(res.tokens)
+        for r in res.first_tokens:
+            core.progress(r.request_id, 1)
+            if r.request_id in quiet_ids and sent[r.request_id] >= w.warmup_s:
+                ttfts.append(t - sent[r.request_id])
+        for r in res.finished:
+            apply(core.done("fd", p.Done(request_id=r.request_id, outcome=p.Outcome.OK,
+                                         prompt_tokens=r.prompt_tokens,
+                                         completion_tokens=r.num_output, engine_id="m-0")))
+        # a status poll can land between steps; dispatch follows every Done at once
+    names.clear()
+    return ttfts, out_tokens / max(t, 1e-9)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workload", default="hero-dense")
+    ap.add_argument("--profile", default="a100-llama3-8b")
+    ap.add_argument("--seconds", type=float, default=600.0)
+    ap.add_argument("--reserve", type=int, default=6)
+    ap.add_argument("--guard", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    w = wl.load(a.workload)
+    seqs = w.max_num_seqs or load_profile(a.profile).max_num_seqs
+    alone, _ = simulate(w, a.profile, a.seconds, 0, False, a.seed)
+    print(f"workload {w.name}, profile {a.profile}, {a.seconds:.0f} s virtual, seed {a.seed}")
+    print(f"{'case':<34} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p50x':>6} "
+          f"{'p99x':>6} {'out tok/s':>10}")
+    a50, a99 = np.percentile(alone, 50), np.percentile(alone, 99)
+    print(f"{'alone':<34} {len(alone):>5} {a50 * 1e3:>8.1f} {np.percentile(alone, 90) * 1e3:>8.1f} "
+          f"{a99 * 1e3:>8.1f} {1:>6.2f} {1:>6.2f} {'':>10}")
+    for reserve, guard in ((0, False), (a.reserve, False), (a.reserve, True)):
+        if not a.guard and guard:
+            continue
+        xs, tput = simulate(w, a.profile, a.seconds, seqs - reserve, guard, a.seed)
+        p50, p99 = np.percentile(xs, 50), np.percentile(xs, 99)
+        label = f"ideal, flood at {seqs - reserve}" + (", guard" if guard else "")
+        print(f"{label:<34} {len(xs):>5} {p50 * 1e3:>8.1f} {np.percentile(xs, 90) * 1e3:>8.1f} "
+              f"{p99 * 1e3:>8.1f} {p50 / a50:>6.2f} {p99 / a99:>6.2f} {tput:>10.0f}")
+    for reserve, guard in ((0, False), (a.reserve, False), (a.reserve, True)):
+        xs, tput = simulate_core(w, a.profile, a.seconds, reserve, guard, a.seed)
+        p50, p99 = np.percentile(xs, 50), np.percentile(xs, 99)
+        label = f"core, reserve {reserve}" + (", guard" if guard else "")
+        print(f"{label:<34} {len(xs):>5} {p50 * 1e3:>8.1f} {np.percentile(xs, 90) * 1e3:>8.1f} "
+              f"{p99 * 1e3:>8.1f} {p50 / a50:>6.2f} {p99 / a99:>6.2f} {tput:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()
