@@ -70,8 +70,10 @@ def simulate(w: wl.Workload, profile_name: str, seconds: float, flood_n: int, gu
 
     while t < seconds:
         while arrivals and arrivals[0][0] <= t:
-            _, _, p = heapq.heappop(arrivals)
-            pending_first.add(add(p.tenant, p.prompt_tokens, p.max_tokens, 0))
+            at, _, p = heapq.heappop(arrivals)
+            rid = add(p.tenant, p.prompt_tokens, p.max_tokens, 0)
+            sent[rid] = at  # it arrived mid-step: the wait for that step counts
+            pending_first.add(rid)
             quiet_in += 1
         if flood_n and flood and not (guard and pending_first):
             while flooding + quiet_in < flood_n:
@@ -99,7 +101,8 @@ def simulate(w: wl.Workload, profile_name: str, seconds: float, flood_n: int, gu
 
 
 def simulate_core(w: wl.Workload, profile_name: str, seconds: float, reserve: int, guard: bool,
-                  seed: int, poll_s: float = 0.25) -> tuple[list[float], float]:
+                  seed: int, poll_s: float = 0.25, prefill_window: int = 4096,
+                  ) -> tuple[list[float], float]:
     """The real ``SchedulerCore`` in front of the same engine, in the same virtual time.
 
     Zero network and CPU latency, engine status every ``poll_s`` (the supervisor's
@@ -113,7 +116,8 @@ def simulate_core(w: wl.Workload, profile_name: str, seconds: float, reserve: in
         "version": 1, "auth": "none",
         "models": [{"name": "m", "max_num_seqs": prof.max_num_seqs}],
         "tenants": [{"name": x.name, "weight": x.weight} for x in w.tenants],
-        "scheduler": {"light_reserve": reserve, "prefill_guard": guard},
+        "scheduler": {"light_reserve": reserve, "prefill_guard": guard,
+                      "prefill_window_tokens": prefill_window},
     }, Config)
     core = SchedulerCore(cfg, lambda: t)
     rng = np.random.default_rng(seed)
@@ -157,8 +161,10 @@ def simulate_core(w: wl.Workload, profile_name: str, seconds: float, reserve: in
     quiet_ids: set[str] = set()
     while t < seconds:
         while arrivals and arrivals[0][0] <= t:
-            _, _, pl = heapq.heappop(arrivals)
-            quiet_ids.add(submit(pl.tenant, pl.prompt_tokens, pl.max_tokens))
+            at, _, pl = heapq.heappop(arrivals)
+            rid = submit(pl.tenant, pl.prompt_tokens, pl.max_tokens)
+            sent[rid] = at  # it arrived mid-step: the wait for that step counts
+            quiet_ids.add(rid)
         if flood:
             queued = next(s.queued for s in core.tenant_stats() if s.name == flood[0].name)
             for _ in range(max(0, 200 - queued)):

@@ -74,6 +74,9 @@ class SchedulerConfig(_Strict):
     light_reserve: int = 6
     #: hold heavy tenants' dispatches while a light tenant's request awaits its first token
     prefill_guard: bool = True
+    #: prompt tokens of requests not yet at their first token, per engine, beyond which
+    #: only light tenants dispatch (scheduling/headroom.py); 0: no bound
+    prefill_window_tokens: int = 4096
     max_queued_per_tenant: int = 10_000
     queue_deadline_s: float = 0.0  # 0: none
     max_tenants: int = 1_000  # bounds tenants, and so metric label values
@@ -298,6 +301,8 @@ def _validate(cfg: Config) -> None:
         raise bad("$.scheduler.kv_threshold", "must be in (0, 1]")
     if s.light_reserve < 0:
         raise bad("$.scheduler.light_reserve", "must be >= 0")
+    if s.prefill_window_tokens < 0:
+        raise bad("$.scheduler.prefill_window_tokens", "must be >= 0")
     if s.input_weight < 0 or s.output_weight < 0:
         raise bad("$.scheduler", "input_weight and output_weight cannot be negative")
     r = s.residency

@@ -115,7 +115,8 @@ class SchedulerCore:
         self._model_inflight: dict[str, int] = {}
         self._model_waiting: dict[str, OrderedDict[str, float]] = {}  # oldest first
         self.residency = Residency(cfg)
-        self.headroom = Headroom(cfg.scheduler.light_reserve, cfg.scheduler.prefill_guard)
+        self.headroom = Headroom(cfg.scheduler.light_reserve, cfg.scheduler.prefill_guard,
+                                 cfg.scheduler.prefill_window_tokens)
         self.policy.inflight_of = self.headroom.inflight
         self._counts: dict[str, _TenantCounts] = {}
         self._deadlines: list[tuple[float, int, str]] = []
@@ -517,7 +518,10 @@ class SchedulerCore:
                     engines.remove(target)
                     continue
                 light = standing.light(req.tenant)
-                out.append(self._dispatch(self._records[req.request_id], target, now))
+                tier = 0 if light else 2 if standing.heavy(req.tenant) else 1
+                out.append(self._dispatch(self._records[req.request_id], target, now, tier))
+                self.headroom.prompt_sent(req.request_id, req.prompt_tokens,
+                                          target.status.engine_id, now)
                 if light and not self._queued_n(req.tenant):
                     self.headroom.guard_light(req.request_id, req.tenant,
                                               target.status.engine_id, now)
@@ -542,7 +546,9 @@ class SchedulerCore:
                                           self.tenants.weight, now)
 
         def allow(tenant: str) -> bool:
-            if not strict and not standing.light(tenant):
+            if standing.light(tenant):
+                return True
+            if not strict:
                 return False
             return self.headroom.allows(eid, tenant, n, cap, standing.heavy(tenant), now)
 
@@ -580,15 +586,23 @@ class SchedulerCore:
                     best, best_key = e, key
         return best
 
-    def _dispatch(self, rec: _Record, e: _Engine, now: float) -> Send:
+    def _dispatch(self, rec: _Record, e: _Engine, now: float, tier: int = 1) -> Send:
+        """Send ``rec`` to ``e`` with an engine priority from the tenant's standing.
+
+        ``band * 1000 + tier``; tier 0: light, 1: neither, 2: heavy (headroom.py).  The
+        engine admits the fresh requests of its next step in priority order, then
+        FCFS, so a flooder's requests sent a moment earlier do not go before a quiet
+        tenant's, and under KV pressure vLLM preempts the heavy ones first.  Not the
+        VTC rank: counters within a prompt's cost of each other flip that rank from
+        one dispatch to the next."""
         req = rec.req
+        st = e.status
+        prio = (req.band * 1000 + tier) * st.priority_sign if st.supports_priority else None
         self.policy.on_dispatch(req)
         req.charged_prompt, req.charged_completion = req.prompt_tokens, 0
         self._dequeue(rec)
         self._to_inflight(rec, e.status.engine_id, now)
         self.residency.note_activity(req.model, now)
-        st = e.status
-        prio = self.policy.rank(req) * st.priority_sign if st.supports_priority else None
         return Send(rec.peer, p.Dispatch(
             request_id=req.request_id, engine_id=st.engine_id, endpoint=st.endpoint,
             api_key=st.api_key, engine_priority=prio,
@@ -598,7 +612,7 @@ class SchedulerCore:
         rec.state, rec.engine_id, rec.dispatched_at = INFLIGHT, engine_id, now
         self._count(rec.req.tenant).inflight += 1
         m = rec.req.model
-        self.headroom.started(m, rec.req.tenant)
+        self.headroom.started(m, rec.req.tenant, rec.req.request_id)
         self._model_inflight[m] = self._model_inflight.get(m, 0) + 1
         self._engine_inflight[engine_id] = self._engine_inflight.get(engine_id, 0) + 1
 

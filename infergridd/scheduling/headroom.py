@@ -44,6 +44,8 @@ ACTIVE_S = 10.0
 RESERVE_DIVISOR = 8
 #: a tenant with at most this many requests queued (and under its share) is light
 LIGHT_QUEUE = 2
+#: ... and fewer than this many of its requests sent but still computing their prompt
+LIGHT_PREFILLS = 4
 #: the prefill guard never holds heavy tenants back longer than this per request
 GUARD_MAX_S = 2.0
 
@@ -51,13 +53,20 @@ GUARD_MAX_S = 2.0
 class Headroom:
     """See the module docstring."""
 
-    def __init__(self, reserve: int, guard: bool) -> None:
+    def __init__(self, reserve: int, guard: bool, prefill_window: int = 0) -> None:
         self.reserve = max(0, reserve)
         self.guard = guard
+        self.prefill_window = max(0, prefill_window)
+        # engine -> request sent there and still without its first token -> its
+        # prompt tokens.  No time limit: a long prompt behind
+        # others may take seconds, and its Done (one per dispatch) ends it at worst.
+        self._fresh: dict[str, dict[str, int]] = {}
         self._last_submit: dict[str, dict[str, float]] = {}  # model -> tenant -> time
         self._inflight: dict[str, dict[str, int]] = {}  # model -> tenant -> in flight
         # engine -> guarded request -> (its tenant, hold until)
         self._guards: dict[str, dict[str, tuple[str, float]]] = {}
+        self._unstarted: dict[str, tuple[str, str]] = {}  # request -> (model, tenant)
+        self._prefilling: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ bookkeeping
     def note_submit(self, model: str, tenant: str, now: float) -> None:
@@ -66,9 +75,16 @@ class Headroom:
     def inflight(self, model: str, tenant: str) -> int:
         return self._inflight.get(model, {}).get(tenant, 0)
 
-    def started(self, model: str, tenant: str) -> None:
+    def started(self, model: str, tenant: str, request_id: str) -> None:
         per = self._inflight.setdefault(model, {})
         per[tenant] = per.get(tenant, 0) + 1
+        self._unstarted[request_id] = (model, tenant)
+        key = (model, tenant)
+        self._prefilling[key] = self._prefilling.get(key, 0) + 1
+
+    def prefilling(self, model: str, tenant: str) -> int:
+        """The tenant's requests on ``model`` sent but still without a first token."""
+        return self._prefilling.get((model, tenant), 0)
 
     def ended(self, model: str, tenant: str, request_id: str, engine_id: str) -> None:
         per = self._inflight.get(model)
@@ -84,10 +100,26 @@ class Headroom:
         if self.guard:
             self._guards.setdefault(engine_id, {})[request_id] = (tenant, now + GUARD_MAX_S)
 
+    def prompt_sent(self, request_id: str, prompt_tokens: int, engine_id: str,
+                    now: float) -> None:
+        """A request went to ``engine_id``: its prompt counts against the engine's
+        prefill window until its first token (light tenants' too: they are not held
+        by the window, but their prompts fill it like any other)."""
+        if self.prefill_window:
+            self._fresh.setdefault(engine_id, {})[request_id] = prompt_tokens
+
     def first_token(self, request_id: str, engine_id: str) -> None:
+        key = self._unstarted.pop(request_id, None)
+        if key is not None:
+            self._prefilling[key] -= 1
+            if self._prefilling[key] <= 0:
+                del self._prefilling[key]
         g = self._guards.get(engine_id)
         if g is not None and g.pop(request_id, None) is not None and not g:
             del self._guards[engine_id]
+        f = self._fresh.get(engine_id)
+        if f is not None and f.pop(request_id, None) is not None and not f:
+            del self._fresh[engine_id]
 
     def forget_tenant(self, tenant: str) -> None:
         for per in self._last_submit.values():
@@ -106,17 +138,27 @@ class Headroom:
         weights = {t: max(weight(t), 1e-9) for t in around}
         total_w = sum(weights.values())
         shares = {t: total_cap * w / total_w for t, w in weights.items()}
+        prefilling = {t: self.prefilling(model, t) for t in around}
         intermittent = any(queued(t) <= LIGHT_QUEUE and per.get(t, 0) < shares[t]
-                           for t in around)
-        return Standing(per, shares, intermittent, queued)
+                           and prefilling[t] < LIGHT_PREFILLS for t in around)
+        return Standing(per, shares, intermittent, queued, prefilling)
+
+    def prefill_full(self, engine_id: str) -> bool:
+        """Whether the prompts still being computed on ``engine_id`` fill the prefill
+        window; one prompt always may go."""
+        f = self._fresh.get(engine_id)
+        return bool(self.prefill_window and f and sum(f.values()) >= self.prefill_window)
 
     def allows(self, engine_id: str, tenant: str, inflight: int, cap: int, heavy: bool,
                now: float) -> bool:
-        """Whether ``tenant`` may dispatch to this engine now (the window said it has room).
+        """Whether ``tenant``, not light, may dispatch to this engine now (the window
+        said it has room).
 
         A guard never holds back its own tenant: a tenant that crosses its share
         while its first requests compute is not to be stalled by them.
         """
+        if self.prefill_full(engine_id):
+            return False
         if not heavy:
             return True
         if inflight >= cap - min(self.reserve, cap // RESERVE_DIVISOR):
@@ -154,7 +196,10 @@ class Standing:
     and VTC alone decides: the headroom is for arrivals, not for ordering a
     backlog.
 
-    *Light*: under its share with at most ``LIGHT_QUEUE`` requests queued.  A
+    *Light*: under its share, with at most ``LIGHT_QUEUE`` requests queued and
+    fewer than ``LIGHT_PREFILLS`` sent but still computing their prompt (a flooder
+    starting up sends one request at a time too, and is light for no more than
+    its first couple of prompts).  A
     light tenant's request may go to an engine that still shows requests
     waiting inside it (the dispatch window pauses the others until one
     finishes): those are requests we just sent, the engine admits them at its
@@ -164,7 +209,8 @@ class Standing:
     """
 
     def __init__(self, inflight: dict[str, int], shares: dict[str, float], intermittent: bool,
-                 queued: Callable[[str], int]) -> None:
+                 queued: Callable[[str], int], prefilling: dict[str, int]) -> None:
+        self._prefilling = prefilling
         self._inflight = inflight
         self._shares = shares
         self._intermittent = intermittent
@@ -181,4 +227,4 @@ class Standing:
         if share is None:  # not seen submitting: the core asks only about queued tenants
             return False
         return self._inflight.get(tenant, 0) < share and self._queued(tenant) <= LIGHT_QUEUE \
-            and not self.heavy(tenant)
+            and self._prefilling.get(tenant, 0) < LIGHT_PREFILLS and not self.heavy(tenant)

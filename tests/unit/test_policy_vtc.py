@@ -148,7 +148,8 @@ def test_picks_the_smallest_counter_and_rotates_within_one_tick() -> None:
 
 
 def test_bands_are_strict() -> None:
-    cfg = make_cfg(tenants=[{"name": "gold", "band": 0}, {"name": "bulk", "band": 1}])
+    cfg = make_cfg(tenants=[{"name": "gold", "band": 0}, {"name": "bulk", "band": 1}],
+                   prefill_window_tokens=0)  # 10k-token prompts: no prefill bound here
     core = SchedulerCore(cfg, lambda: 0.0)
     for i in range(3):
         core.submit(FD, submit(f"bulk{i}", "bulk", at=i))

@@ -139,3 +139,48 @@ def test_the_reserve_is_at_most_an_eighth_of_the_engine() -> None:
     core.progress("q0", 1)
     finish(core, "q0")
     assert len(flood(core, 40)) == 14
+
+
+def test_the_prefill_window_bounds_prompts_in_the_engine() -> None:
+    """Long prompts from a backlogged tenant go one window's worth at a time."""
+    core, _ = setup(slots=64, prefill_window_tokens=4096)
+    sent = []
+    for i in range(20):
+        sent += dispatched(core.submit(FD, submit(f"f{i}", "flood", prompt=3000)))
+    # light while it starts (< 4 prompts computing, <= 2 queued), then the window holds
+    assert sent == ["f0", "f1", "f2", "f3"]
+    for rid in sent[:3]:
+        core.progress(rid, 1)  # three prompts computed: 3000 tokens in the window
+    assert dispatched(core.tick()) == ["f4"]  # then 6000: full again
+    # a light tenant is not held by it
+    assert dispatched(core.submit(FD, submit("q1", "quiet", prompt=3000))) == ["q1"]
+
+
+def test_a_ramping_flooder_stops_being_light() -> None:
+    core, _ = setup(slots=64, prefill_window_tokens=0, light_reserve=0)
+    for i in range(10):
+        core.submit(FD, submit(f"f{i}", "flood"))
+    standing = core.headroom.standing("m", 64, core._queued_n, core.tenants.weight, 1000.0)
+    assert not standing.light("flood")  # 10 prompts computing
+    core.submit(FD, submit("q0", "quiet"))
+    standing = core.headroom.standing("m", 64, core._queued_n, core.tenants.weight, 1000.0)
+    assert standing.light("quiet")
+
+
+def test_engine_priority_follows_standing() -> None:
+    """Light first (0), heavy last (2): the engine admits a quiet prompt before
+    flooder prompts sent a moment earlier."""
+    core, _ = setup(slots=64)
+    core.engines_update(SV, [engine(max_num_seqs=64, supports_priority=True)])
+    core.submit(FD, submit("q0", "quiet"))
+    core.progress("q0", 1)
+    finish(core, "q0")
+    prios = {}
+    for i in range(80):
+        for s in core.submit(FD, submit(f"f{i}", "flood")):
+            if isinstance(s.msg, p.Dispatch):
+                core.progress(s.msg.request_id, 1)
+                prios[s.msg.request_id] = s.msg.engine_priority
+    [d] = [s.msg for s in core.submit(FD, submit("q1", "quiet")) if isinstance(s.msg, p.Dispatch)]
+    assert d.engine_priority == 0
+    assert prios["f0"] == 0 and prios["f40"] == 2  # light while starting, heavy once over its share

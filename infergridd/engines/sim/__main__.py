@@ -1,7 +1,8 @@
 """``python -m infergridd.engines.sim``: the simulated engine as a process.
 
 Flags mirror vLLM's where vLLM has one (``--max-num-seqs``,
-``--max-num-batched-tokens``, ``--block-size``, ``--scheduling-policy``,
+``--max-num-batched-tokens``, ``--long-prefill-token-threshold``, ``--block-size``,
+``--scheduling-policy``,
 ``--api-key``), so an adapter builds the same kind of command line for both.
 """
 
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="override one profile key (repeatable), e.g. --set base_s=0.01")
     a("--max-num-seqs", type=int)
     a("--max-num-batched-tokens", type=int)
+    a("--long-prefill-token-threshold", type=int,
+      help="a prompt computes at most this many tokens per step (vLLM's flag; 0: no limit)")
     a("--kv-blocks", type=int)
     a("--block-size", type=int)
     a("--max-model-len", type=int)
@@ -64,6 +67,7 @@ def options_from_args(argv: list[str] | None = None) -> SimOptions:
         model=ns.model, host=ns.host, port=ns.port, port_file=ns.port_file, api_key=ns.api_key,
         profile=ns.profile, profile_overrides=overrides, max_num_seqs=ns.max_num_seqs,
         max_num_batched_tokens=ns.max_num_batched_tokens, kv_blocks=ns.kv_blocks,
+        long_prefill_token_threshold=ns.long_prefill_token_threshold,
         block_size=ns.block_size, max_model_len=ns.max_model_len, step_s=ns.step_s,
         eos_prob=ns.eos_prob, seed=ns.seed, personality=ns.personality,
         scheduling_policy=ns.scheduling_policy, startup_delay=ns.startup_delay,

@@ -237,9 +237,12 @@ class EngineModel:
         preempted: list[SimRequest] = []
         running = self.running
         i = 0
+        cut = self.profile.long_prefill_token_threshold
         while i < len(running) and budget > 0:
             req = running[i]
             n = min(req.num_tokens - req.num_computed, budget)
+            if 0 < cut < n:
+                n = cut
             ok = True
             while True:
                 need = self.blocks_for(req.num_computed + n) - req.blocks
@@ -274,6 +277,8 @@ class EngineModel:
                 if req is None:
                     break
                 n = min(req.num_tokens - req.num_computed, budget)
+                if 0 < cut < n:
+                    n = cut
                 need = self.blocks_for(req.num_computed + n) - req.blocks
                 if need > self.free_blocks:
                     break

@@ -26,6 +26,7 @@ class SimOptions:
     profile_overrides: dict[str, Any] = field(default_factory=dict)
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    long_prefill_token_threshold: int | None = None
     kv_blocks: int | None = None
     block_size: int | None = None
     max_model_len: int | None = None
@@ -48,7 +49,7 @@ class SimOptions:
         """The profile with every command-line override applied and checked."""
         overrides = dict(self.profile_overrides)
         for key in ("max_num_seqs", "max_num_batched_tokens", "kv_blocks", "block_size",
-                    "max_model_len", "eos_prob"):
+                    "max_model_len", "eos_prob", "long_prefill_token_threshold"):
             value = getattr(self, key)
             if value is not None:
                 overrides[key] = value

@@ -49,6 +49,10 @@ class Profile:
     per_new_seq_s: float = 0.0
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
+    #: vLLM's --long-prefill-token-threshold: a prompt computes at most this many
+    #: tokens per step (0: no limit), so one long prompt cannot take a whole step's
+    #: budget and leave fresh requests waiting behind it
+    long_prefill_token_threshold: int = 0
     kv_blocks: int = 4096
     block_size: int = 16
     max_model_len: int = 8192
@@ -71,7 +75,8 @@ class Profile:
 
 
 _FIELDS = {f.name: f for f in fields(Profile)}
-_INT_KEYS = {"max_num_seqs", "max_num_batched_tokens", "kv_blocks", "block_size", "max_model_len"}
+_INT_KEYS = {"max_num_seqs", "max_num_batched_tokens", "kv_blocks", "block_size", "max_model_len",
+             "long_prefill_token_threshold"}
 
 
 def from_mapping(raw: dict[str, Any], source: str) -> Profile:
@@ -89,8 +94,10 @@ def from_mapping(raw: dict[str, Any], source: str) -> Profile:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ProfileError(f"{source}: {key} must be a number, got {value!r}")
         if key in _INT_KEYS:
-            if int(value) != value or value < 1:
-                raise ProfileError(f"{source}: {key} must be a positive integer, got {value!r}")
+            lo = 0 if key == "long_prefill_token_threshold" else 1
+            if int(value) != value or value < lo:
+                what = "a positive integer" if lo else "an integer >= 0"
+                raise ProfileError(f"{source}: {key} must be {what}, got {value!r}")
             value = int(value)
         elif value < 0:
             raise ProfileError(f"{source}: {key} cannot be negative, got {value!r}")
