@@ -21,13 +21,14 @@ worse than ``ideal``; when ``ideal`` is itself over 1.2x ``alone`` the claim is
 out of reach for any front end on that engine and workload.
 
 Usage: python bench/floor.py [--workload hero-dense] [--profile a100-llama3-8b]
-       [--seconds 600] [--reserve 2] [--guard] [--seed 0]
+       [--seconds 600] [--reserve 6] [--seed 0] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -200,32 +201,44 @@ def main() -> None:
     ap.add_argument("--profile", default="a100-llama3-8b")
     ap.add_argument("--seconds", type=float, default=600.0)
     ap.add_argument("--reserve", type=int, default=6)
-    ap.add_argument("--guard", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="also write the table (markdown) to this file")
     a = ap.parse_args()
     w = wl.load(a.workload)
     seqs = w.max_num_seqs or load_profile(a.profile).max_num_seqs
     alone, _ = simulate(w, a.profile, a.seconds, 0, False, a.seed)
-    print(f"workload {w.name}, profile {a.profile}, {a.seconds:.0f} s virtual, seed {a.seed}")
-    print(f"{'case':<34} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p50x':>6} "
-          f"{'p99x':>6} {'out tok/s':>10}")
+    _, direct = simulate(w, a.profile, a.seconds, seqs, False, a.seed)
     a50, a99 = np.percentile(alone, 50), np.percentile(alone, 99)
-    print(f"{'alone':<34} {len(alone):>5} {a50 * 1e3:>8.1f} {np.percentile(alone, 90) * 1e3:>8.1f} "
-          f"{a99 * 1e3:>8.1f} {1:>6.2f} {1:>6.2f} {'':>10}")
-    for reserve, guard in ((0, False), (a.reserve, False), (a.reserve, True)):
-        if not a.guard and guard:
-            continue
-        xs, tput = simulate(w, a.profile, a.seconds, seqs - reserve, guard, a.seed)
+    lines = [
+        f"Workload `{w.name}`, profile `{a.profile}`, {a.seconds:.0f} s of virtual time "
+        f"(first {w.warmup_s:.0f} s not measured), seed {a.seed}; command: "
+        f"`python bench/floor.py --workload {a.workload} --profile {a.profile} "
+        f"--seconds {a.seconds:g} --reserve {a.reserve} --seed {a.seed}`",
+        "",
+        "| front end | quiet n | TTFT p50 ms | TTFT p99 ms | p50 / alone | p99 / alone "
+        "| output tok/s | vs engine alone at full batch |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| quiet tenant alone | {len(alone)} | {a50 * 1e3:.1f} | {a99 * 1e3:.1f} | 1 | 1 | – | – |",
+    ]
+    cases = [
+        (f"ideal: oracle at {seqs} sequences", lambda: simulate(
+            w, a.profile, a.seconds, seqs, False, a.seed)),
+        (f"ideal: oracle at {seqs - a.reserve} + guard", lambda: simulate(
+            w, a.profile, a.seconds, seqs - a.reserve, True, a.seed)),
+        ("InferGrid core, no headroom", lambda: simulate_core(
+            w, a.profile, a.seconds, 0, False, a.seed, prefill_window=0)),
+        ("InferGrid core, defaults", lambda: simulate_core(
+            w, a.profile, a.seconds, a.reserve, True, a.seed)),
+    ]
+    for label, run in cases:
+        xs, tput = run()
         p50, p99 = np.percentile(xs, 50), np.percentile(xs, 99)
-        label = f"ideal, flood at {seqs - reserve}" + (", guard" if guard else "")
-        print(f"{label:<34} {len(xs):>5} {p50 * 1e3:>8.1f} {np.percentile(xs, 90) * 1e3:>8.1f} "
-              f"{p99 * 1e3:>8.1f} {p50 / a50:>6.2f} {p99 / a99:>6.2f} {tput:>10.0f}")
-    for reserve, guard in ((0, False), (a.reserve, False), (a.reserve, True)):
-        xs, tput = simulate_core(w, a.profile, a.seconds, reserve, guard, a.seed)
-        p50, p99 = np.percentile(xs, 50), np.percentile(xs, 99)
-        label = f"core, reserve {reserve}" + (", guard" if guard else "")
-        print(f"{label:<34} {len(xs):>5} {p50 * 1e3:>8.1f} {np.percentile(xs, 90) * 1e3:>8.1f} "
-              f"{p99 * 1e3:>8.1f} {p50 / a50:>6.2f} {p99 / a99:>6.2f} {tput:>10.0f}")
+        lines.append(f"| {label} | {len(xs)} | {p50 * 1e3:.1f} | {p99 * 1e3:.1f} | "
+                     f"{p50 / a50:.2f}× | {p99 / a99:.2f}× | {tput:,.0f} | {tput / direct:.3f} |")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if a.out:
+        Path(a.out).write_text(text)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,18 @@ def test_chunked_prefill_spreads_a_long_prompt_over_steps() -> None:
     assert res.tokens and res.first_tokens[0].request_id == "long"
 
 
+def test_long_prefill_threshold_leaves_budget_for_a_fresh_prompt() -> None:
+    """vLLM's --long-prefill-token-threshold: without it a long prompt that is already
+    running takes the whole budget and a fresh short one waits; with it both run."""
+    for cut, expect in ((0, {"long": 256}), (128, {"long": 128, "short": 32})):
+        m, _ = make(max_num_batched_tokens=256, long_prefill_token_threshold=cut)
+        m.add(SimRequest("long", prompt_tokens=4000, max_tokens=2))
+        m.step()
+        m.add(SimRequest("short", prompt_tokens=32, max_tokens=2))
+        plan, _ = m.step()
+        assert dict((r.request_id, n) for r, n in plan.scheduled) == expect
+
+
 def test_decodes_get_budget_before_a_new_prefill() -> None:
     m, clock = make(max_num_batched_tokens=16)
     m.add(SimRequest("a", prompt_tokens=8, max_tokens=50))
