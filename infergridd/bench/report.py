@@ -157,7 +157,10 @@ def render(results: dict[str, Any]) -> str:
     lines += ["## Notes on the intervals", "",
               "Intervals are seeded percentile-bootstrap 95% CIs (1000 resamples; ratios "
               "resample both runs). `solo#2` vs `solo` shows run-to-run noise: a ratio "
-              "inside that noise is no evidence either way. Flagged (relative width > 50%, "
+              "inside that noise is no evidence either way. `direct#2` is `direct` again "
+              "after every other arm: the gap between their throughputs is how much the "
+              "machine drifted over the run, and a throughput ratio within it is no "
+              "evidence either way. Flagged (relative width > 50%, "
               "or a p99 from < 100 samples): ⚠.", ""]
     lines += notes or ["- none flagged"]
     lines.append("")

@@ -74,6 +74,9 @@ class BenchConfig:
     n_boot: int = stats.N_BOOT
     measure_capacity: bool = False  # with a numeric scale too (tokens/s vs capacity)
     solo_runs: int = 2  # "solo" expands to solo, solo#2, ...: the noise between them shows
+    #: with other arms beside it, "direct" runs again after all of them ("direct#2"), so
+    #: the machine's drift over the run shows beside the throughput ratios
+    bracket_direct: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def expanded_arms(self) -> list[str]:
@@ -84,6 +87,9 @@ class BenchConfig:
                 raise ValueError(f"unknown arm {a!r} (known: {', '.join(KNOWN_ARMS)})")
             out += (["solo"] + [f"solo#{i}" for i in range(2, self.solo_runs + 1)]
                     if a == "solo" else [a])
+        if self.bracket_direct and "direct" in out and \
+                any(a in SCHEDULED_ARMS for a in out):
+            out.append("direct#2")
         return out
 
     @property
@@ -139,7 +145,7 @@ async def run_arm(cfg: BenchConfig, arm: str, full_plan: list[Planned],
             finally:
                 eng.stop()
         return runs
-    if arm == "direct":
+    if arm.startswith("direct"):
         url = eng.start(logdir)
         try:
             return [await _send(cfg, Target(url, eng.model), full_plan, prompts, arm,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ARMS = ["solo", "solo#2", "direct", "vtc"]
+ARMS = ["solo", "solo#2", "direct", "vtc", "direct#2"]  # direct again: the drift bracket
 
 
 @pytest.mark.skipif(importlib.util.find_spec("infergridd.engines.sim") is None,
@@ -47,7 +47,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     # every arm measured the same quiet requests (same plan, same warm-up cut)
     n = {arm: res["arms"][arm]["tenants"]["quiet"]["requests"] for arm in ARMS}
     assert len(set(n.values())) == 1, n
-    assert set(res["ratios"]) == {"solo#2", "direct", "vtc"}
+    assert set(res["ratios"]) == {"solo#2", "direct", "vtc", "direct#2"}
     assert res["ratios"]["vtc"]["quiet"]["ttft_p99"]["ratio"] > 0
     md = (out / "report.md").read_text()
     assert "| vtc |" in md and "| direct |" in md

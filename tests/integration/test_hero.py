@@ -75,7 +75,7 @@ def test_hero_claim(tmp_path: Path) -> None:
                       arms=["solo", "direct", "vtc"], out=tmp_path / "out",
                       duration_s=w.duration_s, warmup_s=w.warmup_s, seed=1, scale="auto",
                       flood_multiple=1.5, drain_s=4.0, capacity_s=4.0, solo_runs=1,
-                      progress=False, n_boot=500)
+                      progress=False, n_boot=500, bracket_direct=False)
     res = asyncio.run(run_bench(cfg)).results
     cap = res["capacity"]
     arms = res["arms"]

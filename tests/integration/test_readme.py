@@ -33,7 +33,11 @@ def _blocks(lang: str) -> list[str]:
 def test_first_screen_has_the_two_commands() -> None:
     first = README[:3000]
     assert "infergrid serve --config configs/quickstart_fairness.yaml" in first
-    assert "pip install -e '.[test]' && .venv/bin/pytest" in first
+    assert "INFERGRID_CI_TIERS=default bash .ci/run" in first
+    # ... and that command installs (fresh venv, system packages) and runs the default tier
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "-m venv .venv" in ci and "pip install -q -e '.[test,bench]'" in ci
+    assert re.search(r"default\)\n.*\n\s*run_pytest", ci)
 
 
 def test_curl_example(quickstart) -> None:

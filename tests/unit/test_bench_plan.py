@@ -73,3 +73,21 @@ def test_bursts_and_lengths() -> None:
     assert 80 < float(np.median(quiet)) < 120
     assert {x.prompt_tokens for x in p if x.tenant == "flooder"} == {64}
     assert p == sorted(p, key=lambda x: x.t)
+
+
+def test_direct_runs_again_after_the_scheduled_arms() -> None:
+    """``direct#2`` brackets the run, so drift over it shows beside throughput ratios."""
+    from pathlib import Path
+
+    from infergridd.bench.engines import SimEngine
+    from infergridd.bench.runner import BenchConfig
+
+    def arms(names: list[str], **kw: object) -> list[str]:
+        return BenchConfig(workload=W, engine=SimEngine("fast-test", 8), arms=names,
+                           out=Path("/nonexistent"), duration_s=1, warmup_s=0,
+                           **kw).expanded_arms()  # type: ignore[arg-type]
+
+    assert arms(["solo", "direct", "fifo", "vtc"]) == \
+        ["solo", "solo#2", "direct", "fifo", "vtc", "direct#2"]
+    assert arms(["solo", "direct"]) == ["solo", "solo#2", "direct"]
+    assert arms(["direct", "vtc"], bracket_direct=False) == ["direct", "vtc"]
