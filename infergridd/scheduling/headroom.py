@@ -1,35 +1,37 @@
-"""Headroom for light tenants: the last slots, and a short hold on prefill (pure).
+"""Headroom for light tenants: spare slots, a short hold, a bound on queued prompts (pure).
 
 Why: the dispatch window keeps an engine just saturated, so while a flooder is
 backlogged every slot is busy, and a quiet tenant's request, first in line at
 once thanks to its small counter, still waits for the next flooder request to
 *finish* before it can start.  Then, once dispatched, it shares the engine's
-next step with whatever flooder prompt was dispatched beside it, and a step
-that prefills a long prompt is several times a decode step.  VTC decides who
-goes first; these two rules decide how long "first" takes:
+next step with whatever flooder prompts went in beside it, and a step that
+prefills long prompts is several times a decode step.  VTC decides who goes
+first; these rules decide how long "first" takes.  Who is light and who is
+heavy is worked out once per dispatch decision (``Standing``):
 
-* **reserve**: a *heavy* tenant (one holding at least its weighted fair share
-  of the model's slots while an intermittent tenant is around, see
-  ``heaviness``) may fill an engine only up to ``cap - reserve``; the
-  last ``reserve`` slots are for the others (at most ``cap // 8`` of them, so
-  an engine of fewer than 8 slots reserves none).  A tenant alone on a model is
-  never heavy (its fair share is every slot), so a lone flooder still gets the
-  whole engine: the reserve costs capacity only while someone else is around.
-* **prefill guard**: while an intermittent tenant's request (its tenant had
-  nothing else queued) on an engine has not produced its first token, heavy
-  tenants dispatch nothing more there, so that
-  the step computing the light request's first token carries no extra prompt.
-  The guard ends at the first token (the front door reports it at once) or
-  after ``GUARD_MAX_S``, whichever comes first: a stuck request cannot
-  starve the heavy ones.
+* **reserve**: a *heavy* tenant may fill an engine only up to
+  ``cap - reserve``; the last slots (at most ``cap // 8``, none on an engine of
+  fewer than 8) are for the others.  A tenant alone on a model is never heavy,
+  so a lone flooder still gets the whole engine: the reserve costs capacity
+  only while someone else is around.
+* **prefill guard**: while a light tenant's request that had nothing queued
+  behind it has not produced its first token, heavy tenants dispatch nothing
+  more to that engine, so the step computing that first token carries no extra
+  prompt.  It ends at the first token (the front door reports it at once) or
+  after ``GUARD_MAX_S``.
+* **prefill window**: the prompt tokens sent to an engine and not yet computed
+  are bounded (``prefill_window``; one prompt always may go); beyond it only
+  light tenants dispatch.  An engine computes a bounded number of prompt tokens
+  a step and runs its running requests first, so prompts sent beyond that
+  form a queue inside the engine that no priority reaches: with 6k-token
+  prompts it made a quiet tenant wait seconds (bench/floor.py).
+* **waiting pause**: a light tenant's request may pass the dispatch window's
+  pause on engine-side waiting (KV pressure still holds everyone).
 
-A third rule lets a *light* tenant's request past the dispatch window's pause
-on engine-side waiting (see ``Standing``).
-
-"Someone else is around" means a tenant submitted to the model in the last
-``ACTIVE_S`` seconds, or has requests queued or in flight there: a quiet tenant
-at one request a second is around all the time, though most of the time it
-has nothing queued.
+"Around" means a tenant submitted to the model in the last ``ACTIVE_S``
+seconds, or has requests queued or in flight there: a quiet tenant at one request a
+second is around all the time, though most of the time it has nothing queued.
+The figures behind the defaults: ``bench/floor.py`` and the README's Results.
 
 Pure and synchronous like the rest of the core: the clock comes in as ``now``.
 """
