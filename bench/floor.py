@@ -37,23 +37,38 @@ from infergridd import protocol as p
 from infergridd.bench import workload as wl
 from infergridd.config import Config
 from infergridd.engines.sim.model import EngineModel, SimRequest
-from infergridd.engines.sim.profile import load_profile
+from infergridd.engines.sim.profile import Profile, load_profile
 from infergridd.scheduling.core import SchedulerCore, Send
+
+
+def _profile(w: wl.Workload, name: str) -> Profile:
+    return load_profile(name, {"max_num_seqs": w.max_num_seqs} if w.max_num_seqs else None)
+
+
+def _quiet_arrivals(w: wl.Workload, seconds: float, seed: int,
+                    ) -> list[tuple[float, int, wl.Planned]]:
+    """The quiet tenants' arrivals and lengths, the very plan the benchmark sends, as a heap."""
+    plan = sorted((p for q in w.tenants if not q.flood
+                   for p in wl.tenant_plan(q, q.rate, seconds, seed)), key=lambda p: p.t)
+    arrivals = [(p.t, i, p) for i, p in enumerate(plan)]
+    heapq.heapify(arrivals)
+    return arrivals
+
+
+def _flood_lengths(spec: wl.TenantSpec, rng: np.random.Generator) -> tuple[int, int]:
+    """(prompt, output) tokens of one more flooder request."""
+    return int(wl.draw(spec.prompt, rng, 1)[0]), int(wl.draw(spec.output, rng, 1)[0])
 
 
 def simulate(w: wl.Workload, profile_name: str, seconds: float, flood_n: int, guard: bool,
              seed: int) -> tuple[list[float], float]:
     """Quiet TTFTs (s) and output tokens/s; ``flood_n`` = 0: the quiet tenant alone."""
-    prof = load_profile(profile_name, {"max_num_seqs": w.max_num_seqs} if w.max_num_seqs else None)
+    prof = _profile(w, profile_name)
     t = 0.0
     eng = EngineModel(prof, clock=lambda: t, seed=seed, policy="priority")
     rng = np.random.default_rng(seed)
     flood = [f for f in w.tenants if f.flood]
-    # the quiet tenants' arrivals and lengths: the very plan the benchmark sends
-    plan = sorted((p for q in w.tenants if not q.flood
-                   for p in wl.tenant_plan(q, q.rate, seconds, seed)), key=lambda p: p.t)
-    arrivals = [(p.t, i, p) for i, p in enumerate(plan)]
-    heapq.heapify(arrivals)
+    arrivals = _quiet_arrivals(w, seconds, seed)
     sent: dict[str, float] = {}
     ttfts: list[float] = []
     pending_first: set[str] = set()
@@ -78,8 +93,7 @@ def simulate(w: wl.Workload, profile_name: str, seconds: float, flood_n: int, gu
             quiet_in += 1
         if flood_n and flood and not (guard and pending_first):
             while flooding + quiet_in < flood_n:
-                add("flood", int(wl.draw(flood[0].prompt, rng, 1)[0]),
-                    int(wl.draw(flood[0].output, rng, 1)[0]), 1)
+                add("flood", *_flood_lengths(flood[0], rng), 1)
                 flooding += 1
         if not eng.has_work:
             if not arrivals:
@@ -109,10 +123,9 @@ def simulate_core(w: wl.Workload, profile_name: str, seconds: float, reserve: in
     Zero network and CPU latency, engine status every ``poll_s`` (the supervisor's
     poll), the first token reported at once: what the scheduling *logic* gives.
     The flooder's queue in the core is kept deep (it floods)."""
-    prof = load_profile(profile_name, {"max_num_seqs": w.max_num_seqs} if w.max_num_seqs else None)
+    prof = _profile(w, profile_name)
     t = 0.0
     eng = EngineModel(prof, clock=lambda: t, seed=seed, policy="priority")
-    names = [x.name for x in w.tenants]
     cfg = msgspec.convert({
         "version": 1, "auth": "none",
         "models": [{"name": "m", "max_num_seqs": prof.max_num_seqs}],
@@ -123,10 +136,7 @@ def simulate_core(w: wl.Workload, profile_name: str, seconds: float, reserve: in
     core = SchedulerCore(cfg, lambda: t)
     rng = np.random.default_rng(seed)
     flood = [f for f in w.tenants if f.flood]
-    plan = sorted((p for q in w.tenants if not q.flood
-                   for p in wl.tenant_plan(q, q.rate, seconds, seed)), key=lambda p: p.t)
-    arrivals = [(p.t, i, p) for i, p in enumerate(plan)]
-    heapq.heapify(arrivals)
+    arrivals = _quiet_arrivals(w, seconds, seed)
     lengths: dict[str, tuple[int, int]] = {}
     sent: dict[str, float] = {}
     ttfts: list[float] = []
@@ -169,8 +179,7 @@ def simulate_core(w: wl.Workload, profile_name: str, seconds: float, reserve: in
         if flood:
             queued = next(s.queued for s in core.tenant_stats() if s.name == flood[0].name)
             for _ in range(max(0, 200 - queued)):
-                submit(flood[0].name, int(wl.draw(flood[0].prompt, rng, 1)[0]),
-                       int(wl.draw(flood[0].output, rng, 1)[0]))
+                submit(flood[0].name, *_flood_lengths(flood[0], rng))
         if t >= next_poll:
             apply(core.engines_update("sv", [status()]))
             apply(core.tick())
@@ -190,8 +199,6 @@ def simulate_core(w: wl.Workload, profile_name: str, seconds: float, reserve: in
             apply(core.done("fd", p.Done(request_id=r.request_id, outcome=p.Outcome.OK,
                                          prompt_tokens=r.prompt_tokens,
                                          completion_tokens=r.num_output, engine_id="m-0")))
-        # a status poll can land between steps; dispatch follows every Done at once
-    names.clear()
     return ttfts, out_tokens / max(t, 1e-9)
 
 

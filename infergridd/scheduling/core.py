@@ -521,7 +521,7 @@ class SchedulerCore:
                 tier = 0 if light else 2 if standing.heavy(req.tenant) else 1
                 out.append(self._dispatch(self._records[req.request_id], target, now, tier))
                 self.headroom.prompt_sent(req.request_id, req.prompt_tokens,
-                                          target.status.engine_id, now)
+                                          target.status.engine_id)
                 if light and not self._queued_n(req.tenant):
                     self.headroom.guard_light(req.request_id, req.tenant,
                                               target.status.engine_id, now)

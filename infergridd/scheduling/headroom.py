@@ -60,9 +60,11 @@ class Headroom:
         self.guard = guard
         self.prefill_window = max(0, prefill_window)
         # engine -> request sent there and still without its first token -> its
-        # prompt tokens.  No time limit: a long prompt behind
-        # others may take seconds, and its Done (one per dispatch) ends it at worst.
+        # prompt tokens, and their running sum per engine.  No time limit: a long
+        # prompt behind others may take seconds, and its Done (one per dispatch)
+        # ends it at worst.
         self._fresh: dict[str, dict[str, int]] = {}
+        self._fresh_tokens: dict[str, int] = {}
         self._last_submit: dict[str, dict[str, float]] = {}  # model -> tenant -> time
         self._inflight: dict[str, dict[str, int]] = {}  # model -> tenant -> in flight
         # engine -> guarded request -> (its tenant, hold until)
@@ -102,13 +104,13 @@ class Headroom:
         if self.guard:
             self._guards.setdefault(engine_id, {})[request_id] = (tenant, now + GUARD_MAX_S)
 
-    def prompt_sent(self, request_id: str, prompt_tokens: int, engine_id: str,
-                    now: float) -> None:
+    def prompt_sent(self, request_id: str, prompt_tokens: int, engine_id: str) -> None:
         """A request went to ``engine_id``: its prompt counts against the engine's
         prefill window until its first token (light tenants' too: they are not held
         by the window, but their prompts fill it like any other)."""
         if self.prefill_window:
             self._fresh.setdefault(engine_id, {})[request_id] = prompt_tokens
+            self._fresh_tokens[engine_id] = self._fresh_tokens.get(engine_id, 0) + prompt_tokens
 
     def first_token(self, request_id: str, engine_id: str) -> None:
         key = self._unstarted.pop(request_id, None)
@@ -120,8 +122,11 @@ class Headroom:
         if g is not None and g.pop(request_id, None) is not None and not g:
             del self._guards[engine_id]
         f = self._fresh.get(engine_id)
-        if f is not None and f.pop(request_id, None) is not None and not f:
-            del self._fresh[engine_id]
+        tokens = f.pop(request_id, None) if f is not None else None
+        if tokens is not None:
+            self._fresh_tokens[engine_id] -= tokens
+            if not f:
+                del self._fresh[engine_id], self._fresh_tokens[engine_id]
 
     def forget_tenant(self, tenant: str) -> None:
         for per in self._last_submit.values():
@@ -141,15 +146,13 @@ class Headroom:
         total_w = sum(weights.values())
         shares = {t: total_cap * w / total_w for t, w in weights.items()}
         prefilling = {t: self.prefilling(model, t) for t in around}
-        intermittent = any(queued(t) <= LIGHT_QUEUE and per.get(t, 0) < shares[t]
-                           and prefilling[t] < LIGHT_PREFILLS for t in around)
-        return Standing(per, shares, intermittent, queued, prefilling)
+        return Standing(per, shares, queued, prefilling)
 
     def prefill_full(self, engine_id: str) -> bool:
         """Whether the prompts still being computed on ``engine_id`` fill the prefill
         window; one prompt always may go."""
-        f = self._fresh.get(engine_id)
-        return bool(self.prefill_window and f and sum(f.values()) >= self.prefill_window)
+        return bool(self.prefill_window
+                    and self._fresh_tokens.get(engine_id, 0) >= self.prefill_window)
 
     def allows(self, engine_id: str, tenant: str, inflight: int, cap: int, heavy: bool,
                now: float) -> bool:
@@ -193,8 +196,7 @@ class Standing:
     """Heavy and light tenants at one dispatch decision (``Headroom.standing``).
 
     *Heavy*: holds at least its weighted share of the model's slots while some
-    intermittent tenant (at most ``LIGHT_QUEUE`` queued, under its share) is
-    around to be protected from it.  When every tenant around is backlogged nobody is heavy
+    light tenant is around to be protected from it.  When every tenant around is backlogged nobody is heavy
     and VTC alone decides: the headroom is for arrivals, not for ordering a
     backlog.
 
@@ -210,13 +212,13 @@ class Standing:
     by the window's cap and its own tiny backlog.
     """
 
-    def __init__(self, inflight: dict[str, int], shares: dict[str, float], intermittent: bool,
+    def __init__(self, inflight: dict[str, int], shares: dict[str, float],
                  queued: Callable[[str], int], prefilling: dict[str, int]) -> None:
         self._prefilling = prefilling
         self._inflight = inflight
         self._shares = shares
-        self._intermittent = intermittent
         self._queued = queued
+        self._intermittent = any(self.light(t) for t in shares)
 
     def heavy(self, tenant: str) -> bool:
         if not self._intermittent or tenant not in self._shares:
@@ -228,5 +230,6 @@ class Standing:
         share = self._shares.get(tenant)
         if share is None:  # not seen submitting: the core asks only about queued tenants
             return False
+        # under its share, so never heavy too
         return self._inflight.get(tenant, 0) < share and self._queued(tenant) <= LIGHT_QUEUE \
-            and self._prefilling.get(tenant, 0) < LIGHT_PREFILLS and not self.heavy(tenant)
+            and self._prefilling.get(tenant, 0) < LIGHT_PREFILLS

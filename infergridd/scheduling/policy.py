@@ -164,10 +164,6 @@ class Policy(ABC):
         """Service received, in the policy's unit (VTC: weighted tokens); 0 if it keeps none."""
         return 0.0
 
-    def rank(self, req: QueuedRequest) -> int:
-        """Non-negative rank for an engine-side priority: lower runs first."""
-        return req.band * 1000
-
     def forget(self, tenant: str) -> None:
         """The tenant was removed; drop what is kept for it."""
         return None  # policies that keep no counters ignore it

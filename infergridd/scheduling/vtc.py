@@ -132,17 +132,6 @@ class VtcPolicy(Policy):
     def counter(self, tenant: str) -> float:
         return self.counters.get(tenant, 0.0)
 
-    def rank(self, req: QueuedRequest) -> int:
-        """0 for the tenant furthest behind in service; more for each one behind it."""
-        mine = self.counters.get(req.tenant, 0.0)
-        ahead = 0
-        for tenant, q in self._queues.get(req.model, {}).items():
-            h = q.peek()
-            if tenant != req.tenant and h is not None and h.band == req.band \
-                    and self.counters.get(tenant, 0.0) < mine:
-                ahead += 1
-        return req.band * 1000 + min(ahead, 999)
-
     def forget(self, tenant: str) -> None:
         self.counters.pop(tenant, None)
 

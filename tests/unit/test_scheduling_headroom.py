@@ -34,6 +34,13 @@ def finish(core: SchedulerCore, rid: str) -> list[str]:
                                            completion_tokens=10, engine_id="m-0")))
 
 
+def quiet_was_around(core: SchedulerCore) -> None:
+    """The quiet tenant sent one request, which ran and finished: it is around, idle."""
+    core.submit(FD, submit("q0", "quiet"))
+    core.progress("q0", 1)
+    finish(core, "q0")
+
+
 def test_a_lone_flooder_gets_every_slot() -> None:
     core, _ = setup(light_reserve=6)
     assert len(flood(core, 100)) == 64
@@ -52,18 +59,14 @@ def test_the_reserve_keeps_slots_for_an_intermittent_tenant() -> None:
 
 def test_no_reserve_without_anyone_to_keep_it_for() -> None:
     core, clock = setup()
-    core.submit(FD, submit("q0", "quiet"))
-    core.progress("q0", 1)
-    finish(core, "q0")
+    quiet_was_around(core)
     clock.advance(11.0)  # quiet has not been around for longer than ACTIVE_S
     assert len(flood(core, 100)) == 64
 
 
 def test_the_prefill_guard_holds_heavy_tenants_until_the_first_token() -> None:
     core, clock = setup()
-    core.submit(FD, submit("q0", "quiet"))
-    core.progress("q0", 1)
-    finish(core, "q0")
+    quiet_was_around(core)
     running = flood(core, 100)
     assert len(running) == 62
     assert dispatched(core.submit(FD, submit("q1", "quiet"))) == ["q1"]
@@ -104,9 +107,7 @@ def test_a_lifted_tenant_wins_the_tie_with_the_flooder() -> None:
 
 def test_small_engines_reserve_nothing() -> None:
     core, _ = setup(slots=7, light_reserve=6)
-    core.submit(FD, submit("q0", "quiet"))
-    core.progress("q0", 1)
-    finish(core, "q0")
+    quiet_was_around(core)
     assert len(flood(core, 20)) == 7
 
 
@@ -119,9 +120,7 @@ def test_light_reserve_must_be_a_count(bad: str) -> None:
 
 def test_a_light_tenant_passes_a_pause_that_engine_side_waiting_caused() -> None:
     core, clock = setup(slots=64, prefill_guard=False)
-    core.submit(FD, submit("q0", "quiet"))
-    core.progress("q0", 1)
-    finish(core, "q0")
+    quiet_was_around(core)
     running = flood(core, 100)
     assert len(running) == 62
     # the engine still shows some of them waiting: the window pauses until one finishes
@@ -135,9 +134,7 @@ def test_a_light_tenant_passes_a_pause_that_engine_side_waiting_caused() -> None
 
 def test_the_reserve_is_at_most_an_eighth_of_the_engine() -> None:
     core, _ = setup(slots=16, light_reserve=6)
-    core.submit(FD, submit("q0", "quiet"))
-    core.progress("q0", 1)
-    finish(core, "q0")
+    quiet_was_around(core)
     assert len(flood(core, 40)) == 14
 
 
@@ -172,9 +169,7 @@ def test_engine_priority_follows_standing() -> None:
     flooder prompts sent a moment earlier."""
     core, _ = setup(slots=64)
     core.engines_update(SV, [engine(max_num_seqs=64, supports_priority=True)])
-    core.submit(FD, submit("q0", "quiet"))
-    core.progress("q0", 1)
-    finish(core, "q0")
+    quiet_was_around(core)
     prios = {}
     for i in range(80):
         for s in core.submit(FD, submit(f"f{i}", "flood")):
