@@ -5,7 +5,7 @@
 
 Runs one small closed-loop workload (concurrency 1, 4, 8; prompts of 32 token ids;
 64-token outputs with ``ignore_eos``) against vLLM-CPU serving the tiny random Llama,
-then against ``python -m infergridd.engines.sim --profile tiny-cpu``, and prints TTFT
+then against ``python -m infergridd.sim --profile tiny-cpu``, and prints TTFT
 p50/p99, time per output token and output tokens/s for each, with the simulator's
 relative error.  Benchmarks on the simulator are only worth something if these errors
 are small, which is why this script exists.
@@ -51,7 +51,7 @@ import aiohttp
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from infergridd.engines.tinymodel import (  # noqa: E402 - after the path fix for a checkout
+from infergridd.bench.tinymodel import (  # noqa: E402 - after the path fix for a checkout
     default_model_dir,
     default_vllm_python,
     make_tiny_llama,
@@ -143,7 +143,7 @@ def start_sim(profile: str, port: int, max_num_seqs: int, log: Path,
               overrides: dict[str, float] | None = None) -> subprocess.Popen[bytes]:
     """The simulated engine on the same core; ``--startup-delay 0``: we time serving only.
     ``overrides`` (``--set KEY=VALUE``) try fitted coefficients without editing the profile."""
-    argv = ["taskset", "-c", str(ENGINE_CPU), sys.executable, "-m", "infergridd.engines.sim",
+    argv = ["taskset", "-c", str(ENGINE_CPU), sys.executable, "-m", "infergridd.sim",
             "--host", "127.0.0.1", "--port", str(port), "--model", MODEL,
             "--profile", profile, "--max-num-seqs", str(max_num_seqs), "--startup-delay", "0"]
     if overrides:

@@ -5,7 +5,7 @@ with its TTFT alone.  No scheduler *in front of* an engine can make the
 engine's steps shorter: once the quiet request is inside, it waits for the step
 in progress to end, then its prefill runs in a step that also carries every
 running sequence's decode.  This script measures that floor with the simulated
-engine's own step model (``infergridd/engines/sim/model.py``) in virtual time,
+engine's own step model (``infergridd/sim/model.py``) in virtual time,
 no processes, no network, so it is exact and noise-free:
 
 * ``alone``: the quiet tenant's requests alone on the engine (the ``solo`` arm);
@@ -36,9 +36,9 @@ import numpy as np
 from infergridd import protocol as p
 from infergridd.bench import workload as wl
 from infergridd.config import Config
-from infergridd.engines.sim.model import EngineModel, SimRequest
-from infergridd.engines.sim.profile import Profile, load_profile
-from infergridd.scheduling.core import SchedulerCore, Send
+from infergridd.core.core import SchedulerCore, Send
+from infergridd.sim.model import EngineModel, SimRequest
+from infergridd.sim.profile import Profile, load_profile
 
 
 def _profile(w: wl.Workload, name: str) -> Profile:

@@ -41,7 +41,7 @@ from appliance import DEMO_TENANTS, Appliance, short_tmpdir  # noqa: E402
 from sse import chat_body, stream_chat  # noqa: E402
 
 from infergridd.config import parse_size  # noqa: E402
-from infergridd.engines.sim.profile import load_profile  # noqa: E402
+from infergridd.sim.profile import load_profile  # noqa: E402
 
 KEY = "sk-quiet-demo"
 PROFILE = "a100-llama3-8b"

@@ -70,12 +70,12 @@ class SchedulerConfig(_Strict):
     input_weight: float = 1.0
     output_weight: float = 2.0
     kv_threshold: float = 0.9  # dispatch only while the engine's KV use is under this
-    #: engine slots a tenant at or over its fair share may not take (scheduling/headroom.py)
+    #: engine slots a tenant at or over its fair share may not take (core/headroom.py)
     light_reserve: int = 6
     #: hold heavy tenants' dispatches while a light tenant's request awaits its first token
     prefill_guard: bool = True
     #: prompt tokens of requests not yet at their first token, per engine, beyond which
-    #: only light tenants dispatch (scheduling/headroom.py); 0: no bound
+    #: only light tenants dispatch (core/headroom.py); 0: no bound
     prefill_window_tokens: int = 4096
     max_queued_per_tenant: int = 10_000
     queue_deadline_s: float = 0.0  # 0: none

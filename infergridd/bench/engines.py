@@ -149,7 +149,7 @@ class SimEngine(Engine):
         return {**super().describe(), "profile": self.profile}
 
     def argv(self, port_file: Path) -> tuple[list[str], dict[str, str]]:
-        return ([sys.executable, "-m", "infergridd.engines.sim", "--host", "127.0.0.1",
+        return ([sys.executable, "-m", "infergridd.sim", "--host", "127.0.0.1",
                  "--port", "0", "--port-file", str(port_file), "--model", self.model,
                  "--max-num-seqs", str(self.max_num_seqs), "--profile", self.profile,
                  "--startup-delay", "0", "--log-level", "warning"], {})
@@ -168,7 +168,7 @@ class VllmCpuEngine(Engine):
     def __init__(self, max_num_seqs: int, python: str | None = None,
                  model_dir: str | None = None) -> None:
         super().__init__(max_num_seqs)
-        from ..engines.tinymodel import default_model_dir, default_vllm_python
+        from .tinymodel import default_model_dir, default_vllm_python
 
         self.python = python or str(default_vllm_python())
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
@@ -190,7 +190,7 @@ class VllmCpuEngine(Engine):
     def ensure_model(self) -> None:
         if not Path(self.python).exists():
             raise RuntimeError(f"no vLLM venv at {self.python}: run .ci/vllm-env.sh first")
-        from ..engines.tinymodel import make_tiny_llama
+        from .tinymodel import make_tiny_llama
 
         make_tiny_llama(self.model_dir, self.python)
 
@@ -257,7 +257,7 @@ class UrlEngine(Engine):
 def profile_max_num_seqs(profile: str) -> int:
     """The profile's batch size; raises ValueError for an unknown profile (before any
     process starts, rather than as an engine that exits during the capacity run)."""
-    from ..engines.sim.profile import ProfileError, load_profile
+    from ..sim.profile import ProfileError, load_profile
 
     try:
         return load_profile(profile).max_num_seqs

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser(commands)
     ns = ap.parse_args(argv)
     if ns.command == "doctor":
-        from ..doctor import main as doctor
+        from .doctor import main as doctor
 
         return doctor(ns.config, ns.runtime_dir, ns.json)
     mod = commands[ns.command]

@@ -25,7 +25,7 @@ def adapter_for(model: ModelConfig) -> EngineAdapter:
 
         return OpenAIAdapter(model)
     if model.engine == "sim":
-        from .sim_adapter import SimSglangAdapter, SimVllmAdapter
+        from .sim import SimSglangAdapter, SimVllmAdapter
 
         if str(model.args.get("personality", "vllm")) == "sglang":
             return SimSglangAdapter(model)

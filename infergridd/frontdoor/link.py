@@ -121,7 +121,7 @@ class SchedulerLink:
         """Tokens streamed so far; batched every ``PROGRESS_EVERY_S``, except the first.
 
         The first token goes at once: the scheduler holds heavy tenants' dispatches
-        while a light tenant's request waits for it (scheduling/headroom.py), and a
+        while a light tenant's request waits for it (core/headroom.py), and a
         100 ms batching delay would be 100 ms of slots left idle.
         """
         rec = self.inflight.get(request_id)

@@ -1,6 +1,6 @@
 """The scheduler daemon: a thin ZeroMQ shell around the pure ``SchedulerCore``.
 
-Everything that decides lives in ``infergridd.scheduling``; this module only
+Everything that decides lives in ``infergridd.core``; this module only
 moves bytes: it decodes what peers send, calls the core, and sends the
 ``Send`` actions it returns.  One receiver task per socket (a cancelled
 ``recv`` can lose a message), sends never block (a full-state ``Hello``
@@ -25,8 +25,8 @@ import zmq.asyncio
 
 from .. import protocol as p
 from ..config import Config, Dirs
+from ..core.core import SchedulerCore, Send
 from ..logs import fields
-from ..scheduling.core import SchedulerCore, Send
 from ..systemd import Notifier
 from ..zmqio import BindLock, bind_router, send_nowait
 from . import statefile

@@ -3,7 +3,7 @@
     .ci/vllm-env.sh && pytest -m vllm tests/engines
 
 The vLLM venv (``.ci/vllm-env.sh``, ~2.5 GB, cached under ``~/.cache/infergrid``) and
-the tiny model (``infergridd.engines.tinymodel``) are built on first use; if either
+the tiny model (``infergridd.bench.tinymodel``) are built on first use; if either
 cannot be built, every test here *fails* with the reason (a tier that skips when its
 engine is missing would pass CI having tested nothing).
 
@@ -30,7 +30,7 @@ from vllm_tier import (
     vllm_model,
 )
 
-from infergridd.engines.tinymodel import default_model_dir, make_tiny_llama
+from infergridd.bench.tinymodel import default_model_dir, make_tiny_llama
 
 
 @pytest.fixture(scope="session")

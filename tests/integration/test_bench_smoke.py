@@ -17,8 +17,8 @@ import pytest
 ARMS = ["solo", "solo#2", "direct", "vtc", "direct#2"]  # direct again: the drift bracket
 
 
-@pytest.mark.skipif(importlib.util.find_spec("infergridd.engines.sim") is None,
-                    reason="the simulated engine (infergridd.engines.sim) is not importable")
+@pytest.mark.skipif(importlib.util.find_spec("infergridd.sim") is None,
+                    reason="the simulated engine (infergridd.sim) is not importable")
 def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = subprocess.run(

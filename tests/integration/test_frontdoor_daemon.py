@@ -601,7 +601,7 @@ async def test_through_the_simulated_engine(make: Make) -> None:
     world = await make()
     port_file = world.fd.root / "sim.port"
     sim = subprocess.Popen(
-        [sys.executable, "-m", "infergridd.engines.sim", "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, "-m", "infergridd.sim", "--host", "127.0.0.1", "--port", "0",
          "--port-file", str(port_file), "--model", "demo", "--max-num-seqs", "4",
          "--profile", "fast-test", "--api-key", ENGINE_KEY],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})

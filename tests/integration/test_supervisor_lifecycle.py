@@ -1,6 +1,6 @@
 """The supervisor as a real process against a fake scheduler: launch, adopt, restart, back off.
 
-Engines here are the simulated engine when ``infergridd.engines.sim`` can be
+Engines here are the simulated engine when ``infergridd.sim`` can be
 run, else a tiny aiohttp stand-in written below (set
 ``INFERGRID_TEST_FAKE_ENGINE=1`` to force it).  Runtime dirs live under /tmp
 with short names: ZeroMQ IPC paths must stay under 107 bytes.
@@ -72,7 +72,7 @@ FAKE_ENGINE = textwrap.dedent('''
 
 
 def real_sim_available() -> bool:
-    return (REPO / "infergridd/engines/sim/__main__.py").exists() and \
+    return (REPO / "infergridd/sim/__main__.py").exists() and \
         os.environ.get("INFERGRID_TEST_FAKE_ENGINE") != "1"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from infergridd import doctor as d
+from infergridd.cli import doctor as d
 from infergridd.cli.infergridctl import main as ctl_main
 from infergridd.config import Dirs, loads
 
@@ -176,7 +176,7 @@ def test_state_dir_not_writable_by_daemon_user(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- engines
 def test_engine_sim_imports_for_real() -> None:
     [c] = d.check_engines(loads(SIM))
-    assert c.status == d.OK and "imports infergridd.engines.sim" in c.detail, c.line()
+    assert c.status == d.OK and "imports infergridd.sim" in c.detail, c.line()
 
 
 def test_engine_python_missing() -> None:

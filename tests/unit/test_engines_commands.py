@@ -11,7 +11,7 @@ from infergridd.engines import AdapterConfigError, adapter_for
 from infergridd.engines.base import args_to_flags, cpu_list
 from infergridd.engines.openai import OpenAIAdapter
 from infergridd.engines.sglang import SglangAdapter
-from infergridd.engines.sim_adapter import SimSglangAdapter, SimVllmAdapter
+from infergridd.engines.sim import SimSglangAdapter, SimVllmAdapter
 from infergridd.engines.vllm import VllmAdapter
 
 
@@ -89,7 +89,7 @@ def test_sim_command_exact() -> None:
     assert isinstance(a, SimVllmAdapter)
     assert a.kind == "sim" and a.supports_sleep and a.supports_priority
     assert a.launch_spec(5000, "K").argv == [
-        sys.executable, "-m", "infergridd.engines.sim", "--host", "127.0.0.1", "--port", "5000",
+        sys.executable, "-m", "infergridd.sim", "--host", "127.0.0.1", "--port", "5000",
         "--model", "demo", "--api-key", "K", "--max-num-seqs", "3",
         "--scheduling-policy", "priority",
         "--profile", "fast", "--seed", "7", "--fail-after", "10",

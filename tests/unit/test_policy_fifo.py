@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from test_scheduling_harness import FD, FakeClock, dispatched, engine, make_cfg, rejected, submit
 
 from infergridd import protocol as p
-from infergridd.scheduling.core import SchedulerCore
+from infergridd.core.core import SchedulerCore
 
 
 def test_fifo_dispatches_in_submit_order_across_tenants() -> None:

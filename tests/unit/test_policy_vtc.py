@@ -15,7 +15,7 @@ from test_scheduling_harness import (
 )
 
 from infergridd import protocol as p
-from infergridd.scheduling.core import SchedulerCore
+from infergridd.core.core import SchedulerCore
 
 FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

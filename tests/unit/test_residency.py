@@ -18,7 +18,7 @@ from test_scheduling_harness import (
 )
 
 from infergridd import protocol as p
-from infergridd.scheduling.core import SchedulerCore, Send
+from infergridd.core.core import SchedulerCore, Send
 
 GiB = 1024**3
 

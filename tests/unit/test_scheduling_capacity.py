@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from test_scheduling_harness import FD, SV, FakeClock, dispatched, engine, make_cfg, submit
 
 from infergridd import protocol as p
-from infergridd.scheduling.capacity import DispatchWindow
-from infergridd.scheduling.core import SchedulerCore
+from infergridd.core.capacity import DispatchWindow
+from infergridd.core.core import SchedulerCore
 
 
 def report(running: int = 0, waiting: int = 0, kv: float = 0.0, seqs: int = 8,

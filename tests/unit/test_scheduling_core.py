@@ -19,7 +19,7 @@ from test_scheduling_harness import (
 )
 
 from infergridd import protocol as p
-from infergridd.scheduling.core import SchedulerCore
+from infergridd.core.core import SchedulerCore
 
 
 def core_with_engine(cfg=None, slots: int = 2, clock=None) -> SchedulerCore:

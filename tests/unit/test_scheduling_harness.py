@@ -14,7 +14,7 @@ import msgspec
 
 from infergridd import protocol as p
 from infergridd.config import Config
-from infergridd.scheduling.core import SchedulerCore, Send
+from infergridd.core.core import SchedulerCore, Send
 
 FD = "fd-test"
 SV = "sv-test"

@@ -7,8 +7,8 @@ from test_scheduling_harness import FD, SV, FakeClock, dispatched, engine, make_
 
 from infergridd import protocol as p
 from infergridd.config import ConfigError, loads
-from infergridd.scheduling.core import SchedulerCore
-from infergridd.scheduling.headroom import GUARD_MAX_S
+from infergridd.core.core import SchedulerCore
+from infergridd.core.headroom import GUARD_MAX_S
 
 TENANTS = [{"name": "flood"}, {"name": "quiet"}]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infergridd.scheduling.quotas import Bucket, Limits, Quotas
+from infergridd.core.quotas import Bucket, Limits, Quotas
 
 
 def test_bucket_refills_over_the_clock_up_to_capacity() -> None:

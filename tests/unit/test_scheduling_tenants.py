@@ -8,7 +8,7 @@ import pytest
 from test_scheduling_harness import make_cfg
 
 from infergridd.config import hash_key
-from infergridd.scheduling.tenants import TenantRegistry
+from infergridd.core.tenants import TenantRegistry
 
 
 def registry(**kw) -> TenantRegistry:

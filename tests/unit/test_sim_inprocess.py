@@ -9,8 +9,8 @@ from pathlib import Path
 
 import aiohttp
 
-from infergridd.engines.sim.options import SimOptions
-from infergridd.engines.sim.server import SimServer
+from infergridd.sim.options import SimOptions
+from infergridd.sim.server import SimServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sse import chat_body, stream_chat  # noqa: E402

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infergridd.engines.sim.model import PREEMPTED, EngineModel, SimRequest
-from infergridd.engines.sim.profile import Profile, ProfileError, from_mapping, load_profile
+from infergridd.sim.model import PREEMPTED, EngineModel, SimRequest
+from infergridd.sim.profile import Profile, ProfileError, from_mapping, load_profile
 
 
 class FakeClock:

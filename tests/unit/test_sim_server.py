@@ -27,7 +27,7 @@ class SimProc:
         port_file = self.dir / "port"
         self.log = open(self.dir / "log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "infergridd.engines.sim", "--host", "127.0.0.1", "--port", "0",
+            [sys.executable, "-m", "infergridd.sim", "--host", "127.0.0.1", "--port", "0",
              "--port-file", str(port_file), "--model", "demo", *args],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 15

@@ -1,4 +1,4 @@
-"""``python -m infergridd.engines.sim``: the simulated engine as a process.
+"""``python -m infergridd.sim``: the simulated engine as a process.
 
 Flags mirror vLLM's where vLLM has one (``--max-num-seqs``,
 ``--max-num-batched-tokens``, ``--long-prefill-token-threshold``, ``--block-size``,
@@ -13,14 +13,14 @@ import asyncio
 import logging
 import sys
 
-from infergridd.engines.sim.options import SimOptions
-from infergridd.engines.sim.profile import ProfileError, parse_override
-from infergridd.engines.sim.server import serve
+from infergridd.sim.options import SimOptions
+from infergridd.sim.profile import ProfileError, parse_override
+from infergridd.sim.server import serve
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m infergridd.engines.sim",
+        prog="python -m infergridd.sim",
         description="Simulated LLM inference engine (vLLM v1 scheduling, OpenAI API).")
     a = p.add_argument
     a("--host", default="127.0.0.1")

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from infergridd.engines.sim.profile import Profile
+from infergridd.sim.profile import Profile
 
 WAITING = "waiting"
 RUNNING = "running"

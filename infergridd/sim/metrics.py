@@ -12,7 +12,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 
-from infergridd.engines.sim.model import EngineModel, StepResult
+from infergridd.sim.model import EngineModel, StepResult
 
 #: vLLM's buckets for vllm:time_to_first_token_seconds.
 TTFT_BUCKETS: tuple[float, ...] = (

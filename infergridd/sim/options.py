@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from infergridd.engines.sim.profile import Profile, ProfileError, load_profile
+from infergridd.sim.profile import Profile, ProfileError, load_profile
 
 
 @dataclass
 class SimOptions:
-    """Options of ``python -m infergridd.engines.sim``; ``None`` means "the profile's value".
+    """Options of ``python -m infergridd.sim``; ``None`` means "the profile's value".
 
     Fault timings given here (``crash_after_s``, ``hang_after_s``) are wall-clock
     seconds from start-up; every simulated duration (steps, start-up delay,

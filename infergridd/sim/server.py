@@ -26,15 +26,15 @@ from typing import Any
 
 from aiohttp import web
 
-from infergridd.engines.sim import api
-from infergridd.engines.sim.metrics import SimMetrics
-from infergridd.engines.sim.model import EngineModel, SimRequest
-from infergridd.engines.sim.options import SimOptions
-from infergridd.engines.sim.profile import Profile
+from infergridd.sim import api
+from infergridd.sim.metrics import SimMetrics
+from infergridd.sim.model import EngineModel, SimRequest
+from infergridd.sim.options import SimOptions
+from infergridd.sim.profile import Profile
 
 __all__ = ["SimOptions", "SimEngine", "SimServer", "build_app", "serve", "ENGINE"]
 
-log = logging.getLogger("infergridd.engines.sim")
+log = logging.getLogger("infergridd.sim")
 
 #: Late steps may catch up by at most this much, so timer jitter does not slow
 #: the simulated engine down, but a long stall (a blocked loop) does not

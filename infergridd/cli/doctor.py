@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import (
+from ..config import (
     DEFAULT_CONFIG_PATH,
     Config,
     ConfigError,
@@ -234,7 +234,7 @@ def _probe_as(user: str | None) -> dict[str, Any]:
 def check_engines(cfg: Config, user: str | None = None, run: Runner = subprocess.run,
                   timeout_s: float = 120.0) -> list[Check]:
     """Each managed engine's command exists, and its Python can import the engine module."""
-    from .engines import AdapterConfigError, adapter_for
+    from ..engines import AdapterConfigError, adapter_for
 
     out: list[Check] = []
     probed: dict[tuple[str, str], Check] = {}
@@ -464,8 +464,8 @@ def check_units(run: Runner = subprocess.run) -> list[Check]:
 # --------------------------------------------------------------------------- driver
 def engines_running(dirs: Dirs) -> bool:
     """Any engine this appliance recorded still runs (its GPU memory is then ours)."""
-    from .engines.base import is_alive
-    from .supervisor import statefile
+    from ..engines.base import is_alive
+    from ..supervisor import statefile
 
     try:
         return any(is_alive(r.pid, r.start_time) for r in statefile.load_all(dirs.engines_dir))
@@ -477,7 +477,7 @@ def doctor_dirs(cfg: Config, runtime_dir: str | None) -> Dirs:
     """The packaged dirs, or those of a running ``infergrid serve`` of this user."""
     if runtime_dir or cfg.runtime_dir or os.environ.get("RUNTIME_DIRECTORY"):
         return resolve_dirs(cfg, runtime_dir)
-    from .cli.common import candidate_runtime_dirs, user_runtime_dir, user_state_dir
+    from .common import candidate_runtime_dirs, user_runtime_dir, user_state_dir
 
     for d in candidate_runtime_dirs():
         if d.exists():

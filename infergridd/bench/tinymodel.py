@@ -18,7 +18,7 @@ is cached under ``$INFERGRID_CACHE/models/tiny-llama`` with a stamp that names
 the recipe version, built in a temporary directory and renamed into place, so a
 half-written model is never mistaken for a good one.
 
-CLI: ``python -m infergridd.engines.tinymodel --python VENV/bin/python [--dest DIR]``
+CLI: ``python -m infergridd.bench.tinymodel --python VENV/bin/python [--dest DIR]``
 prints the model directory.
 """
 

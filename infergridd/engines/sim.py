@@ -1,4 +1,4 @@
-"""The simulated engine (``infergridd.engines.sim``), as a managed engine like any other.
+"""The simulated engine (``infergridd.sim``), as a managed engine like any other.
 
 It speaks vLLM's dialect by default and SGLang's with ``personality: sglang``,
 so the adapter reuses those two protocols and only builds its own command.
@@ -16,7 +16,7 @@ from .vllm import VllmProtocol
 def sim_argv(adapter: VllmProtocol | SglangProtocol, port: int, api_key: str) -> list[str]:
     m = adapter.model
     return [
-        *adapter.python_argv(), "-m", "infergridd.engines.sim",
+        *adapter.python_argv(), "-m", "infergridd.sim",
         "--host", "127.0.0.1", "--port", str(port), "--model", m.name,
         "--api-key", api_key, "--max-num-seqs", str(m.max_num_seqs),
         # InferGrid sends a priority with each dispatch, as with a real vLLM engine

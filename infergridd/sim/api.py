@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from infergridd import tokens
-from infergridd.engines.sim.model import VOCAB
+from infergridd.sim.model import VOCAB
 
 _enc = msgspec.json.encode
 _JSON_TEXT: dict[str, bytes] = {t: _enc(t) for t in (*VOCAB, "")}
