@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
 
 
 class ProfileError(ValueError):
