@@ -1,0 +1,79 @@
+"""The doctor's driver: which checks run in what order, and the text or JSON it prints."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+from ...config import DEFAULT_CONFIG_PATH, Config, Dirs, resolve_dirs
+from .check import FAIL, WARN, Check, daemon_group
+from .config import check_config
+from .dirs import check_runtime_dir, check_state_dir
+from .engines import check_engines
+from .gpu import GpuProbe, check_gpu, nvml_probe
+from .port import check_port
+from .units import check_units, under_systemd
+
+
+def engines_running(dirs: Dirs) -> bool:
+    """Any engine this appliance recorded still runs (its GPU memory is then ours)."""
+    from ...engines.base import is_alive
+    from ...supervisor import statefile
+
+    try:
+        return any(is_alive(r.pid, r.start_time) for r in statefile.load_all(dirs.engines_dir))
+    except OSError:
+        return False
+
+
+def doctor_dirs(cfg: Config, runtime_dir: str | None) -> Dirs:
+    """The packaged dirs, or those of a running ``infergrid serve`` of this user."""
+    if runtime_dir or cfg.runtime_dir or os.environ.get("RUNTIME_DIRECTORY"):
+        return resolve_dirs(cfg, runtime_dir)
+    from ..common import candidate_runtime_dirs, user_runtime_dir, user_state_dir
+
+    for d in candidate_runtime_dirs():
+        if d.exists():
+            if d == user_runtime_dir() and not cfg.state_dir:
+                return Dirs(runtime=d, state=user_state_dir())
+            return resolve_dirs(cfg, str(d))
+    return resolve_dirs(cfg)
+
+
+def run_checks(config_path: str | None = None, runtime_dir: str | None = None,
+               gpu_probe: GpuProbe | None = nvml_probe) -> list[Check]:
+    path = config_path or DEFAULT_CONFIG_PATH
+    checks: list[Check] = []
+    c, cfg = check_config(path)
+    checks.append(c)
+    group = daemon_group()
+    if cfg is not None:
+        dirs = doctor_dirs(cfg, runtime_dir)
+        checks += check_runtime_dir(dirs, group)
+        checks.append(check_state_dir(dirs.state, group))
+        checks += check_engines(cfg, user=group)
+        checks.append(check_gpu(cfg, gpu_probe, engines_running(dirs)))
+        checks.append(check_port(cfg))
+    if under_systemd():
+        checks += check_units()
+    return checks
+
+
+def render(checks: list[Check]) -> str:
+    fails = sum(c.status == FAIL for c in checks)
+    warns = sum(c.status == WARN for c in checks)
+    lines = [c.line() for c in checks]
+    lines.append(f"{len(checks)} checks: {fails} failed, {warns} warnings")
+    return "\n".join(lines)
+
+
+def to_json(checks: list[Check]) -> str:
+    return json.dumps({"ok": not any(c.status == FAIL for c in checks),
+                       "checks": [asdict(c) for c in checks]}, indent=2)
+
+
+def main(config_path: str | None, runtime_dir: str | None, as_json: bool) -> int:
+    checks = run_checks(config_path, runtime_dir)
+    print(to_json(checks) if as_json else render(checks))
+    return 1 if any(c.status == FAIL for c in checks) else 0
