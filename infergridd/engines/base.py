@@ -20,13 +20,14 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from ..config import ModelConfig
+from . import promtext
 
 #: Bound on one control-plane HTTP call to an engine; a poll must never hang the loop.
 HTTP_TIMEOUT_S = 2.0
@@ -60,6 +61,23 @@ class EngineMetrics:
     kv_usage: float = 0.0  # 0..1
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
+
+
+#: ``EngineMetrics`` field → the engine's metric names for it, newest first.
+MetricNames = dict[str, tuple[str, ...]]
+
+
+def metrics_from_text(text: str, names: MetricNames) -> EngineMetrics:
+    """Map an engine's exposition onto ``EngineMetrics`` through a name table."""
+    s = promtext.parse(text)
+    kv = promtext.first(s, *names["kv_usage"])
+    return EngineMetrics(
+        num_running=int(promtext.first(s, *names["num_running"])),
+        num_waiting=int(promtext.first(s, *names["num_waiting"])),
+        kv_usage=min(max(kv, 0.0), 1.0),
+        prompt_tokens_total=int(promtext.first(s, *names["prompt_tokens_total"])),
+        generation_tokens_total=int(promtext.first(s, *names["generation_tokens_total"])),
+    )
 
 
 def flag(key: str) -> str:
@@ -110,6 +128,9 @@ class EngineAdapter:
     supports_sleep = False
     supports_priority = False
     priority_sign = 1  # +1: lower value runs first (vLLM); -1: higher first (SGLang)
+    #: where ``metrics`` finds the load figures in the engine's ``/metrics`` text;
+    #: None for an engine without one (its adapter overrides ``metrics``)
+    metric_names: MetricNames | None = None
 
     def __init__(self, model: ModelConfig) -> None:
         self.model = model
@@ -170,6 +191,15 @@ class EngineAdapter:
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             raise EngineError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
 
+    async def _memory_call(self, http: aiohttp.ClientSession, what: str, url: str,
+                           api_key: str, json_body: Any = None) -> None:
+        """A sleep or wake request (``what``), refused unless the engine was started able
+        to; it moves gigabytes, hence the long timeout."""
+        if not self.supports_sleep:
+            raise EngineError(f"{self.kind} engine {self.name} does not support {what}")
+        await self._request(http, "POST", url, api_key, timeout_s=SLEEP_TIMEOUT_S,
+                            json_body=json_body)
+
     async def _serves_model(self, http: aiohttp.ClientSession, endpoint: str,
                             api_key: str) -> bool:
         """``/v1/models`` lists our served name: the API server is up *and* loaded it."""
@@ -188,7 +218,11 @@ class EngineAdapter:
 
     async def metrics(self, http: aiohttp.ClientSession, endpoint: str,
                       api_key: str) -> EngineMetrics:
-        raise NotImplementedError  # pragma: no cover
+        """The load figures, read from ``/metrics`` through ``metric_names``."""
+        if self.metric_names is None:
+            raise NotImplementedError  # pragma: no cover
+        text = await self._request(http, "GET", f"{endpoint}/metrics", api_key, want="text")
+        return metrics_from_text(text, self.metric_names)
 
     async def sleep(self, http: aiohttp.ClientSession, endpoint: str, api_key: str,
                     level: int) -> None:
@@ -260,6 +294,32 @@ def _signal_group(pid: int, sig: int) -> None:
             pass
 
 
+#: How often a stop looks again whether the process has gone.
+_STOP_POLL_S = 0.05
+
+
+def _stop_steps(pid: int, start_time: int, timeout_s: float) -> Generator[float, None, bool]:
+    """The stop sequence once, for both callers: it yields each pause, which the caller
+    sleeps its own way (blocking or awaited), and returns what the stop returns."""
+    if not is_alive(pid, start_time):
+        _reap(pid)
+        return False
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not is_alive(pid, start_time):
+            return True
+        yield _STOP_POLL_S
+    _signal_group(pid, signal.SIGKILL)
+    for _ in range(40):
+        _reap(pid)
+        if not is_alive(pid, start_time):
+            break
+        yield _STOP_POLL_S
+    return True
+
+
 def stop_process_group(pid: int, start_time: int, timeout_s: float) -> bool:
     """SIGTERM the engine's process group, wait up to ``timeout_s``, then SIGKILL.
 
@@ -267,41 +327,19 @@ def stop_process_group(pid: int, start_time: int, timeout_s: float) -> bool:
     process we launched).  Returns True when it was running and we stopped it.
     Blocking: for the CLI and shutdown paths; the daemon uses ``astop_process_group``.
     """
-    if not is_alive(pid, start_time):
-        _reap(pid)
-        return False
-    _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not is_alive(pid, start_time):
-            return True
-        time.sleep(0.05)
-    _signal_group(pid, signal.SIGKILL)
-    for _ in range(40):
-        _reap(pid)
-        if not is_alive(pid, start_time):
-            break
-        time.sleep(0.05)
-    return True
+    steps = _stop_steps(pid, start_time, timeout_s)
+    try:
+        while True:
+            time.sleep(next(steps))
+    except StopIteration as done:
+        return bool(done.value)
 
 
 async def astop_process_group(pid: int, start_time: int, timeout_s: float) -> bool:
     """``stop_process_group`` without blocking the event loop."""
-    if not is_alive(pid, start_time):
-        _reap(pid)
-        return False
-    _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not is_alive(pid, start_time):
-            return True
-        await asyncio.sleep(0.05)
-    _signal_group(pid, signal.SIGKILL)
-    for _ in range(40):
-        _reap(pid)
-        if not is_alive(pid, start_time):
-            break
-        await asyncio.sleep(0.05)
-    return True
+    steps = _stop_steps(pid, start_time, timeout_s)
+    try:
+        while True:
+            await asyncio.sleep(next(steps))
+    except StopIteration as done:
+        return bool(done.value)

@@ -15,16 +15,7 @@ from __future__ import annotations
 import aiohttp
 
 from ..config import ModelConfig
-from .base import (
-    SLEEP_TIMEOUT_S,
-    AdapterConfigError,
-    EngineAdapter,
-    EngineError,
-    EngineMetrics,
-    LaunchSpec,
-    args_to_flags,
-)
-from .vllm import metrics_from_text
+from .base import AdapterConfigError, EngineAdapter, EngineError, LaunchSpec, args_to_flags
 
 _CONSUMED = {"model", "model_path", "enable_memory_saver"}
 
@@ -56,24 +47,15 @@ class SglangProtocol(EngineAdapter):
         except EngineError:
             return False
 
-    async def metrics(self, http: aiohttp.ClientSession, endpoint: str,
-                      api_key: str) -> EngineMetrics:
-        text = await self._request(http, "GET", f"{endpoint}/metrics", api_key, want="text")
-        return metrics_from_text(text, self.metric_names)
-
     async def sleep(self, http: aiohttp.ClientSession, endpoint: str, api_key: str,
                     level: int) -> None:
         """SGLang has no sleep levels over HTTP: either level releases weights and KV cache."""
-        if not self.supports_sleep:
-            await super().sleep(http, endpoint, api_key, level)
-        await self._request(http, "POST", f"{endpoint}/release_memory_occupation", api_key,
-                            timeout_s=SLEEP_TIMEOUT_S, json_body={})
+        await self._memory_call(http, "sleep", f"{endpoint}/release_memory_occupation",
+                                api_key, json_body={})
 
     async def wake(self, http: aiohttp.ClientSession, endpoint: str, api_key: str) -> None:
-        if not self.supports_sleep:
-            await super().wake(http, endpoint, api_key)
-        await self._request(http, "POST", f"{endpoint}/resume_memory_occupation", api_key,
-                            timeout_s=SLEEP_TIMEOUT_S, json_body={})
+        await self._memory_call(http, "wake", f"{endpoint}/resume_memory_occupation",
+                                api_key, json_body={})
 
 
 class SglangAdapter(SglangProtocol):

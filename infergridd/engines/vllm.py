@@ -18,14 +18,12 @@ from __future__ import annotations
 import aiohttp
 
 from ..config import ModelConfig, parse_size
-from . import promtext
 from .base import (
-    SLEEP_TIMEOUT_S,
     AdapterConfigError,
     EngineAdapter,
     EngineError,
-    EngineMetrics,
     LaunchSpec,
+    MetricNames,
     args_to_flags,
     cpu_list,
 )
@@ -33,27 +31,14 @@ from .base import (
 _CONSUMED = {"model", "gpu_memory_utilization", "kv_cache_memory", "kv_cache_memory_bytes",
              "enable_sleep_mode"}
 
-#: (field, names newest first) — older vLLM called the KV gauge gpu_cache_usage_perc.
-VLLM_METRICS = {
+#: Older vLLM called the KV gauge gpu_cache_usage_perc.
+VLLM_METRICS: MetricNames = {
     "num_running": ("vllm:num_requests_running",),
     "num_waiting": ("vllm:num_requests_waiting",),
     "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
     "prompt_tokens_total": ("vllm:prompt_tokens_total",),
     "generation_tokens_total": ("vllm:generation_tokens_total",),
 }
-
-
-def metrics_from_text(text: str, names: dict[str, tuple[str, ...]]) -> EngineMetrics:
-    """Map an engine's exposition onto ``EngineMetrics`` through a name table."""
-    s = promtext.parse(text)
-    kv = promtext.first(s, *names["kv_usage"])
-    return EngineMetrics(
-        num_running=int(promtext.first(s, *names["num_running"])),
-        num_waiting=int(promtext.first(s, *names["num_waiting"])),
-        kv_usage=min(max(kv, 0.0), 1.0),
-        prompt_tokens_total=int(promtext.first(s, *names["prompt_tokens_total"])),
-        generation_tokens_total=int(promtext.first(s, *names["generation_tokens_total"])),
-    )
 
 
 class VllmProtocol(EngineAdapter):
@@ -63,23 +48,12 @@ class VllmProtocol(EngineAdapter):
     priority_sign = 1
     metric_names = VLLM_METRICS
 
-    async def metrics(self, http: aiohttp.ClientSession, endpoint: str,
-                      api_key: str) -> EngineMetrics:
-        text = await self._request(http, "GET", f"{endpoint}/metrics", api_key, want="text")
-        return metrics_from_text(text, self.metric_names)
-
     async def sleep(self, http: aiohttp.ClientSession, endpoint: str, api_key: str,
                     level: int) -> None:
-        if not self.supports_sleep:
-            await super().sleep(http, endpoint, api_key, level)
-        await self._request(http, "POST", f"{endpoint}/sleep?level={int(level)}", api_key,
-                            timeout_s=SLEEP_TIMEOUT_S)
+        await self._memory_call(http, "sleep", f"{endpoint}/sleep?level={int(level)}", api_key)
 
     async def wake(self, http: aiohttp.ClientSession, endpoint: str, api_key: str) -> None:
-        if not self.supports_sleep:
-            await super().wake(http, endpoint, api_key)
-        await self._request(http, "POST", f"{endpoint}/wake_up", api_key,
-                            timeout_s=SLEEP_TIMEOUT_S)
+        await self._memory_call(http, "wake", f"{endpoint}/wake_up", api_key)
 
     async def is_sleeping(self, http: aiohttp.ClientSession, endpoint: str,
                           api_key: str) -> bool | None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from infergridd.engines import promtext
+from infergridd.engines.base import metrics_from_text
 from infergridd.engines.sglang import SGLANG_METRICS
-from infergridd.engines.vllm import VLLM_METRICS, metrics_from_text
+from infergridd.engines.vllm import VLLM_METRICS
 
 VLLM_TEXT = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
