@@ -26,7 +26,7 @@ from aiohttp import web
 
 from .. import protocol as p
 from .errors import ApiError
-from .sse import StreamAccount
+from .sse import StreamAccount, body_usage
 from .validate import ParsedRequest
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -41,18 +41,6 @@ class EngineUnavailable(Exception):
 
 class ClientGone(Exception):
     """The client closed its connection; the caller records the request as cancelled."""
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class _Whole(msgspec.Struct):
-    usage: _Usage | None = None
-
-
-_decode_whole = msgspec.json.Decoder(_Whole).decode
 
 
 @dataclass
@@ -153,10 +141,7 @@ async def _whole(upstream: aiohttp.ClientResponse, request_id: str, t0: float,
                  res: RelayResult) -> None:
     data = await upstream.read()
     res.ttft_s = time.monotonic() - t0
-    try:
-        usage = _decode_whole(data).usage
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        usage = None
+    usage = body_usage(data)
     if usage is not None:
         res.prompt_tokens, res.completion_tokens = usage.prompt_tokens, usage.completion_tokens
     res.response = web.Response(status=200, body=data, content_type="application/json",

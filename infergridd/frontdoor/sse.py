@@ -33,18 +33,33 @@ class _Choice(msgspec.Struct):
     text: Any = None
 
 
-class _Usage(msgspec.Struct):
+class Usage(msgspec.Struct):
+    """The engine's own token counts: a stream's usage chunk, or a whole response's."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
 
 class _Chunk(msgspec.Struct):
     choices: list[_Choice] | None = None
-    usage: _Usage | None = None
+    usage: Usage | None = None
     error: Any = None
 
 
+class _Whole(msgspec.Struct):
+    usage: Usage | None = None
+
+
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
+_decode_whole = msgspec.json.Decoder(_Whole).decode
+
+
+def body_usage(body: bytes) -> Usage | None:
+    """The ``usage`` of a non-streamed response; None if it has none or is not JSON."""
+    try:
+        return _decode_whole(body).usage
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def _has_token(choice: _Choice) -> bool:
