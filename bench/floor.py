@@ -34,6 +34,7 @@ import msgspec
 import numpy as np
 
 from infergridd import protocol as p
+from infergridd.assist.policy import AssistSettings
 from infergridd.bench import workload as wl
 from infergridd.config import Config
 from infergridd.core.core import SchedulerCore, Send
@@ -61,11 +62,15 @@ def _flood_lengths(spec: wl.TenantSpec, rng: np.random.Generator) -> tuple[int, 
 
 
 def simulate(w: wl.Workload, profile_name: str, seconds: float, flood_n: int, guard: bool,
-             seed: int) -> tuple[list[float], float]:
-    """Quiet TTFTs (s) and output tokens/s; ``flood_n`` = 0: the quiet tenant alone."""
+             seed: int, assist: AssistSettings | None = None) -> tuple[list[float], float]:
+    """Quiet TTFTs (s) and output tokens/s; ``flood_n`` = 0: the quiet tenant alone.
+
+    ``assist``: the engine runs InferGrid's step policy, and the oracle marks the
+    flooder heavy (engine priority 2), as InferGrid's core does."""
     prof = _profile(w, profile_name)
     t = 0.0
-    eng = EngineModel(prof, clock=lambda: t, seed=seed, policy="priority")
+    eng = EngineModel(prof, clock=lambda: t, seed=seed, policy="priority", assist=assist)
+    flood_prio = 2 if assist is not None else 1
     rng = np.random.default_rng(seed)
     flood = [f for f in w.tenants if f.flood]
     arrivals = _quiet_arrivals(w, seconds, seed)
@@ -93,7 +98,7 @@ def simulate(w: wl.Workload, profile_name: str, seconds: float, flood_n: int, gu
             quiet_in += 1
         if flood_n and flood and not (guard and pending_first):
             while flooding + quiet_in < flood_n:
-                add("flood", *_flood_lengths(flood[0], rng), 1)
+                add("flood", *_flood_lengths(flood[0], rng), flood_prio)
                 flooding += 1
         if not eng.has_work:
             if not arrivals:
@@ -117,7 +122,7 @@ def simulate(w: wl.Workload, profile_name: str, seconds: float, flood_n: int, gu
 
 def simulate_core(w: wl.Workload, profile_name: str, seconds: float, reserve: int, guard: bool,
                   seed: int, poll_s: float = 0.25, prefill_window: int = 4096,
-                  ) -> tuple[list[float], float]:
+                  assist: AssistSettings | None = None) -> tuple[list[float], float]:
     """The real ``SchedulerCore`` in front of the same engine, in the same virtual time.
 
     Zero network and CPU latency, engine status every ``poll_s`` (the supervisor's
@@ -125,7 +130,7 @@ def simulate_core(w: wl.Workload, profile_name: str, seconds: float, reserve: in
     The flooder's queue in the core is kept deep (it floods)."""
     prof = _profile(w, profile_name)
     t = 0.0
-    eng = EngineModel(prof, clock=lambda: t, seed=seed, policy="priority")
+    eng = EngineModel(prof, clock=lambda: t, seed=seed, policy="priority", assist=assist)
     cfg = msgspec.convert({
         "version": 1, "auth": "none",
         "models": [{"name": "m", "max_num_seqs": prof.max_num_seqs}],

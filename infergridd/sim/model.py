@@ -17,7 +17,10 @@ What is modelled, following ``vllm/v1/core/sched/scheduler.py``:
   (FCFS) or the lowest-priority one (priority policy) is preempted: its blocks
   are freed, its computed tokens forgotten, and it goes back to the front of
   the queue to be recomputed (prompt and generated tokens);
-* no new request is admitted in a step that preempted one;
+* no new request is admitted in a step that preempted one (for KV blocks);
+* optionally, InferGrid's assisted step policy (``infergridd/assist/policy.py``,
+  the very code the vLLM plugin runs): a light request preempts the newest
+  heavy one for a seat, and heavy prefill chunks wait while light work is urgent;
 * a token is sampled at the end of a step in which a request's known tokens are
   all computed, so the first token arrives at the end of the step that
   finishes its prefill and each later step yields one token per sequence.
@@ -32,6 +35,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from infergridd.assist.policy import (
+    HEAVY,
+    LIGHT,
+    NOOP,
+    AssistSettings,
+    SeqInfo,
+    StepDecision,
+    decide,
+    is_prefilling,
+    tier_of,
+)
 from infergridd.sim.profile import Profile
 
 WAITING = "waiting"
@@ -105,6 +119,11 @@ class Counters:
     steps: int = 0
     success: dict[str, int] = field(default_factory=dict)  # finish_reason -> count
     aborted: int = 0
+    # the assisted step policy (same names as the vLLM plugin's stats)
+    light_first_steps: int = 0
+    assist_preemptions: int = 0
+    held_prefill_chunks: int = 0
+    exclusive_steps: int = 0
 
 
 class EngineModel:
@@ -115,7 +134,8 @@ class EngineModel:
     """
 
     def __init__(self, profile: Profile, *, clock: Callable[[], float], seed: int = 0,
-                 policy: str = "fcfs", priority_sign: int = 1) -> None:
+                 policy: str = "fcfs", priority_sign: int = 1,
+                 assist: AssistSettings | None = None) -> None:
         if policy not in ("fcfs", "priority"):
             raise ValueError(f"unknown scheduling policy {policy!r}")
         self.profile = profile
@@ -135,6 +155,9 @@ class EngineModel:
         self.requests: dict[str, SimRequest] = {}
         self.counters = Counters()
         self._seq = 0
+        self.assist = assist if assist is not None and assist.enabled else None
+        self._light_waiting = 0  # light requests in the queue (the assist policy's input)
+        self._heavy_waiting = 0
 
     # ------------------------------------------------------------------ queries
     def has_work(self) -> bool:
@@ -177,6 +200,7 @@ class EngineModel:
             self._free(req)
         elif req.status in (WAITING, PREEMPTED):
             self.num_waiting -= 1  # left in the queue, skipped when reached
+            self._unwait(req)
         if req.status not in (FINISHED, ABORTED):
             self.counters.aborted += 1
         req.status = ABORTED
@@ -189,14 +213,23 @@ class EngineModel:
             self.abort(r.request_id)
         self._fifo.clear()
         self._heap.clear()
+        self._light_waiting = self._heavy_waiting = 0
         return reqs
 
     # ------------------------------------------------------------------ queue
     def _key(self, req: SimRequest) -> int:
         return self.priority_sign * req.priority
 
+    def _tier(self, req: SimRequest) -> int:
+        return tier_of(req.priority, self.priority_sign)
+
     def _enqueue(self, req: SimRequest, front: bool) -> None:
         self.num_waiting += 1
+        tier = self._tier(req)
+        if tier == LIGHT:
+            self._light_waiting += 1
+        elif tier == HEAVY:
+            self._heavy_waiting += 1
         if self.policy == "priority":
             heapq.heappush(self._heap, (self._key(req), req.seq, req))
         elif front:
@@ -213,12 +246,20 @@ class EngineModel:
             self._fifo.popleft()
         return self._fifo[0] if self._fifo else None
 
-    def _pop(self) -> None:
+    def _unwait(self, req: SimRequest) -> None:
+        tier = self._tier(req)
+        if tier == LIGHT:
+            self._light_waiting -= 1
+        elif tier == HEAVY:
+            self._heavy_waiting -= 1
+
+    def _pop(self, req: SimRequest) -> None:
         if self.policy == "priority":
             heapq.heappop(self._heap)
         else:
             self._fifo.popleft()
         self.num_waiting -= 1
+        self._unwait(req)
 
     def _free(self, req: SimRequest) -> None:
         self.free_blocks += req.blocks
@@ -232,14 +273,24 @@ class EngineModel:
     # ------------------------------------------------------------------ the step
     def schedule(self) -> StepPlan:
         """Choose what the next step computes; allocates blocks, may preempt."""
-        budget = self.token_budget
         scheduled: list[tuple[SimRequest, int]] = []
         preempted: list[SimRequest] = []
         running = self.running
+        decision = self._assist_decision()
+        budget = decision.step_budget or self.token_budget
+        held = {id(running[k]) for k in decision.hold} if decision.hold else ()
+        for idx in reversed(decision.preempt):  # for a seat: admission goes on this step
+            victim = running.pop(idx)
+            self._preempt(victim)
+            preempted.append(victim)
+        kv_preempted = False
         i = 0
         cut = self.profile.long_prefill_token_threshold
         while i < len(running) and budget > 0:
             req = running[i]
+            if held and id(req) in held:
+                i += 1  # the assist policy gives it no tokens this step
+                continue
             n = min(req.num_tokens - req.num_computed, budget)
             if 0 < cut < n:
                 n = cut
@@ -262,6 +313,7 @@ class EngineModel:
                     i -= 1
                 self._preempt(victim)
                 preempted.append(victim)
+                kv_preempted = True
                 if victim is req:
                     ok = False
                     break
@@ -271,18 +323,20 @@ class EngineModel:
             budget -= n
             i += 1
 
-        if not preempted:
+        if not kv_preempted:
             while budget > 0 and len(running) < self.max_num_seqs:
                 req = self._peek()
                 if req is None:
                     break
+                if not decision.admit_heavy and self._tier(req) == HEAVY:
+                    break  # light work is urgent: heavy requests wait in the queue
                 n = min(req.num_tokens - req.num_computed, budget)
                 if 0 < cut < n:
                     n = cut
                 need = self.blocks_for(req.num_computed + n) - req.blocks
                 if need > self.free_blocks:
                     break
-                self._pop()
+                self._pop(req)
                 self.free_blocks -= need
                 req.blocks += need
                 req.status = RUNNING
@@ -303,6 +357,22 @@ class EngineModel:
             kv += req.num_computed + n
         return StepPlan(scheduled, prefill, decode, kv,
                         self.profile.step_s(prefill, decode, kv, new), preempted)
+
+    def _assist_decision(self) -> StepDecision:
+        """The assisted step policy's decision for this step, counted."""
+        if self.assist is None:
+            return NOOP
+        infos = [SeqInfo(self._tier(r), r.seq, is_prefilling(r.num_computed, r.num_tokens))
+                 for r in self.running]
+        d = decide(infos, self._light_waiting, self._heavy_waiting, self.max_num_seqs,
+                   self.token_budget, self.assist)
+        if d.acts:
+            c = self.counters
+            c.light_first_steps += 1
+            c.assist_preemptions += len(d.preempt)
+            c.held_prefill_chunks += sum(1 for k in d.hold if infos[k].prefilling)
+            c.exclusive_steps += self.assist.exclusive_prefill and bool(d.hold)
+        return d
 
     def _preempt(self, req: SimRequest) -> None:
         self._free(req)
