@@ -13,6 +13,7 @@ import asyncio
 import logging
 import sys
 
+from infergridd.assist.stats import settings_from_env
 from infergridd.sim.options import SimOptions
 from infergridd.sim.profile import ProfileError, parse_override
 from infergridd.sim.server import serve
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="streams pause this long after half their tokens")
     a("--stall-prob", type=float, default=1.0, help="fraction of streams that stall")
     a("--time-scale", type=float, default=1.0, help="multiply every simulated duration")
+    a("--engine-assist", action="store_true",
+      help="run InferGrid's assisted step policy (settings: env INFERGRID_ASSIST, JSON; "
+           "counters written to the file in env INFERGRID_ASSIST_STATS)")
     a("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -74,14 +78,15 @@ def options_from_args(argv: list[str] | None = None) -> SimOptions:
         slow_start=ns.slow_start, crash_after_requests=ns.crash_after_requests,
         crash_after_s=ns.crash_after_s, hang_after_s=ns.hang_after_s, error_rate=ns.error_rate,
         stall_mid_stream_s=ns.stall_mid_stream_s, stall_prob=ns.stall_prob,
-        time_scale=ns.time_scale)
+        time_scale=ns.time_scale,
+        assist=settings_from_env() if ns.engine_assist else None)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         options = options_from_args(argv)
         options.resolve_profile()  # fail before binding, with the key's name
-    except ProfileError as exc:
+    except (ProfileError, ValueError) as exc:
         sys.stderr.write(f"sim engine: {exc}\n")
         return 2
     level = getattr(logging, build_parser().parse_args(argv).log_level.upper())

@@ -46,6 +46,7 @@ from infergridd.assist.policy import (
     is_prefilling,
     tier_of,
 )
+from infergridd.assist.stats import AssistCounters
 from infergridd.sim.profile import Profile
 
 WAITING = "waiting"
@@ -119,11 +120,6 @@ class Counters:
     steps: int = 0
     success: dict[str, int] = field(default_factory=dict)  # finish_reason -> count
     aborted: int = 0
-    # the assisted step policy (same names as the vLLM plugin's stats)
-    light_first_steps: int = 0
-    assist_preemptions: int = 0
-    held_prefill_chunks: int = 0
-    exclusive_steps: int = 0
 
 
 class EngineModel:
@@ -156,6 +152,7 @@ class EngineModel:
         self.counters = Counters()
         self._seq = 0
         self.assist = assist if assist is not None and assist.enabled else None
+        self.assist_counters = AssistCounters()  # what the policy did (the vLLM plugin's names)
         self._light_waiting = 0  # light requests in the queue (the assist policy's input)
         self._heavy_waiting = 0
 
@@ -366,12 +363,8 @@ class EngineModel:
                  for r in self.running]
         d = decide(infos, self._light_waiting, self._heavy_waiting, self.max_num_seqs,
                    self.token_budget, self.assist)
-        if d.acts:
-            c = self.counters
-            c.light_first_steps += 1
-            c.assist_preemptions += len(d.preempt)
-            c.held_prefill_chunks += sum(1 for k in d.hold if infos[k].prefilling)
-            c.exclusive_steps += self.assist.exclusive_prefill and bool(d.hold)
+        held_prefills = sum(1 for k in d.hold if infos[k].prefilling) if d.hold else 0
+        self.assist_counters.count(d, held_prefills, self.assist.exclusive_prefill)
         return d
 
     def _preempt(self, req: SimRequest) -> None:

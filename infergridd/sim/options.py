@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from infergridd.assist.policy import AssistSettings
 from infergridd.sim.profile import Profile, ProfileError, load_profile
 
 
@@ -44,6 +45,7 @@ class SimOptions:
     stall_mid_stream_s: float = 0.0
     stall_prob: float = 1.0  # fraction of streams that stall, when stall_mid_stream_s > 0
     time_scale: float = 1.0
+    assist: AssistSettings | None = None  # InferGrid's step policy (--engine-assist)
 
     def resolve_profile(self) -> Profile:
         """The profile with every command-line override applied and checked."""

@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from infergridd.assist.stats import StatsWriter
 from infergridd.sim import api
 from infergridd.sim.metrics import SimMetrics
 from infergridd.sim.model import EngineModel, SimRequest
@@ -83,7 +84,12 @@ class SimEngine:
         sglang = options.personality == "sglang"
         self.model = EngineModel(self.profile, clock=time.monotonic, seed=options.seed,
                                  policy=options.scheduling_policy,
-                                 priority_sign=-1 if sglang else 1)
+                                 priority_sign=-1 if sglang else 1, assist=options.assist)
+        self.assist_stats = None if options.assist is None else StatsWriter.from_env(
+            "sim", "infergridd.sim.model.EngineModel", "sim", options.assist)
+        if self.assist_stats is not None:
+            self.assist_stats.counters = self.model.assist_counters
+            self.assist_stats.maybe_write(force=True)
         self.rng = self.model.rng  # one seeded RNG for every random choice
         self.metrics = SimMetrics()
         self.scale = options.time_scale
@@ -153,6 +159,8 @@ class SimEngine:
             next_start = end
             result = model.commit(plan)
             self.metrics.observe(result)
+            if self.assist_stats is not None:
+                self.assist_stats.maybe_write()
             for req, text in result.tokens:
                 req.sink.push(text, req.finish_reason)
 
