@@ -12,10 +12,11 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, overload
 
 import msgspec
-import yaml
+
+from .yamlstruct import loads_struct, read_text
 
 DEFAULT_CONFIG_PATH = "/etc/infergrid/infergrid.yaml"
 DEFAULT_RUNTIME_DIR = "/run/infergrid"
@@ -236,6 +237,15 @@ def hash_key(key: str) -> str:
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+def _check_name(name: str, path: str, what: str, seen: set[str]) -> None:
+    """A model's or tenant's name: one word of safe characters, unique (``seen`` keeps them)."""
+    if not _NAME.match(name):
+        raise ConfigError(f"{path}.name: invalid {what} name {name!r}")
+    if name in seen:
+        raise ConfigError(f"{path}.name: duplicate {what} name {name!r}")
+    seen.add(name)
+
+
 def _validate(cfg: Config) -> None:
     """Checks a type system cannot express; each error names its key."""
 
@@ -248,11 +258,7 @@ def _validate(cfg: Config) -> None:
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
         p = f"$.models[{i}]"
-        if not _NAME.match(m.name):
-            raise bad(f"{p}.name", f"invalid model name {m.name!r}")
-        if m.name in seen:
-            raise bad(f"{p}.name", f"duplicate model name {m.name!r}")
-        seen.add(m.name)
+        _check_name(m.name, p, "model", seen)
         if m.replicas < 1:
             raise bad(f"{p}.replicas", "must be at least 1")
         if m.max_num_seqs < 1:
@@ -275,11 +281,7 @@ def _validate(cfg: Config) -> None:
     keys: dict[str, str] = {}
     for i, t in enumerate(cfg.tenants):
         p = f"$.tenants[{i}]"
-        if not _NAME.match(t.name):
-            raise bad(f"{p}.name", f"invalid tenant name {t.name!r}")
-        if t.name in seen:
-            raise bad(f"{p}.name", f"duplicate tenant name {t.name!r}")
-        seen.add(t.name)
+        _check_name(t.name, p, "tenant", seen)
         if not t.weight > 0:
             raise bad(f"{p}.weight", "must be greater than 0")
         for field in ("rpm", "tpm", "burst", "queue_deadline_s"):
@@ -319,30 +321,27 @@ def _validate(cfg: Config) -> None:
 
 def loads(text: str, source: str = "<config>") -> Config:
     """Parse and validate YAML text; raises ``ConfigError`` naming ``source`` and the key."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level")
-    try:
-        cfg = msgspec.convert(raw, Config, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    try:
-        _validate(cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    return cfg
+    return loads_struct(text, Config, source, ConfigError, _validate)
 
 
 def load(path: str | os.PathLike[str]) -> Config:
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
-    return loads(text, str(p))
+    return loads(read_text(p, ConfigError), str(p))
+
+
+class _InRuntime:
+    """A read-only attribute of ``Dirs``: one well-known name under the runtime dir."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, dirs: None, owner: type) -> _InRuntime: ...
+    @overload
+    def __get__(self, dirs: Dirs, owner: type | None = None) -> Path: ...
+
+    def __get__(self, dirs: Dirs | None, owner: type | None = None) -> Path | _InRuntime:
+        return self if dirs is None else dirs.runtime / self.name
 
 
 class Dirs(msgspec.Struct, frozen=True):
@@ -351,22 +350,11 @@ class Dirs(msgspec.Struct, frozen=True):
     runtime: Path
     state: Path
 
-    @property
-    def scheduler_sock(self) -> Path:
-        return self.runtime / "scheduler.sock"
-
-    @property
-    def control_sock(self) -> Path:
-        return self.runtime / "control.sock"
-
-    @property
-    def scheduler_lock(self) -> Path:
-        return self.runtime / "scheduler.lock"
-
-    @property
-    def engines_dir(self) -> Path:
-        """Per-engine state files the supervisor re-adopts from after a restart."""
-        return self.runtime / "engines"
+    scheduler_sock = _InRuntime("scheduler.sock")
+    control_sock = _InRuntime("control.sock")
+    scheduler_lock = _InRuntime("scheduler.lock")
+    #: per-engine state files the supervisor re-adopts from after a restart
+    engines_dir = _InRuntime("engines")
 
     @staticmethod
     def ipc(path: Path) -> str:

@@ -26,10 +26,14 @@ WIDE = 0.5
 MIN_P99_N = 100
 
 
+def _subsample(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """At most ``MAX_BOOT_N`` of ``x``, drawn without replacement."""
+    return rng.choice(x, MAX_BOOT_N, replace=False) if len(x) > MAX_BOOT_N else x
+
+
 def _boot_stats(x: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
     """(n_boot, len(QUANTILES) + 1): each resample's quantiles, then its mean."""
-    if len(x) > MAX_BOOT_N:
-        x = rng.choice(x, MAX_BOOT_N, replace=False)
+    x = _subsample(x, rng)
     n = len(x)
     out = np.empty((n_boot, len(QUANTILES) + 1))
     step = max(1, 2_000_000 // max(n, 1))  # bound the resample matrix to ~16 MB
@@ -39,6 +43,19 @@ def _boot_stats(x: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndar
         out[lo:hi, :-1] = np.percentile(s, QUANTILES, axis=1).T
         out[lo:hi, -1] = s.mean(axis=1)
     return out
+
+
+def _boot_pair(xa: np.ndarray, xb: np.ndarray, q: float, rng: np.random.Generator,
+               n_boot: int) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile ``q`` of ``n_boot`` resamples of ``xa`` and of ``xb``, drawn in turn
+    from ``rng`` (one draw order for ratio and difference, so seeded reports stay put)."""
+    sa, sb = np.empty(n_boot), np.empty(n_boot)
+    step = max(1, 2_000_000 // max(len(xa), len(xb), 1))
+    for lo in range(0, n_boot, step):
+        hi = min(n_boot, lo + step)
+        sa[lo:hi] = np.percentile(xa[rng.integers(0, len(xa), size=(hi - lo, len(xa)))], q, axis=1)
+        sb[lo:hi] = np.percentile(xb[rng.integers(0, len(xb), size=(hi - lo, len(xb)))], q, axis=1)
+    return sa, sb
 
 
 def _pct(w: float) -> str:
@@ -93,19 +110,11 @@ def ratio(a: Any, b: Any, q: float, seed: int = 0, n_boot: int = N_BOOT) -> dict
     if len(xa) == 0 or len(xb) == 0:
         return {"ratio": None, "ci95": None, "flags": ["no samples"]}
     rng = np.random.default_rng(seed)
-    if len(xa) > MAX_BOOT_N:
-        xa = rng.choice(xa, MAX_BOOT_N, replace=False)
-    if len(xb) > MAX_BOOT_N:
-        xb = rng.choice(xb, MAX_BOOT_N, replace=False)
+    xa, xb = _subsample(xa, rng), _subsample(xb, rng)
     pb = float(np.percentile(xb, q))
     point = float(np.percentile(xa, q)) / pb if pb > 0 else float("inf")
-    ra = np.empty(n_boot)
-    step = max(1, 2_000_000 // max(len(xa), len(xb), 1))
-    for lo in range(0, n_boot, step):
-        hi = min(n_boot, lo + step)
-        sa = np.percentile(xa[rng.integers(0, len(xa), size=(hi - lo, len(xa)))], q, axis=1)
-        sb = np.percentile(xb[rng.integers(0, len(xb), size=(hi - lo, len(xb)))], q, axis=1)
-        ra[lo:hi] = sa / np.where(sb > 0, sb, np.nan)
+    sa, sb = _boot_pair(xa, xb, q, rng, n_boot)
+    ra = sa / np.where(sb > 0, sb, np.nan)
     lo_, hi_ = np.nanpercentile(ra, [2.5, 97.5])
     flags = []
     w = relative_width(point, lo_, hi_)
@@ -128,16 +137,10 @@ def difference(a: Any, b: Any, q: float, seed: int = 0, n_boot: int = N_BOOT,
     if len(xa) == 0 or len(xb) == 0:
         return {"diff": None, "ci95": None, "flags": ["no samples"]}
     rng = np.random.default_rng(seed)
-    xa = rng.choice(xa, MAX_BOOT_N, replace=False) if len(xa) > MAX_BOOT_N else xa
-    xb = rng.choice(xb, MAX_BOOT_N, replace=False) if len(xb) > MAX_BOOT_N else xb
+    xa, xb = _subsample(xa, rng), _subsample(xb, rng)
     point = float(np.percentile(xa, q) - np.percentile(xb, q))
-    d = np.empty(n_boot)
-    step = max(1, 2_000_000 // max(len(xa), len(xb), 1))
-    for lo in range(0, n_boot, step):
-        hi = min(n_boot, lo + step)
-        sa = np.percentile(xa[rng.integers(0, len(xa), size=(hi - lo, len(xa)))], q, axis=1)
-        sb = np.percentile(xb[rng.integers(0, len(xb), size=(hi - lo, len(xb)))], q, axis=1)
-        d[lo:hi] = sa - sb
+    sa, sb = _boot_pair(xa, xb, q, rng, n_boot)
+    d = sa - sb
     lo_, hi_ = np.percentile(d, [2.5, 97.5])
     flags = []
     if q >= 99 and min(len(xa), len(xb)) < MIN_P99_N:

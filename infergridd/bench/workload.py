@@ -26,7 +26,8 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
-import yaml
+
+from ..yamlstruct import loads_struct, read_text
 
 
 class WorkloadError(ValueError):
@@ -137,18 +138,7 @@ def validate(w: Workload) -> None:
 
 
 def loads(text: str, source: str = "<workload>") -> Workload:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise WorkloadError(f"{source}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise WorkloadError(f"{source}: expected a mapping at the top level")
-    try:
-        w = msgspec.convert(raw, Workload, strict=True)
-        validate(w)
-    except (msgspec.ValidationError, WorkloadError) as exc:
-        raise WorkloadError(f"{source}: {exc}") from None
-    return w
+    return loads_struct(text, Workload, source, WorkloadError, validate)
 
 
 def packaged_names() -> list[str]:
@@ -161,10 +151,7 @@ def load(name_or_path: str) -> Workload:
     """A path if one exists (or it ends in .yaml), else a packaged workload by name."""
     p = Path(name_or_path)
     if p.exists() or name_or_path.endswith((".yaml", ".yml")):
-        try:
-            return loads(p.read_text(), str(p))
-        except OSError as exc:
-            raise WorkloadError(f"{p}: cannot read: {exc.strerror}") from None
+        return loads(read_text(p, WorkloadError), str(p))
     res = resources.files(__package__) / "workloads" / f"{name_or_path}.yaml"
     if not res.is_file():
         raise WorkloadError(f"no workload {name_or_path!r} (packaged: "

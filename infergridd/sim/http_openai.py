@@ -6,7 +6,8 @@ the handler's ``finally``, which aborts the sequence in the model at once: its
 KV blocks are freed and it is out of the next step.
 
 Only ``/metrics`` and ``owned_by`` differ between vLLM and SGLang here; each
-dialect's own control endpoints are in ``http_vllm`` and ``http_sglang``.
+dialect's own control endpoints are in ``http_vllm`` and ``http_sglang``, and the URL
+map in ``server.build_app``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from infergridd.sim import api
 from infergridd.sim.model import SimRequest
 from infergridd.sim.steploop import SimEngine, TokenSink
 
-__all__ = ["ENGINE", "add_routes", "auth", "collect", "error_response"]
+__all__ = ["ENGINE", "auth", "chat_completions", "collect", "completions", "error_response",
+           "health", "metrics", "models"]
 
 log = logging.getLogger("infergridd.sim")
 
@@ -156,11 +158,3 @@ async def metrics(request: web.Request) -> web.Response:
         text = eng.metrics.render_vllm(eng.model, eng.options.model)
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
-
-
-def add_routes(r: web.UrlDispatcher) -> None:
-    r.add_post("/v1/chat/completions", chat_completions)
-    r.add_post("/v1/completions", completions)
-    r.add_get("/v1/models", models)
-    r.add_get("/health", health)
-    r.add_get("/metrics", metrics)

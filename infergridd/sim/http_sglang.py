@@ -11,7 +11,8 @@ from aiohttp import web
 from infergridd.sim import api
 from infergridd.sim.http_openai import ENGINE, collect
 
-__all__ = ["add_routes"]
+__all__ = ["get_model_info", "get_server_info", "health_generate", "release_memory",
+           "resume_memory"]
 
 
 async def health_generate(request: web.Request) -> web.Response:
@@ -61,11 +62,3 @@ async def release_memory(request: web.Request) -> web.Response:
 async def resume_memory(request: web.Request) -> web.Response:
     await request.app[ENGINE].wake()
     return web.json_response({"success": True, "message": ""})
-
-
-def add_routes(r: web.UrlDispatcher) -> None:
-    r.add_get("/health_generate", health_generate)
-    r.add_get("/get_server_info", get_server_info)
-    r.add_get("/get_model_info", get_model_info)
-    r.add_post("/release_memory_occupation", release_memory)
-    r.add_post("/resume_memory_occupation", resume_memory)

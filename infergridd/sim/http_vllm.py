@@ -11,7 +11,7 @@ from aiohttp import web
 from infergridd.sim import api
 from infergridd.sim.http_openai import ENGINE, error_response
 
-__all__ = ["add_routes"]
+__all__ = ["is_sleeping", "sleep_handler", "wake_up"]
 
 
 async def sleep_handler(request: web.Request) -> web.Response:
@@ -33,9 +33,3 @@ async def wake_up(request: web.Request) -> web.Response:
 
 async def is_sleeping(request: web.Request) -> web.Response:
     return web.json_response({"is_sleeping": request.app[ENGINE].is_sleeping})
-
-
-def add_routes(r: web.UrlDispatcher) -> None:
-    r.add_post("/sleep", sleep_handler)
-    r.add_post("/wake_up", wake_up)
-    r.add_get("/is_sleeping", is_sleeping)

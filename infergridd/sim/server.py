@@ -27,7 +27,7 @@ log = logging.getLogger("infergridd.sim")
 
 
 def build_app(options: SimOptions, *, ready_at_start: bool = False) -> web.Application:
-    """The aiohttp application; the engine starts with the app (``on_startup``).
+    """The aiohttp application and its URL map; the engine starts with the app (``on_startup``).
 
     Run it under ``web.AppRunner(app, handler_cancellation=True)`` (``SimServer``
     does), or client disconnects are only noticed at the next write.
@@ -44,9 +44,23 @@ def build_app(options: SimOptions, *, ready_at_start: bool = False) -> web.Appli
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
-    http_openai.add_routes(app.router)
-    dialect = http_sglang if options.personality == "sglang" else http_vllm
-    dialect.add_routes(app.router)
+    r, oa = app.router, http_openai
+    r.add_post("/v1/chat/completions", oa.chat_completions)
+    r.add_post("/v1/completions", oa.completions)
+    r.add_get("/v1/models", oa.models)
+    r.add_get("/health", oa.health)
+    r.add_get("/metrics", oa.metrics)
+    if options.personality == "sglang":
+        sg = http_sglang
+        r.add_get("/health_generate", sg.health_generate)
+        r.add_get("/get_server_info", sg.get_server_info)
+        r.add_get("/get_model_info", sg.get_model_info)
+        r.add_post("/release_memory_occupation", sg.release_memory)
+        r.add_post("/resume_memory_occupation", sg.resume_memory)
+    else:
+        r.add_post("/sleep", http_vllm.sleep_handler)
+        r.add_post("/wake_up", http_vllm.wake_up)
+        r.add_get("/is_sleeping", http_vllm.is_sleeping)
     return app
 
 
