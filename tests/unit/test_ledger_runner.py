@@ -13,8 +13,7 @@ from infergridd import protocol as p
 from infergridd.config import Dirs, ModelConfig
 from infergridd.engines import adapter_for
 from infergridd.engines.base import EngineError, EngineMetrics
-from infergridd.supervisor import engine as engine_mod
-from infergridd.supervisor import statefile
+from infergridd.supervisor import sleepwake, statefile
 from infergridd.supervisor.engine import EngineRunner
 
 S = p.EngineState
@@ -109,7 +108,7 @@ def ready_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeEngi
     r._set_state(S.READY)
     monkeypatch.setattr(r.adapter, "metrics", fake.metrics)
     monkeypatch.setattr(r.adapter, "sleep", fake.sleep)
-    monkeypatch.setattr(engine_mod, "DRAIN_POLL_S", 0.01)
+    monkeypatch.setattr(sleepwake, "DRAIN_POLL_S", 0.01)
     return r
 
 
@@ -125,7 +124,7 @@ async def test_a_stuck_gauge_delays_a_sleep_but_does_not_block_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeEngine([1])  # never drops
     r = ready_runner(tmp_path, monkeypatch, fake)
-    monkeypatch.setattr(engine_mod, "DRAIN_CHECK_S", 0.1)
+    monkeypatch.setattr(sleepwake, "DRAIN_CHECK_S", 0.1)
     res = await r.command(p.EngineCommand(command_id="c", engine_id="m-0", action="sleep"))
     assert res.ok and fake.polls >= 3 and r.status.state == S.SLEEPING1
     assert "still reports 1 running" in caplog.text
