@@ -18,7 +18,7 @@ import zmq
 
 from .. import protocol as p
 from ..config import DEFAULT_CONFIG_PATH, ConfigError, load
-from ..scheduler.commands import registry
+from ..scheduler.commands import Command, registry
 from .common import candidate_runtime_dirs
 
 EXIT_UNREACHABLE = 1
@@ -28,7 +28,7 @@ class Unreachable(Exception):
     pass
 
 
-def build_parser(commands: dict[str, Any]) -> argparse.ArgumentParser:
+def build_parser(commands: dict[str, type[Command]]) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="infergridctl", description=__doc__.split("\n\n")[0])
     ap.add_argument("--runtime-dir", help="where the appliance's sockets are "
                     "(default: from --config, $INFERGRID_RUNTIME_DIR, /run/infergrid, "
@@ -38,18 +38,26 @@ def build_parser(commands: dict[str, Any]) -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
-    for name, mod in commands.items():
-        parts = name.split(".")
-        if len(parts) == 1:
-            sp = sub.add_parser(parts[0], help=mod.HELP, description=mod.HELP)
-        else:
-            if parts[0] not in groups:
-                gp = sub.add_parser(parts[0], help=f"{parts[0]} commands")
-                groups[parts[0]] = gp.add_subparsers(dest="sub", metavar="SUBCOMMAND",
+
+    def add(path: str, cls: type[Command], help_: str) -> None:
+        """``path`` is a wire name: ``status`` or ``group.command``."""
+        parent = sub
+        *group, leaf = path.split(".")
+        if group:
+            if group[0] not in groups:
+                gp = sub.add_parser(group[0], help=f"{group[0]} commands")
+                groups[group[0]] = gp.add_subparsers(dest="sub", metavar="SUBCOMMAND",
                                                      required=True)
-            sp = groups[parts[0]].add_parser(parts[1], help=mod.HELP, description=mod.HELP)
-        mod.add_arguments(sp)
-        sp.set_defaults(command=name)
+            parent = groups[group[0]]
+        sp = parent.add_parser(leaf, help=help_, description=help_)
+        cls.add_arguments(sp)
+        sp.set_defaults(command=cls.name)
+
+    entries = [(name, cls, cls.help) for name, cls in commands.items()]
+    entries += [(alias, cls, f"same as `{cls.name.replace('.', ' ')}`")  # old names
+                for cls in commands.values() for alias in cls.aliases]
+    for path, cls, help_ in sorted(entries, key=lambda e: ("." in e[0], e[0])):
+        add(path, cls, help_)
     # Runs here, not in the scheduler: it must work when the appliance does not.
     doc = "check the installation: config, sockets, state, engines, GPU, port, units"
     sp = sub.add_parser("doctor", help=doc, description=doc)
@@ -127,13 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         from .doctor import main as doctor
 
         return doctor(ns.config, ns.runtime_dir, ns.json)
-    mod = commands[ns.command]
+    cls = commands[ns.command]
     try:
         sock = find_control_socket(ns.runtime_dir, ns.config)
-        timeout = ns.timeout
-        if hasattr(mod, "reply_timeout"):  # a command that waits inside the scheduler
-            timeout = max(timeout, mod.reply_timeout(ns))
-        reply = call(sock, ns.command, mod.to_args(ns), timeout)
+        waits = cls.reply_timeout(ns)  # a command that waits inside the scheduler
+        timeout = ns.timeout if waits is None else max(ns.timeout, waits)
+        reply = call(sock, ns.command, cls.to_args(ns), timeout)
     except Unreachable as exc:
         print(f"infergridctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.json:
         print(json.dumps(reply.result, indent=2, sort_keys=True))
     else:
-        print(mod.render(reply.result))
+        print(cls.render(reply.result))
     return 0
 
 

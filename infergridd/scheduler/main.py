@@ -10,13 +10,13 @@ recovers anything dropped).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
 import signal
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -30,25 +30,14 @@ from ..logs import fields
 from ..systemd import Notifier
 from ..zmqio import BindLock, bind_router, send_nowait
 from . import statefile
-from .commands import CommandError, registry
+from .commands import CommandContext
+from .control import ControlHandler
 from .peers import Peer, PeerTable
 
 log = logging.getLogger("infergrid.scheduler")
 
 TICK_S = 0.05
 SNAPSHOT_EVERY_S = 0.5
-
-
-@dataclass
-class CommandContext:
-    """What a control command may touch inside the scheduler."""
-
-    daemon: SchedulerDaemon
-    core: SchedulerCore
-    cfg: Config
-    started_at: float
-    persist: Any = None  # callable: write the state file now
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class SchedulerDaemon:
@@ -63,8 +52,11 @@ class SchedulerDaemon:
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._saved_state = ""
-        self._commands = registry()
-        self.ctx = CommandContext(self, self.core, cfg, self.started_at, persist=self.persist)
+        self.control = ControlHandler(
+            CommandContext(core=self.core, cfg=cfg, instance=self.instance,
+                           started_at=self.started_at, peers=self.peers, apply=self._apply,
+                           persist=functools.partial(self.persist, force=True)),
+            after_write=self._snapshot_all)
         self._peer_sock: zmq.asyncio.Socket | None = None
         self._ctl_sock: zmq.asyncio.Socket | None = None
         self._ctl_tasks: set[asyncio.Task[None]] = set()
@@ -134,10 +126,6 @@ class SchedulerDaemon:
         assert self._peer_sock is not None
         send_nowait(self._peer_sock, [peer.encode(), p.encode(msg)], type(msg).__name__, log,
                     f"peer {peer} not reachable")
-
-    def apply(self, sends: list[Send]) -> None:
-        """Send what the core decided (for control commands that change residency)."""
-        self._apply(sends)
 
     def _apply(self, sends: list[Send]) -> None:
         for s in sends:
@@ -251,8 +239,7 @@ class SchedulerDaemon:
                                 peer.role, peer.name, peer.pid)
                     self.peers.remove(peer.name)
                     self._apply(self.core.peer_gone(peer.name))
-                for fd in self.peers.by_role("frontdoor"):
-                    self._send_snapshot(fd)
+                self._snapshot_all()
                 if now - last_save >= self.cfg.scheduler.snapshot_interval_s:
                     self.persist()
                     last_save = now
@@ -267,6 +254,11 @@ class SchedulerDaemon:
         return (f"{len(self.peers.by_role('frontdoor'))} front door(s), "
                 f"{len(self.peers.by_role('supervisor'))} supervisor(s), "
                 f"{queued} queued, {inflight} in flight")
+
+    def _snapshot_all(self) -> None:
+        """Every front door gets the current snapshot (keys and settings) now."""
+        for fd in self.peers.by_role("frontdoor"):
+            self._send_snapshot(fd)
 
     def _send_snapshot(self, peer: Peer) -> None:
         version, entries = self.core.auth_table()
@@ -292,7 +284,7 @@ class SchedulerDaemon:
             frames = await self._ctl_sock.recv_multipart()
             if len(frames) != 2:
                 continue
-            reply = self._control(frames[1])
+            reply = self.control.handle(frames[1])
             if inspect.isawaitable(reply):  # a command that waits (model unload): answer later
                 task = asyncio.create_task(self._reply_later(frames[0], reply), name="ctl-wait")
                 self._ctl_tasks.add(task)
@@ -305,60 +297,10 @@ class SchedulerDaemon:
         reply = await pending
         send_nowait(self._ctl_sock, [ident, p.encode(reply)], "control reply", log)
 
-    @staticmethod
-    async def _await_result(name: str, pending: Any) -> p.ControlReply:
-        """The reply of a command whose ``execute`` returned an awaitable."""
-        try:
-            result = await pending
-        except CommandError as exc:
-            return p.ControlReply(ok=False, error=str(exc), exit_code=exc.exit_code)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("control command %s failed", name)
-            return p.ControlReply(ok=False, error=f"internal error: {exc}", exit_code=1)
-        return p.ControlReply(ok=True, result=result)
-
-    def _control(self, data: bytes) -> Any:
-        """A ``ControlReply``, or an awaitable of one for a command that waits."""
-        try:
-            msg = p.decode(data)
-        except p.ProtocolError as exc:
-            return p.ControlReply(ok=False, error=f"bad request: {exc}", exit_code=2)
-        if not isinstance(msg, p.ControlRequest):
-            return p.ControlReply(ok=False, error="expected a control request", exit_code=2)
-        if p.protocol_major(msg.protocol_version) != p.protocol_major(p.PROTOCOL_VERSION):
-            return p.ControlReply(
-                ok=False, exit_code=1,
-                error=f"infergridctl speaks protocol {msg.protocol_version}, "
-                      f"the scheduler {p.PROTOCOL_VERSION}")
-        cmd = self._commands.get(msg.command)
-        if cmd is None:
-            return p.ControlReply(ok=False, error=f"unknown command {msg.command!r}", exit_code=2)
-        try:
-            result = cmd.execute(self.ctx, msg.args)
-        except CommandError as exc:
-            return p.ControlReply(ok=False, error=str(exc), exit_code=exc.exit_code)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("control command %s failed", msg.command)
-            return p.ControlReply(ok=False, error=f"internal error: {exc}", exit_code=1)
-        read_only = msg.command in ("status", "models", "model.list", "tenant.list",
-                                    "tenant.show")
-        log.log(logging.DEBUG if read_only else logging.INFO, "control: %s %s", msg.command,
-                _loggable(msg.args))
-        if not read_only:  # keys and settings reach every front door before we answer
-            for fd in self.peers.by_role("frontdoor"):
-                self._send_snapshot(fd)
-        if inspect.isawaitable(result):
-            return self._await_result(msg.command, result)
-        return p.ControlReply(ok=True, result=result)
-
 
 def _redacted(e: p.EngineStatus) -> p.EngineStatus:
     """Front doors get engine keys only in Dispatch; metrics never carry them."""
     return msgspec.structs.replace(e, api_key="")
-
-
-def _loggable(args: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in args.items() if "key" not in k}
 
 
 def main(cfg: Config, dirs: Dirs) -> int:

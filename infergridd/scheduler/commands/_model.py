@@ -1,60 +1,81 @@
-"""Shared parts of the ``model *`` commands: the name argument, waiting for a state.
+"""The shape of the residency commands (``model load|unload|sleep|wake``).
 
-``load``, ``unload``, ``sleep`` and ``wake`` change residency at once (the
-scheduler's core decides and sends the engine commands) and then wait, up to
-``--wait`` seconds, for the model to arrive: their ``execute`` returns a
-coroutine, which the scheduler awaits in its own task, so the control socket
-keeps answering other commands meanwhile.  ``infergridctl`` waits for the
-answer as long as ``--wait`` asks (``reply_timeout``).
+Each changes residency at once (the scheduler's core decides and sends the
+engine commands) and then waits, up to ``--wait`` seconds, for the model to
+arrive: ``execute`` returns a coroutine, which the scheduler awaits in its
+own task, so the control socket keeps answering other commands meanwhile.
+``infergridctl`` waits for the answer as long as ``--wait`` asks
+(``reply_timeout``).  A command only says which way the model goes
+(``target``) and how to start it there (``change``).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, ClassVar, Literal
 
-from . import CommandError
+from .base import Arg, Command, CommandContext, CommandError
 
 POLL_S = 0.05
 DEFAULT_WAIT_S = 300.0
 
-
-def add_arguments(parser: Any) -> None:
-    parser.add_argument("name", metavar="NAME", help="the model's name (models[].name)")
-    parser.add_argument("--wait", type=float, default=DEFAULT_WAIT_S, metavar="SECONDS",
-                        help=f"wait this long for the model to get there (default "
-                             f"{DEFAULT_WAIT_S:g}; 0: return at once)")
-
-
-def to_args(ns: Any) -> dict[str, Any]:
-    return {"name": ns.name, "wait": ns.wait}
+MODEL_ARGS = (
+    Arg("name", metavar="NAME", help="the model's name (models[].name)"),
+    Arg("--wait", type=float, default=DEFAULT_WAIT_S, metavar="SECONDS",
+        help=f"wait this long for the model to get there (default {DEFAULT_WAIT_S:g}; "
+             "0: return at once)"),
+)
 
 
-def reply_timeout(ns: Any) -> float:
-    """How long infergridctl waits for the answer: the command's own wait, plus margin."""
-    return max(0.0, float(ns.wait)) + 5.0
+class ModelCommand(Command):
+    """Move one model up (ready) or down (asleep or stopped) and wait until it is there."""
+
+    arguments = MODEL_ARGS
+    #: where the model must end up: "up" (ready engines) or "down" (none on the GPU)
+    target: ClassVar[Literal["up", "down"]]
+    #: the ``action`` field of the result
+    action: ClassVar[str]
+
+    def change(self, ctx: CommandContext, model: str) -> dict[str, Any]:
+        """Validate what is particular to this command, start the change (``ctx.apply``
+        what the core decided) and return extra fields for the result."""
+        raise NotImplementedError
+
+    def execute(self, ctx: CommandContext) -> Coroutine[Any, Any, dict[str, Any]]:
+        model = str(self.arg("name"))
+        if ctx.cfg.model(model) is None:
+            known = ", ".join(m.name for m in ctx.cfg.models) or "none configured"
+            raise CommandError(f"no model {model!r} (configured: {known})")
+        try:
+            wait = max(0.0, float(self.arg("wait", DEFAULT_WAIT_S)))
+        except (TypeError, ValueError):
+            raise CommandError("--wait must be a number of seconds") from None
+        result = {"action": self.action, **self.change(ctx, model)}
+        return wait_for(ctx, model, self.target, wait, result)
+
+    @classmethod
+    def reply_timeout(cls, ns: argparse.Namespace) -> float:
+        """The command's own wait, plus margin."""
+        return max(0.0, float(ns.wait)) + 5.0
+
+    @classmethod
+    def render(cls, r: dict[str, Any]) -> str:
+        if not r.get("done"):
+            return f"{r['name']}: {r['state']} ({r.get('reason') or 'in progress'})"
+        extra = f", {r['drained']} request(s) drained" if r.get("drained") else ""
+        return f"{r['name']}: {r['state']} after {r['waited_s']:.1f}s{extra}"
 
 
-def check(ctx: Any, args: dict[str, Any]) -> tuple[str, float]:
-    name = str(args.get("name", ""))
-    if ctx.cfg.model(name) is None:
-        known = ", ".join(m.name for m in ctx.cfg.models) or "none configured"
-        raise CommandError(f"no model {name!r} (configured: {known})")
-    try:
-        wait = float(args.get("wait", DEFAULT_WAIT_S))
-    except (TypeError, ValueError):
-        raise CommandError("--wait must be a number of seconds") from None
-    return name, max(0.0, wait)
-
-
-def info(ctx: Any, name: str) -> dict[str, Any]:
+def info(ctx: CommandContext, name: str) -> dict[str, Any]:
     m = next(m for m in ctx.core.model_infos() if m.name == name)
     return {"name": name, "state": m.state, "ready_engines": m.ready_engines,
             "memory_bytes": m.memory_bytes, "inflight": m.inflight, "reason": m.reason}
 
 
-async def wait_for(ctx: Any, name: str, target: str, wait_s: float,
+async def wait_for(ctx: CommandContext, name: str, target: str, wait_s: float,
                    result: dict[str, Any]) -> dict[str, Any]:
     """Poll the core until ``name`` is ``up``/``down`` or ``wait_s`` passed; the result
     says how long it took, or the command fails (exit 1) saying what is still going on."""
@@ -75,10 +96,3 @@ async def wait_for(ctx: Any, name: str, target: str, wait_s: float,
         await asyncio.sleep(POLL_S)
     return {**result, **info(ctx, name), "waited_s": round(time.monotonic() - t0, 3),
             "done": True}
-
-
-def render(r: dict[str, Any]) -> str:
-    if not r.get("done"):
-        return f"{r['name']}: {r['state']} ({r.get('reason') or 'in progress'})"
-    extra = f", {r['drained']} request(s) drained" if r.get("drained") else ""
-    return f"{r['name']}: {r['state']} after {r['waited_s']:.1f}s{extra}"

@@ -1,4 +1,5 @@
-"""``infergridctl model list``: every model's state, GPU memory, queue and residency counters."""
+"""``infergridctl model list`` (also ``infergridctl models``): every model's state, GPU
+memory, queue and residency counters."""
 
 from __future__ import annotations
 
@@ -8,43 +9,39 @@ import msgspec
 
 from ...config import fmt_bytes
 from ._render import table
-
-NAME = "model.list"
-HELP = "list the models: state, engines, GPU memory, queue, loads and evictions"
+from .base import Command, CommandContext
 
 
-def add_arguments(parser: Any) -> None:
-    pass
+class ModelList(Command):
+    name = "model.list"
+    aliases = ("models",)
+    help = "list the models: state, engines, GPU memory, queue, loads and evictions"
+    read_only = True
 
+    def execute(self, ctx: CommandContext) -> dict[str, Any]:
+        res = ctx.core.residency.describe(ctx.core.clock())
+        per_model = res.pop("models")
+        models = []
+        for m in ctx.core.model_infos():
+            mc = ctx.cfg.model(m.name)
+            extra = per_model.get(m.name, {})
+            models.append({**msgspec.structs.asdict(m),
+                           "pinned": bool(mc and mc.pinned), "priority": mc.priority if mc else 0,
+                           "loads": extra.get("loads", 0), "evictions": extra.get("evictions", 0),
+                           "last_load_s": extra.get("last_load_s", 0.0)})
+        return {**res, "models": models}
 
-def to_args(ns: Any) -> dict[str, Any]:
-    return {}
-
-
-def execute(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    res = ctx.core.residency.describe(ctx.core.clock())
-    per_model = res.pop("models")
-    models = []
-    for m in ctx.core.model_infos():
-        mc = ctx.cfg.model(m.name)
-        extra = per_model.get(m.name, {})
-        models.append({**msgspec.structs.asdict(m),
-                       "pinned": bool(mc and mc.pinned), "priority": mc.priority if mc else 0,
-                       "loads": extra.get("loads", 0), "evictions": extra.get("evictions", 0),
-                       "last_load_s": extra.get("last_load_s", 0.0)})
-    return {**res, "models": models}
-
-
-def render(r: dict[str, Any]) -> str:
-    total = r.get("gpu_total_bytes", 0)
-    head = (f"GPU {fmt_bytes(total)}, {fmt_bytes(r.get('gpu_free_bytes', 0))} free"
-            if total else "GPU memory not accounted (unlimited)")
-    head += (f"; swaps {r.get('swaps_in_window', 0)}/{r.get('max_swaps_per_window', 0)} "
-             f"in the last {r.get('swap_window_s', 0):g}s, {r.get('swaps_total', 0)} in all")
-    rows = [[m["name"], m["state"], m.get("ready_engines", 0),
-             fmt_bytes(m.get("memory_bytes", 0)), m.get("queued", 0), m.get("inflight", 0),
-             m.get("loads", 0), m.get("evictions", 0),
-             ("pinned " if m.get("pinned") else "") + (m.get("reason") or "")]
-            for m in r.get("models", [])]
-    return head + "\n\n" + table(["MODEL", "STATE", "READY", "MEMORY", "QUEUED", "INFLIGHT",
-                                  "LOADS", "EVICTIONS", "REASON"], rows)
+    @classmethod
+    def render(cls, r: dict[str, Any]) -> str:
+        total = r.get("gpu_total_bytes", 0)
+        head = (f"GPU {fmt_bytes(total)}, {fmt_bytes(r.get('gpu_free_bytes', 0))} free"
+                if total else "GPU memory not accounted (unlimited)")
+        head += (f"; swaps {r.get('swaps_in_window', 0)}/{r.get('max_swaps_per_window', 0)} "
+                 f"in the last {r.get('swap_window_s', 0):g}s, {r.get('swaps_total', 0)} in all")
+        rows = [[m["name"], m["state"], m.get("ready_engines", 0),
+                 fmt_bytes(m.get("memory_bytes", 0)), m.get("queued", 0), m.get("inflight", 0),
+                 m.get("loads", 0), m.get("evictions", 0),
+                 ("pinned " if m.get("pinned") else "") + (m.get("reason") or "")]
+                for m in r.get("models", [])]
+        return head + "\n\n" + table(["MODEL", "STATE", "READY", "MEMORY", "QUEUED", "INFLIGHT",
+                                      "LOADS", "EVICTIONS", "REASON"], rows)

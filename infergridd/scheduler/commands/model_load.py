@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _model
-
-NAME = "model.load"
-HELP = "start (or wake) a model's engines, making room if needed, and wait until ready"
-
-add_arguments = _model.add_arguments
-to_args = _model.to_args
-reply_timeout = _model.reply_timeout
-render = _model.render
+from ._model import ModelCommand
+from .base import CommandContext
 
 
-def execute(ctx: Any, args: dict[str, Any]) -> Any:
-    name, wait = _model.check(ctx, args)
-    ctx.daemon.apply(ctx.core.model_up(name))
-    return _model.wait_for(ctx, name, "up", wait, {"action": "load"})
+class ModelLoad(ModelCommand):
+    name = "model.load"
+    help = "start (or wake) a model's engines, making room if needed, and wait until ready"
+    target = "up"
+    action = "load"
+
+    def change(self, ctx: CommandContext, model: str) -> dict[str, Any]:
+        ctx.apply(ctx.core.model_up(model))
+        return {}

@@ -9,32 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import CommandError, _model
-
-NAME = "model.sleep"
-HELP = "drain a model (requests in flight finish), then put its engines to sleep"
-
-reply_timeout = _model.reply_timeout
-render = _model.render
+from ._model import MODEL_ARGS, ModelCommand
+from .base import Arg, CommandContext, CommandError
 
 
-def add_arguments(parser: Any) -> None:
-    _model.add_arguments(parser)
-    parser.add_argument("--level", type=int, choices=(1, 2), default=None,
-                        help="1: weights to host memory; 2: weights dropped "
-                             "(default: scheduler.residency.sleep_level)")
+class ModelSleep(ModelCommand):
+    name = "model.sleep"
+    help = "drain a model (requests in flight finish), then put its engines to sleep"
+    arguments = (*MODEL_ARGS,
+                 Arg("--level", type=int, choices=(1, 2), default=None,
+                     help="1: weights to host memory; 2: weights dropped "
+                          "(default: scheduler.residency.sleep_level)"))
+    target = "down"
+    action = "sleep"
 
-
-def to_args(ns: Any) -> dict[str, Any]:
-    return {**_model.to_args(ns), "level": ns.level}
-
-
-def execute(ctx: Any, args: dict[str, Any]) -> Any:
-    name, wait = _model.check(ctx, args)
-    level = args.get("level") or ctx.cfg.scheduler.residency.sleep_level
-    if level not in (1, 2):
-        raise CommandError("--level must be 1 or 2")
-    drained = ctx.core.model_inflight(name)
-    ctx.daemon.apply(ctx.core.model_down(name, "sleep", int(level)))
-    return _model.wait_for(ctx, name, "down", wait,
-                           {"action": "sleep", "level": level, "drained": drained})
+    def change(self, ctx: CommandContext, model: str) -> dict[str, Any]:
+        level = self.arg("level", None) or ctx.cfg.scheduler.residency.sleep_level
+        if level not in (1, 2):
+            raise CommandError("--level must be 1 or 2")
+        drained = ctx.core.model_inflight(model)
+        ctx.apply(ctx.core.model_down(model, "sleep", int(level)))
+        return {"level": level, "drained": drained}

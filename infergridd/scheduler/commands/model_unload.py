@@ -14,19 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _model
-
-NAME = "model.unload"
-HELP = "drain a model (requests in flight finish), stop its engines, keep it stopped"
-
-add_arguments = _model.add_arguments
-to_args = _model.to_args
-reply_timeout = _model.reply_timeout
-render = _model.render
+from ._model import ModelCommand
+from .base import CommandContext
 
 
-def execute(ctx: Any, args: dict[str, Any]) -> Any:
-    name, wait = _model.check(ctx, args)
-    drained = ctx.core.model_inflight(name)
-    ctx.daemon.apply(ctx.core.model_down(name, "stop"))
-    return _model.wait_for(ctx, name, "down", wait, {"action": "unload", "drained": drained})
+class ModelUnload(ModelCommand):
+    name = "model.unload"
+    help = "drain a model (requests in flight finish), stop its engines, keep it stopped"
+    target = "down"
+    action = "unload"
+
+    def change(self, ctx: CommandContext, model: str) -> dict[str, Any]:
+        drained = ctx.core.model_inflight(model)
+        ctx.apply(ctx.core.model_down(model, "stop"))
+        return {"drained": drained}

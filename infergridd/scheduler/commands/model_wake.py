@@ -9,22 +9,22 @@ from __future__ import annotations
 from typing import Any
 
 from ...protocol import EngineState
-from . import CommandError, _model
+from ._model import ModelCommand
+from .base import CommandContext, CommandError
 
-NAME = "model.wake"
-HELP = "wake a sleeping model's engines and wait until ready"
-
-add_arguments = _model.add_arguments
-to_args = _model.to_args
-reply_timeout = _model.reply_timeout
-render = _model.render
+NOT_ASLEEP = (EngineState.STOPPED, EngineState.FAILED)
 
 
-def execute(ctx: Any, args: dict[str, Any]) -> Any:
-    name, wait = _model.check(ctx, args)
-    states = [e.state for e in ctx.core.engine_statuses() if e.model == name]
-    if states and all(s in (EngineState.STOPPED, EngineState.FAILED) for s in states):
-        raise CommandError(f"model {name!r} is {states[0]}, not asleep: "
-                           f"use `infergridctl model load {name}`")
-    ctx.daemon.apply(ctx.core.model_up(name))
-    return _model.wait_for(ctx, name, "up", wait, {"action": "wake"})
+class ModelWake(ModelCommand):
+    name = "model.wake"
+    help = "wake a sleeping model's engines and wait until ready"
+    target = "up"
+    action = "wake"
+
+    def change(self, ctx: CommandContext, model: str) -> dict[str, Any]:
+        states = [e.state for e in ctx.core.engine_statuses() if e.model == model]
+        if states and all(s in NOT_ASLEEP for s in states):
+            raise CommandError(f"model {model!r} is {states[0]}, not asleep: "
+                               f"use `infergridctl model load {model}`")
+        ctx.apply(ctx.core.model_up(model))
+        return {}

@@ -9,57 +9,53 @@ from typing import Any
 import msgspec
 
 from ._render import table
-
-NAME = "status"
-HELP = "show the scheduler, its peers, engines and per-tenant queues"
+from .base import Command, CommandContext
 
 
-def add_arguments(parser: Any) -> None:
-    pass
+class Status(Command):
+    name = "status"
+    help = "show the scheduler, its peers, engines and per-tenant queues"
+    read_only = True
 
+    def execute(self, ctx: CommandContext) -> dict[str, Any]:
+        return {
+            "scheduler": {
+                "instance": ctx.instance,
+                "pid": os.getpid(),
+                "uptime_s": round(time.time() - ctx.started_at, 1),
+                "policy": ctx.cfg.scheduler.policy,
+            },
+            "peers": [{"name": p.name, "role": p.role, "pid": p.pid} for p in ctx.peers.all()],
+            "engines": [_engine(e) for e in ctx.core.engine_statuses()],
+            "tenants": [msgspec.structs.asdict(t) for t in ctx.core.tenant_stats()],
+        }
 
-def to_args(ns: Any) -> dict[str, Any]:
-    return {}
-
-
-def execute(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    d = ctx.daemon
-    return {
-        "scheduler": {
-            "instance": d.instance,
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - ctx.started_at, 1),
-            "policy": ctx.cfg.scheduler.policy,
-        },
-        "peers": [{"name": p.name, "role": p.role, "pid": p.pid} for p in d.peers.all()],
-        "engines": [_engine(e) for e in ctx.core.engine_statuses()],
-        "tenants": [msgspec.structs.asdict(t) for t in ctx.core.tenant_stats()],
-    }
+    @classmethod
+    def render(cls, r: dict[str, Any]) -> str:
+        s = r["scheduler"]
+        roles = [p["role"] for p in r["peers"]]
+        out = [
+            f"scheduler  pid {s['pid']}  up {s['uptime_s']:.0f}s  policy {s['policy']}  "
+            f"front doors {roles.count('frontdoor')}  supervisors {roles.count('supervisor')}",
+            "",
+            table(["ENGINE", "MODEL", "STATE", "PID", "RUNNING", "WAITING", "KV%", "RESTARTS"],
+                  [[e["engine_id"], e["model"], e.get("state", "-"), e.get("pid", 0),
+                    e.get("num_running", 0), e.get("num_waiting", 0),
+                    round(100 * e.get("kv_usage", 0.0), 1), e.get("restarts", 0)]
+                   for e in r["engines"]]) if r["engines"] else "no engines reported",
+            "",
+            table(["TENANT", "WEIGHT", "QUEUED", "INFLIGHT", "COUNTER", "TOKENS_IN", "TOKENS_OUT",
+                   "REJECTED"],
+                  [[t["name"], t.get("weight", 1.0), t.get("queued", 0), t.get("inflight", 0),
+                    round(t.get("counter", 0.0), 1), t.get("tokens_in", 0),
+                    t.get("tokens_out", 0), sum(t.get("rejected", {}).values())]
+                   for t in r["tenants"]]),
+        ]
+        return "\n".join(out)
 
 
 def _engine(e: Any) -> dict[str, Any]:
+    """An engine's status without its API key: infergridctl output is shown and pasted."""
     out = msgspec.structs.asdict(e)
     out.pop("api_key", None)
     return out
-
-
-def render(r: dict[str, Any]) -> str:
-    s = r["scheduler"]
-    roles = [p["role"] for p in r["peers"]]
-    out = [
-        f"scheduler  pid {s['pid']}  up {s['uptime_s']:.0f}s  policy {s['policy']}  "
-        f"front doors {roles.count('frontdoor')}  supervisors {roles.count('supervisor')}",
-        "",
-        table(["ENGINE", "MODEL", "STATE", "PID", "RUNNING", "WAITING", "KV%", "RESTARTS"],
-              [[e["engine_id"], e["model"], e.get("state", "-"), e.get("pid", 0),
-                e.get("num_running", 0), e.get("num_waiting", 0),
-                round(100 * e.get("kv_usage", 0.0), 1), e.get("restarts", 0)]
-               for e in r["engines"]]) if r["engines"] else "no engines reported",
-        "",
-        table(["TENANT", "WEIGHT", "QUEUED", "INFLIGHT", "COUNTER", "TOKENS_IN", "TOKENS_OUT",
-               "REJECTED"],
-              [[t["name"], t.get("weight", 1.0), t.get("queued", 0), t.get("inflight", 0),
-                round(t.get("counter", 0.0), 1), t.get("tokens_in", 0), t.get("tokens_out", 0),
-                sum(t.get("rejected", {}).values())] for t in r["tenants"]]),
-    ]
-    return "\n".join(out)

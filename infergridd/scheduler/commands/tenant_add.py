@@ -7,25 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._tenant import apply, name_arg
-
-NAME = "tenant.add"
-HELP = "add a tenant; prints its new API key once"
+from ._tenant import NAME_ARG, TenantCommand
+from .base import Arg, CommandContext
 
 
-def add_arguments(parser: Any) -> None:
-    name_arg(parser)
-    parser.add_argument("--weight", type=str, default="1", help="share weight (> 0), default 1")
+class TenantAdd(TenantCommand):
+    name = "tenant.add"
+    help = "add a tenant; prints its new API key once"
+    arguments = (NAME_ARG, Arg("--weight", type=str, default="1",
+                               help="share weight (> 0), default 1"))
 
+    def execute(self, ctx: CommandContext) -> dict[str, Any]:
+        key = self.change(ctx, lambda: ctx.core.tenants.add(self.tenant,
+                                                            weight=self.arg("weight", 1)))
+        return {"name": self.args["name"], "api_key": key}
 
-def to_args(ns: Any) -> dict[str, Any]:
-    return {"name": ns.name, "weight": ns.weight}
-
-
-def execute(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    key = apply(ctx, lambda: ctx.core.tenants.add(args.get("name", ""), weight=args.get("weight", 1)))
-    return {"name": args["name"], "api_key": key}
-
-
-def render(r: dict[str, Any]) -> str:
-    return (f"added tenant {r['name']}\napi key (shown once, store it now): {r['api_key']}")
+    @classmethod
+    def render(cls, r: dict[str, Any]) -> str:
+        return f"added tenant {r['name']}\napi key (shown once, store it now): {r['api_key']}"

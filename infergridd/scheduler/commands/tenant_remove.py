@@ -4,24 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._tenant import apply, name_arg
-
-NAME = "tenant.remove"
-HELP = "remove a tenant (its keys stop working at once)"
+from ._tenant import TenantCommand
+from .base import CommandContext
 
 
-def add_arguments(parser: Any) -> None:
-    name_arg(parser)
+class TenantRemove(TenantCommand):
+    name = "tenant.remove"
+    help = "remove a tenant (its keys stop working at once)"
 
+    def execute(self, ctx: CommandContext) -> dict[str, Any]:
+        self.change(ctx, lambda: ctx.core.tenants.remove(self.tenant))
+        return {"name": self.args["name"], "removed": True}
 
-def to_args(ns: Any) -> dict[str, Any]:
-    return {"name": ns.name}
-
-
-def execute(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    apply(ctx, lambda: ctx.core.tenants.remove(args.get("name", "")))
-    return {"name": args["name"], "removed": True}
-
-
-def render(r: dict[str, Any]) -> str:
-    return f"removed tenant {r['name']}"
+    @classmethod
+    def render(cls, r: dict[str, Any]) -> str:
+        return f"removed tenant {r['name']}"

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._tenant import apply, name_arg
-
-NAME = "tenant.rotate-key"
-HELP = "replace a tenant's API keys with a new one (printed once)"
+from ._tenant import TenantCommand
+from .base import CommandContext
 
 
-def add_arguments(parser: Any) -> None:
-    name_arg(parser)
+class TenantRotateKey(TenantCommand):
+    name = "tenant.rotate-key"
+    help = "replace a tenant's API keys with a new one (printed once)"
 
+    def execute(self, ctx: CommandContext) -> dict[str, Any]:
+        key = self.change(ctx, lambda: ctx.core.tenants.rotate_key(self.tenant))
+        return {"name": self.args["name"], "api_key": key}
 
-def to_args(ns: Any) -> dict[str, Any]:
-    return {"name": ns.name}
-
-
-def execute(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    key = apply(ctx, lambda: ctx.core.tenants.rotate_key(args.get("name", "")))
-    return {"name": args["name"], "api_key": key}
-
-
-def render(r: dict[str, Any]) -> str:
-    return f"new api key for {r['name']} (shown once, store it now): {r['api_key']}"
+    @classmethod
+    def render(cls, r: dict[str, Any]) -> str:
+        return f"new api key for {r['name']} (shown once, store it now): {r['api_key']}"

@@ -8,40 +8,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import CommandError
 from ._render import rate
-from ._tenant import apply, name_arg
+from ._tenant import NAME_ARG, TenantCommand
+from .base import Arg, CommandContext, CommandError
 
-NAME = "tenant.set-rate"
-HELP = "set a tenant's hard quotas (requests/min, tokens/min, burst) or remove them"
-
-
-def add_arguments(parser: Any) -> None:
-    name_arg(parser)
-    parser.add_argument("--rpm", help="requests per minute (0 = unlimited)")
-    parser.add_argument("--tpm", help="tokens per minute (0 = unlimited)")
-    parser.add_argument("--burst", help="bucket size in requests (default: one minute's worth)")
-    parser.add_argument("--unlimited", action="store_true", help="remove every quota")
+LIMITS = ("rpm", "tpm", "burst")
 
 
-def to_args(ns: Any) -> dict[str, Any]:
-    return {"name": ns.name, "rpm": ns.rpm, "tpm": ns.tpm, "burst": ns.burst,
-            "unlimited": ns.unlimited}
+class TenantSetRate(TenantCommand):
+    name = "tenant.set-rate"
+    help = "set a tenant's hard quotas (requests/min, tokens/min, burst) or remove them"
+    arguments = (
+        NAME_ARG,
+        Arg("--rpm", help="requests per minute (0 = unlimited)"),
+        Arg("--tpm", help="tokens per minute (0 = unlimited)"),
+        Arg("--burst", help="bucket size in requests (default: one minute's worth)"),
+        Arg("--unlimited", action="store_true", help="remove every quota"),
+    )
 
+    def execute(self, ctx: CommandContext) -> dict[str, Any]:
+        name = self.tenant
+        unlimited = bool(self.arg("unlimited", None))
+        given = {k: self.args[k] for k in LIMITS if self.args.get(k) is not None}
+        if unlimited and given:
+            raise CommandError("--unlimited cannot be combined with --rpm/--tpm/--burst")
+        if not unlimited and not given:
+            raise CommandError("give --rpm, --tpm, --burst or --unlimited")
+        self.change(ctx, lambda: ctx.core.tenants.set_rate(name, unlimited=unlimited, **given))
+        return {"name": name, "effective": ctx.core.tenants.effective(name)}
 
-def execute(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    name = args.get("name", "")
-    unlimited = bool(args.get("unlimited"))
-    given = {k: args.get(k) for k in ("rpm", "tpm", "burst") if args.get(k) is not None}
-    if unlimited and given:
-        raise CommandError("--unlimited cannot be combined with --rpm/--tpm/--burst")
-    if not unlimited and not given:
-        raise CommandError("give --rpm, --tpm, --burst or --unlimited")
-    apply(ctx, lambda: ctx.core.tenants.set_rate(name, unlimited=unlimited, **given))
-    return {"name": name, "effective": ctx.core.tenants.effective(name)}
-
-
-def render(r: dict[str, Any]) -> str:
-    e = r["effective"]
-    return (f"{r['name']}: rpm {rate(e.get('rpm', 0))}, tpm {rate(e.get('tpm', 0))}, "
-            f"burst {e.get('burst') or 'one minute'}")
+    @classmethod
+    def render(cls, r: dict[str, Any]) -> str:
+        e = r["effective"]
+        return (f"{r['name']}: rpm {rate(e.get('rpm', 0))}, tpm {rate(e.get('tpm', 0))}, "
+                f"burst {e.get('burst') or 'one minute'}")

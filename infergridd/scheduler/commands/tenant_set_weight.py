@@ -4,26 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._tenant import apply, name_arg
-
-NAME = "tenant.set-weight"
-HELP = "set a tenant's fair-share weight (> 0)"
+from ._tenant import NAME_ARG, TenantCommand
+from .base import Arg, CommandContext
 
 
-def add_arguments(parser: Any) -> None:
-    name_arg(parser)
-    parser.add_argument("weight", help="weight, a number greater than 0")
+class TenantSetWeight(TenantCommand):
+    name = "tenant.set-weight"
+    help = "set a tenant's fair-share weight (> 0)"
+    arguments = (NAME_ARG, Arg("weight", help="weight, a number greater than 0"))
 
+    def execute(self, ctx: CommandContext) -> dict[str, Any]:
+        name = self.tenant
+        self.change(ctx, lambda: ctx.core.tenants.set_weight(name, self.arg("weight", None)))
+        return {"name": name, "effective": ctx.core.tenants.effective(name)}
 
-def to_args(ns: Any) -> dict[str, Any]:
-    return {"name": ns.name, "weight": ns.weight}
-
-
-def execute(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    name = args.get("name", "")
-    apply(ctx, lambda: ctx.core.tenants.set_weight(name, args.get("weight")))
-    return {"name": name, "effective": ctx.core.tenants.effective(name)}
-
-
-def render(r: dict[str, Any]) -> str:
-    return f"{r['name']}: weight {r['effective']['weight']:g}"
+    @classmethod
+    def render(cls, r: dict[str, Any]) -> str:
+        return f"{r['name']}: weight {r['effective']['weight']:g}"
