@@ -16,6 +16,7 @@ from typing import Literal, overload
 
 import msgspec
 
+from .assist.policy import AssistSettings
 from .yamlstruct import loads_struct, read_text
 
 DEFAULT_CONFIG_PATH = "/etc/infergrid/infergrid.yaml"
@@ -93,6 +94,23 @@ class GpuConfig(_Strict):
     device_index: int = 0
 
 
+class EngineAssistConfig(_Strict):
+    """``models[].engine_assist``: InferGrid's step policy inside the engine (DESIGN §5,
+    ``infergridd/assist/policy.py``); ``true``/``false`` is every default on or off."""
+
+    enabled: bool = True
+    preempt: bool = True  # a light request takes a seat from the newest heavy one
+    hold_heavy_prefill: bool = True  # heavy prefill chunks wait while light work is urgent
+    exclusive_prefill: bool = False  # a light prefill's step carries nothing else
+    heavy_chunk_tokens: int = 256  # prefill tokens per step while heavy work runs; 0: no cap
+
+    def settings(self) -> AssistSettings:
+        return AssistSettings(enabled=self.enabled, preempt=self.preempt,
+                              hold_heavy_prefill=self.hold_heavy_prefill,
+                              exclusive_prefill=self.exclusive_prefill,
+                              heavy_chunk_tokens=self.heavy_chunk_tokens)
+
+
 class ModelConfig(_Strict):
     name: str
     engine: Literal["sim", "vllm", "sglang", "openai"] = "sim"
@@ -115,6 +133,13 @@ class ModelConfig(_Strict):
     url: str = ""  # engine: openai
     api_key: str = ""  # engine: openai
     cpu_affinity: list[int] = []  # pin the engine (DESIGN §9)
+    #: InferGrid's step policy in the engine (vLLM: --scheduler-cls; SGLang: its flags)
+    engine_assist: bool | EngineAssistConfig = True
+
+    def assist(self) -> EngineAssistConfig:
+        """``engine_assist`` with a bare ``true``/``false`` expanded."""
+        a = self.engine_assist
+        return a if isinstance(a, EngineAssistConfig) else EngineAssistConfig(enabled=a)
 
 
 class TenantConfig(_Strict):
@@ -272,6 +297,8 @@ def _validate(cfg: Config) -> None:
                 raise bad(f"{p}.{key}", str(exc)) from None
         if m.keep_alive_s < 0:
             raise bad(f"{p}.keep_alive_s", "cannot be negative")
+        if m.assist().heavy_chunk_tokens < 0:
+            raise bad(f"{p}.engine_assist.heavy_chunk_tokens", "cannot be negative")
     try:
         total = parse_size(cfg.gpu.total_memory)
     except ValueError as exc:

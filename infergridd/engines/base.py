@@ -50,6 +50,10 @@ class LaunchSpec:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
+    #: InferGrid's step policy in this engine: "on" (asked for; the engine's stats file
+    #: proves it loaded), "off", or "" (the kind has none); ``assist_reason`` says why
+    assist: str = ""
+    assist_reason: str = ""
 
 
 @dataclass

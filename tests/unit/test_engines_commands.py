@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 
-from infergridd.config import ModelConfig
+from infergridd.config import EngineAssistConfig, ModelConfig
 from infergridd.engines import AdapterConfigError, adapter_for
 from infergridd.engines.base import args_to_flags, cpu_list
 from infergridd.engines.openai import OpenAIAdapter
@@ -71,6 +72,9 @@ def test_sglang_command_exact() -> None:
         "--served-model-name", "big", "--host", "127.0.0.1", "--port", "30000",
         "--api-key", "K", "--max-running-requests", "16", "--enable-metrics",
         "--enable-priority-scheduling", "--enable-memory-saver",
+        # engine assist (the default): SGLang's own flags for light-first steps
+        "--schedule-policy", "fcfs", "--priority-scheduling-preemption-threshold", "1",
+        "--chunked-prefill-size", "512",
         "--mem-fraction-static", "0.8",
     ]
     assert a.supports_sleep and a.priority_sign == -1 and a.engine_priority(2) == -2
@@ -91,9 +95,29 @@ def test_sim_command_exact() -> None:
     assert a.launch_spec(5000, "K").argv == [
         sys.executable, "-m", "infergridd.sim", "--host", "127.0.0.1", "--port", "5000",
         "--model", "demo", "--api-key", "K", "--max-num-seqs", "3",
-        "--scheduling-policy", "priority",
+        "--scheduling-policy", "priority", "--engine-assist",
         "--profile", "fast", "--seed", "7", "--fail-after", "10",
     ]
+
+
+def test_engine_assist_flags_and_switch() -> None:
+    """On by default with its settings in the environment; ``false`` drops every flag;
+    an SGLang flag set in ``args`` wins over assist's own."""
+    on = adapter_for(ModelConfig(name="d", engine="sim")).launch_spec(1, "k")
+    assert "--engine-assist" in on.argv and on.assist == "on"
+    assert json.loads(on.env["INFERGRID_ASSIST"])["heavy_chunk_tokens"] == 256
+    off = adapter_for(ModelConfig(name="d", engine="sim", engine_assist=False)).launch_spec(1, "k")
+    assert "--engine-assist" not in off.argv and "INFERGRID_ASSIST" not in off.env
+    assert off.assist == "off" and "false" in off.assist_reason
+    sg = adapter_for(ModelConfig(name="s", engine="sglang", args={
+        "model": "/m", "chunked_prefill_size": 4096}, engine_assist=EngineAssistConfig(
+            preempt=False))).launch_spec(1, "k")
+    assert "--priority-scheduling-preemption-threshold" not in sg.argv
+    assert sg.argv.count("--chunked-prefill-size") == 1
+    assert sg.argv[sg.argv.index("--chunked-prefill-size") + 1] == "4096"
+    sg_off = adapter_for(ModelConfig(name="s", engine="sglang", args={"model": "/m"},
+                                     engine_assist=False)).launch_spec(1, "k")
+    assert "--schedule-policy" not in sg_off.argv and sg_off.assist == "off"
 
 
 def test_sim_sglang_personality() -> None:
