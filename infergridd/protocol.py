@@ -106,18 +106,32 @@ class EngineStatus(msgspec.Struct, omit_defaults=True):
     unloaded: bool = False
     last_error: str = ""
     updated_at: float = 0.0  # wall clock of the last successful poll
+    #: the engine's token budget per step (vLLM max_num_batched_tokens); 0: unknown
+    max_num_batched_tokens: int = 0
+    #: InferGrid's step policy in the engine (DESIGN §5): "on" once the engine itself
+    #: reported it loaded, "starting" (asked for, no word from the engine yet), "off";
+    #: "" for an engine kind without one.  ``assist_reason`` says why.
+    assist: str = ""
+    assist_reason: str = ""
+    assist_counters: dict[str, int] = {}  # what it did (assist/stats.py AssistCounters)
 
 
-class QueuedRecord(msgspec.Struct, omit_defaults=True):
-    """A request the front door holds that has not been dispatched yet."""
+class RequestHeader(msgspec.Struct, omit_defaults=True):
+    """A request's header as the scheduler needs it: the fields ``Submit`` and
+    ``QueuedRecord`` share, declared once (subclasses encode exactly these fields,
+    in this order, after their own tag)."""
 
     request_id: str
     tenant: str
     model: str
     prompt_tokens: int
     max_tokens: int
-    priority: int = 0
+    priority: int = 0  # client-requested, within the tenant
     submitted_at: float = 0.0  # wall clock, keeps its place in line across restarts
+
+
+class QueuedRecord(RequestHeader):
+    """A request the front door holds that has not been dispatched yet."""
 
 
 class InflightRecord(msgspec.Struct, omit_defaults=True):
@@ -215,16 +229,8 @@ class Heartbeat(_Msg, tag="hb"):
 # --------------------------------------------------------------------------- request path
 
 
-class Submit(_Msg, tag="submit"):
-    """Front door → scheduler: a new request wants a slot."""
-
-    request_id: str
-    tenant: str
-    model: str
-    prompt_tokens: int
-    max_tokens: int
-    priority: int = 0  # client-requested, within the tenant
-    submitted_at: float = 0.0
+class Submit(_Msg, RequestHeader, tag="submit"):
+    """Front door → scheduler: a new request wants a slot (its ``RequestHeader``)."""
 
 
 class Dispatch(_Msg, tag="dispatch"):

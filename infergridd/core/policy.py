@@ -22,6 +22,10 @@ Contract (the core relies on every point):
   share (a token) already.
 * Bands: a lower band is always served first; within a band, the policy's order.
 * Deterministic: nothing depends on set or hash order, nothing is random.
+
+Requests are ``record.Record`` objects, the same ones the core's books hold:
+the policy reads their header and ``seq``/``band``, and ``on_done`` reads the
+``charged_*`` fields the books keep.
 """
 
 from __future__ import annotations
@@ -29,37 +33,11 @@ from __future__ import annotations
 import heapq
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
 from ..protocol import Reject
-
-
-@dataclass(eq=False)
-class QueuedRequest:
-    """One request as the scheduler sees it; shared by the core and the policy.
-
-    ``seq`` is unique per enqueue (a re-queued request gets a new one), so a
-    stale heap entry can never be mistaken for the live one.
-    """
-
-    request_id: str
-    tenant: str
-    model: str
-    prompt_tokens: int
-    max_tokens: int
-    priority: int = 0
-    submitted_at: float = 0.0  # the front door's wall clock: its place in line
-    seq: int = 0  # arrival order inside this core, the tie-break after submitted_at
-    band: int = 0
-    # what the policy has been told so far, so ``on_done`` can correct it exactly
-    charged_prompt: int = 0
-    charged_completion: int = 0
-
-    def order_key(self) -> tuple[float, int]:
-        """Submit order: the front door's timestamp, then arrival inside this core."""
-        return (self.submitted_at, self.seq)
+from .record import Record
 
 
 class TenantView(ABC):
@@ -81,21 +59,21 @@ class OrderedQueue:
     """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[tuple[Any, ...], int, QueuedRequest]] = []
-        self._live: dict[str, QueuedRequest] = {}
+        self._heap: list[tuple[tuple[Any, ...], int, Record]] = []
+        self._live: dict[str, Record] = {}
 
-    def push(self, key: tuple[Any, ...], req: QueuedRequest) -> None:
+    def push(self, key: tuple[Any, ...], req: Record) -> None:
         self._live[req.request_id] = req
         heapq.heappush(self._heap, (key, req.seq, req))
 
-    def discard(self, request_id: str) -> QueuedRequest | None:
+    def discard(self, request_id: str) -> Record | None:
         req = self._live.pop(request_id, None)
         if req is not None and len(self._heap) > 2 * len(self._live) + 64:
             self._heap = [e for e in self._heap if self._live.get(e[2].request_id) is e[2]]
             heapq.heapify(self._heap)
         return req
 
-    def peek(self) -> QueuedRequest | None:
+    def peek(self) -> Record | None:
         heap = self._heap
         while heap:
             req = heap[0][2]
@@ -129,15 +107,15 @@ class Policy(ABC):
         self.inflight_of: Callable[[str, str], int] = lambda model, tenant: 0
 
     @abstractmethod
-    def enqueue(self, req: QueuedRequest) -> None: ...
+    def enqueue(self, req: Record) -> None: ...
 
     @abstractmethod
-    def remove(self, request_id: str) -> QueuedRequest | None:
+    def remove(self, request_id: str) -> Record | None:
         """Take a queued request out unserved; ``None`` when it is not queued."""
 
     @abstractmethod
     def pick(self, model: str,
-             allow: Callable[[str], bool] | None = None) -> QueuedRequest | None:
+             allow: Callable[[str], bool] | None = None) -> Record | None:
         """The request that should run next for ``model`` (peek, not pop).
 
         ``allow(tenant)``: whether that tenant may dispatch at all right now (the
@@ -145,18 +123,18 @@ class Policy(ABC):
         """
 
     @abstractmethod
-    def on_dispatch(self, req: QueuedRequest) -> None:
+    def on_dispatch(self, req: Record) -> None:
         """``req`` was dispatched: remove it from the queue and charge its prompt estimate."""
 
     def on_progress(self, tenant: str, delta_out_tokens: int) -> None:
         """Output tokens streamed for ``tenant`` since the last report."""
         return None  # policies that keep no counters ignore it
 
-    def on_done(self, req: QueuedRequest, prompt_tokens: int, completion_tokens: int) -> None:
+    def on_done(self, req: Record, prompt_tokens: int, completion_tokens: int) -> None:
         """Correct what was charged for ``req`` to the engine's real usage."""
         return None  # policies that keep no counters ignore it
 
-    def admit(self, req: QueuedRequest, now: float) -> Reject | None:
+    def admit(self, req: Record, now: float) -> Reject | None:
         """The policy's own admission test; ``None``: admitted."""
         return None
 
@@ -188,26 +166,26 @@ class FifoBase(Policy):
         self._queues: dict[str, OrderedQueue] = {}
         self._where: dict[str, str] = {}  # request_id -> model
 
-    def enqueue(self, req: QueuedRequest) -> None:
+    def enqueue(self, req: Record) -> None:
         q = self._queues.setdefault(req.model, OrderedQueue())
         q.push((req.band, *req.order_key()), req)
         self._where[req.request_id] = req.model
 
-    def remove(self, request_id: str) -> QueuedRequest | None:
+    def remove(self, request_id: str) -> Record | None:
         model = self._where.pop(request_id, None)
         if model is None:
             return None
         return self._queues[model].discard(request_id)
 
     def pick(self, model: str,
-             allow: Callable[[str], bool] | None = None) -> QueuedRequest | None:
+             allow: Callable[[str], bool] | None = None) -> Record | None:
         q = self._queues.get(model)
         head = q.peek() if q is not None else None
         if head is not None and allow is not None and not allow(head.tenant):
             return None  # first come, first served: nobody overtakes a held head
         return head
 
-    def on_dispatch(self, req: QueuedRequest) -> None:
+    def on_dispatch(self, req: Record) -> None:
         self.remove(req.request_id)
 
     def queued(self, model: str) -> int:

@@ -1,106 +1,96 @@
-"""Front-door reconciliation: a peer's full-state ``Hello`` replaces the core's view of it.
+"""``Reconciler``: a front door's full-state ``Hello`` replaces the core's view of it.
 
-Kept apart from ``core.py`` because it is the one place that rewrites the
-core's books wholesale rather than one event at a time; it uses the core's
-internals on purpose (it is part of the core, in its own file to keep each
-module one concept).  See ``SchedulerCore.peer_hello`` for the rules.
+Kept apart from the books because it is the one place that rewrites them
+wholesale rather than one event at a time.  The rules (``SchedulerCore.peer_hello``):
+a request the front door lists as queued is queued here, in its place by
+``submitted_at`` (one the core thought dispatched never reached it: back in
+line, its charge refunded); one it lists in flight is in flight here on that
+engine, charging nothing new (the scheduler that dispatched it charged it);
+its undelivered Dones are applied; what the core held for it that it does
+not list is gone.  Requests it held while the scheduler was away go through
+admission again, so a restart is no way around a quota.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .. import protocol as p
-
-if TYPE_CHECKING:
-    from .core import SchedulerCore, Send
-
-QUEUED = "queued"
-INFLIGHT = "inflight"
-
-
-def frontdoor_hello(core: SchedulerCore, peer: str, hello: p.Hello, now: float) -> list[Send]:
-    """Apply a front door's Hello: drop what it no longer lists, apply its undelivered
-    Dones, adopt what it has in flight and what it holds queued (through admission)."""
-    out: list[Send] = []
-    listed = {r.request_id for r in hello.queued} | {r.request_id for r in hello.inflight} \
-        | {d.request_id for d in hello.undelivered_done}
-    for rid in list(core._by_peer.get(peer, {})):
-        rec = core._records[rid]
-        if rid not in listed:
-            if rec.state == QUEUED:
-                core._drop_queued(rec, now)
-            else:
-                core._end_lost(rec, now)
-    for d in hello.undelivered_done:
-        core._finish(d, now)
-    for r in hello.inflight:
-        adopt_inflight(core, peer, r, now)
-    for q in hello.queued:
-        out += adopt_queued(core, peer, q, now)
-    return out
+from .admission import Admission
+from .books import Books
+from .charging import Charging
+from .record import RecordState
+from .send import Send
 
 
-def adopt_inflight(core: SchedulerCore, peer: str, r: p.InflightRecord, now: float) -> None:
-    """A request the front door is relaying: in flight here too, charging nothing new."""
-    rec = core._records.get(r.request_id)
-    if rec is not None and rec.peer != peer:
-        core._unlink(rec)
-        rec.peer = peer
-        core._link(rec)
-    if rec is not None and rec.state == INFLIGHT:
-        if rec.engine_id != r.engine_id:  # retried on another engine by the front door
-            core._free(rec)
-            core._to_inflight(rec, r.engine_id, now)
-        core.progress(r.request_id, r.completion_tokens)
-        return
-    if rec is not None:  # queued here, running there: dispatched by an earlier Hello's view
-        core.policy.on_dispatch(rec.req)
-        rec.req.charged_prompt, rec.req.charged_completion = rec.req.prompt_tokens, 0
-        core._dequeue(rec)
-        core._to_inflight(rec, r.engine_id, now)
-        core.progress(r.request_id, r.completion_tokens)
-        return
-    lost = core._finished.get(r.request_id)
-    if r.request_id in core._finished and lost is None:
-        return  # finished already; this list is older than its Done
-    if lost is not None:  # it came back after we gave it up: charges are as they were
-        del core._finished[r.request_id]
-        rec = lost
-        c = core._count(rec.req.tenant)  # undo the stats _end_lost recorded
-        c.tokens_in -= rec.req.charged_prompt
-        c.tokens_out -= rec.req.charged_completion
-        rec.peer = peer
-    else:  # dispatched by a previous scheduler, which charged it
-        req = core._request(r.request_id, r.tenant, r.model, r.prompt_tokens,
-                            r.max_tokens, 0, 0.0)
-        req.charged_prompt = req.prompt_tokens
-        req.charged_completion = max(0, r.completion_tokens)
-        rec = core._new_record(req, peer, max(0, r.completion_tokens))
-    core._link(rec)
-    core._to_inflight(rec, r.engine_id, now)
-    core.progress(r.request_id, r.completion_tokens)
+class Reconciler:
+    """Applies front-door Hellos to the books."""
 
-def adopt_queued(core: SchedulerCore, peer: str, q: p.QueuedRecord, now: float) -> list[Send]:
-    """A request the front door holds unanswered: queued here in its place."""
-    rec = core._records.get(q.request_id)
-    if rec is not None and rec.state == QUEUED:
-        if rec.peer != peer:
-            core._unlink(rec)
-            rec.peer = peer
-            core._link(rec)
-        return []
-    if rec is not None:  # we dispatched it, the Dispatch never arrived: back in line
-        core._free(rec)
-        core._unlink(rec)
-        core.policy.on_done(rec.req, 0, 0)  # refund what the dispatch charged
-        rec.req.charged_prompt = rec.req.charged_completion = 0
-        rec.completion_tokens = 0
-        rec.peer = peer
-        core._enqueue(rec, now)
-        return []
-    # Unknown here: it arrived while the scheduler was away, or the old scheduler
-    # admitted it and died.  Admission is checked again, so a quota holds across
-    # a scheduler restart (at worst a request is charged twice, never zero times).
-    core._finished.pop(q.request_id, None)
-    return core._admit(peer, q, now)
+    def __init__(self, books: Books, charging: Charging, admission: Admission) -> None:
+        self.books = books
+        self.charging = charging
+        self.admission = admission
+
+    def frontdoor_hello(self, peer: str, hello: p.Hello, now: float) -> list[Send]:
+        """Apply a front door's Hello: drop what it no longer lists, apply its undelivered
+        Dones, adopt what it has in flight and what it holds queued (through admission)."""
+        books = self.books
+        out: list[Send] = []
+        listed = {r.request_id for r in hello.queued} | {r.request_id for r in hello.inflight} \
+            | {d.request_id for d in hello.undelivered_done}
+        for rid in books.of_peer(peer):
+            rec = books.records[rid]
+            if rid not in listed:
+                if rec.state is RecordState.QUEUED:
+                    books.drop_queued(rec, now)
+                else:
+                    books.end_lost(rec)
+        for d in hello.undelivered_done:
+            self.charging.finish(d, now)
+        for r in hello.inflight:
+            self.adopt_inflight(peer, r, now)
+        for q in hello.queued:
+            out += self.adopt_queued(peer, q, now)
+        return out
+
+    def adopt_inflight(self, peer: str, r: p.InflightRecord, now: float) -> None:
+        """A request the front door is relaying: in flight here too, charging nothing new."""
+        books = self.books
+        rec = books.get(r.request_id)
+        if rec is not None and rec.peer != peer:
+            books.move_to_peer(rec, peer)
+        if rec is not None and rec.state is RecordState.INFLIGHT:
+            if rec.engine_id != r.engine_id:  # retried on another engine by the front door
+                books.move_engine(rec, r.engine_id, now)
+            self.charging.progress(r.request_id, r.completion_tokens)
+            return
+        if rec is not None:  # queued here, running there: dispatched by an earlier Hello's view
+            books.start(rec, r.engine_id, now)
+            self.charging.progress(r.request_id, r.completion_tokens)
+            return
+        if books.finished(r.request_id) and books.lost(r.request_id) is None:
+            return  # finished already; this list is older than its Done
+        rec = books.revive_lost(r.request_id, peer)  # back after we gave it up: charges kept
+        if rec is None:  # dispatched by a previous scheduler, which charged it
+            rec = books.new_record(r.request_id, r.tenant, r.model, r.prompt_tokens,
+                                   r.max_tokens, 0, 0.0, peer, max(0, r.completion_tokens))
+            rec.charged_prompt = rec.prompt_tokens
+            rec.charged_completion = max(0, r.completion_tokens)
+        books.link(rec)
+        books.to_inflight(rec, r.engine_id, now)
+        self.charging.progress(r.request_id, r.completion_tokens)
+
+    def adopt_queued(self, peer: str, q: p.QueuedRecord, now: float) -> list[Send]:
+        """A request the front door holds unanswered: queued here in its place."""
+        books = self.books
+        rec = books.get(q.request_id)
+        if rec is not None and rec.state is RecordState.QUEUED:
+            if rec.peer != peer:
+                books.move_to_peer(rec, peer)
+            return []
+        if rec is not None:  # we dispatched it, the Dispatch never arrived: back in line
+            books.requeue(rec, peer, now)
+            return []
+        # Unknown here: it arrived while the scheduler was away, or the old scheduler
+        # admitted it and died.  Admission is checked again, so a quota holds across
+        # a scheduler restart (at worst a request is charged twice, never zero times).
+        books.forget_finished(q.request_id)
+        return self.admission.admit(peer, q, now)

@@ -14,8 +14,9 @@ from typing import Any
 
 from ..config import Config
 from ..protocol import Reject
-from .policy import FifoBase, QueuedRequest, TenantView
+from .policy import FifoBase, TenantView
 from .quotas import Bucket
+from .record import Record
 
 
 class TokenBucketPolicy(FifoBase):
@@ -34,7 +35,7 @@ class TokenBucketPolicy(FifoBase):
             b = self._buckets[tenant] = Bucket(self.rate, self.burst, self.burst, now)
         return b
 
-    def admit(self, req: QueuedRequest, now: float) -> Reject | None:
+    def admit(self, req: Record, now: float) -> Reject | None:
         b = self._bucket(req.tenant, now)
         wait = b.wait_for(1, now)
         if wait > 0:

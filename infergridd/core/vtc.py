@@ -36,7 +36,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
-from .policy import OrderedQueue, Policy, QueuedRequest, TenantView
+from .policy import OrderedQueue, Policy, TenantView
+from .record import Record
 
 
 class VtcPolicy(Policy):
@@ -50,12 +51,12 @@ class VtcPolicy(Policy):
         # model -> tenant -> its queue for that model; only non-empty queues are kept,
         # so "tenant is a key" means "tenant is backlogged for that model"
         self._queues: dict[str, dict[str, OrderedQueue]] = {}
-        self._where: dict[str, QueuedRequest] = {}
+        self._where: dict[str, Record] = {}
         self._count: dict[str, int] = {}
         self._last_left: dict[tuple[str, int], float] = {}
 
     # ------------------------------------------------------------------ queue
-    def enqueue(self, req: QueuedRequest) -> None:
+    def enqueue(self, req: Record) -> None:
         per_model = self._queues.setdefault(req.model, {})
         q = per_model.get(req.tenant)
         if q is None:
@@ -65,7 +66,7 @@ class VtcPolicy(Policy):
         self._where[req.request_id] = req
         self._count[req.model] = self._count.get(req.model, 0) + 1
 
-    def _lift(self, req: QueuedRequest, per_model: dict[str, OrderedQueue]) -> None:
+    def _lift(self, req: Record, per_model: dict[str, OrderedQueue]) -> None:
         """Raise a newly backlogged tenant so it cannot spend credit banked while idle."""
         others = [
             self.counters.get(t, 0.0)
@@ -78,7 +79,7 @@ class VtcPolicy(Policy):
             own = floor
         self.counters[req.tenant] = own
 
-    def remove(self, request_id: str) -> QueuedRequest | None:
+    def remove(self, request_id: str) -> Record | None:
         req = self._where.pop(request_id, None)
         if req is None:
             return None
@@ -92,8 +93,8 @@ class VtcPolicy(Policy):
         return req
 
     def pick(self, model: str,
-             allow: Callable[[str], bool] | None = None) -> QueuedRequest | None:
-        best: QueuedRequest | None = None
+             allow: Callable[[str], bool] | None = None) -> Record | None:
+        best: Record | None = None
         best_key: tuple[Any, ...] = ()
         for tenant, q in self._queues.get(model, {}).items():
             head = q.peek()
@@ -116,7 +117,7 @@ class VtcPolicy(Policy):
         cost = (tokens_in * self.w_in + tokens_out * self.w_out) / (w if w > 0 else 1.0)
         self.counters[tenant] = self.counters.get(tenant, 0.0) + cost
 
-    def on_dispatch(self, req: QueuedRequest) -> None:
+    def on_dispatch(self, req: Record) -> None:
         # charge before leaving the queue: the "last left" counter includes this request
         self._charge(req.tenant, req.prompt_tokens, 0)
         self.remove(req.request_id)
@@ -125,7 +126,7 @@ class VtcPolicy(Policy):
         if delta_out_tokens > 0:
             self._charge(tenant, 0, delta_out_tokens)
 
-    def on_done(self, req: QueuedRequest, prompt_tokens: int, completion_tokens: int) -> None:
+    def on_done(self, req: Record, prompt_tokens: int, completion_tokens: int) -> None:
         self._charge(req.tenant, prompt_tokens - req.charged_prompt,
                      completion_tokens - req.charged_completion)
 

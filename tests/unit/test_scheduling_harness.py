@@ -166,7 +166,7 @@ def assert_work_conserving(core: SchedulerCore) -> None:
     waiting: dict[tuple[str, str], None] = {}
     for rec in core._records.values():
         if rec.state == "queued":
-            waiting[(rec.req.model, rec.req.tenant)] = None
+            waiting[(rec.model, rec.tenant)] = None
     for model, tenant in waiting:
         for e in core.engine_statuses():
             if e.model != model or e.state != p.EngineState.READY:
