@@ -84,13 +84,17 @@ class StatsWriter:
     cls: str
     engine_version: str
     settings: AssistSettings
+    token_budget: int = 0  # the engine's max_num_batched_tokens, for the scheduler's window
+    max_num_seqs: int = 0
     counters: AssistCounters = field(default_factory=AssistCounters)
     _last: float = 0.0
 
     @classmethod
     def from_env(cls, engine: str, cls_name: str, engine_version: str,
-                 settings: AssistSettings) -> StatsWriter:
-        return cls(os.environ.get(STATS_ENV, ""), engine, cls_name, engine_version, settings)
+                 settings: AssistSettings, token_budget: int = 0,
+                 max_num_seqs: int = 0) -> StatsWriter:
+        return cls(os.environ.get(STATS_ENV, ""), engine, cls_name, engine_version, settings,
+                   token_budget, max_num_seqs)
 
     def maybe_write(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -99,6 +103,7 @@ class StatsWriter:
         self._last = now
         doc = {"loaded": True, "engine": self.engine, "class": self.cls,
                "engine_version": self.engine_version, "pid": os.getpid(),
+               "token_budget": self.token_budget, "max_num_seqs": self.max_num_seqs,
                "settings": asdict(self.settings), "counters": asdict(self.counters)}
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:

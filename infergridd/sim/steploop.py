@@ -86,7 +86,8 @@ class SimEngine:
                                  policy=options.scheduling_policy,
                                  priority_sign=-1 if sglang else 1, assist=options.assist)
         self.assist_stats = None if options.assist is None else StatsWriter.from_env(
-            "sim", "infergridd.sim.model.EngineModel", "sim", options.assist)
+            "sim", "infergridd.sim.model.EngineModel", "sim", options.assist,
+            self.profile.max_num_batched_tokens, self.profile.max_num_seqs)
         if self.assist_stats is not None:
             self.assist_stats.counters = self.model.assist_counters
             self.assist_stats.maybe_write(force=True)

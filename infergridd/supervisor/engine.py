@@ -25,6 +25,7 @@ import asyncio
 import logging
 import subprocess
 import time
+from pathlib import Path
 
 import aiohttp
 
@@ -32,7 +33,7 @@ from .. import protocol as p
 from ..config import Dirs, ModelConfig
 from ..engines.base import EngineAdapter, EngineError
 from ..logs import fields
-from . import procs, statefile
+from . import assist, procs, statefile
 from .health import BACKOFF_START_S, HealthWatch
 from .launch import Launcher, config_hash, kill_leftover_group
 from .sleepwake import SleepWake
@@ -90,6 +91,11 @@ class EngineRunner(Launcher, HealthWatch, SleepWake):
     @property
     def log_file(self):  # noqa: ANN201 - Path
         return statefile.log_path(self.dirs.engines_dir, self.engine_id)
+
+    @property
+    def assist_path(self) -> Path:
+        """Where the engine writes its step policy's stats (supervisor/assist.py)."""
+        return assist.stats_path(self.dirs.engines_dir, self.engine_id)
 
     def _fields(self) -> dict:
         return fields(engine=self.engine_id, model=self.model.name)

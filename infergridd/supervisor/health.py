@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import aiohttp
 
 from .. import protocol as p
 from ..config import ModelConfig
 from ..engines.base import EngineAdapter, EngineError
+from . import assist
 from .launch import exit_text
 
 log = logging.getLogger("infergrid.supervisor")
@@ -44,6 +46,7 @@ class HealthWatch:
     adapter: EngineAdapter
     http: aiohttp.ClientSession
     status: p.EngineStatus
+    assist_path: Path
     backoff_s: float
     next_start: float
     ready_deadline: float
@@ -107,6 +110,7 @@ class HealthWatch:
         st.kv_usage = m.kv_usage
         st.prompt_tokens_total = m.prompt_tokens_total
         st.generation_tokens_total = m.generation_tokens_total
+        assist.refresh(st, self.assist_path)
         st.updated_at = time.time()
         self.poll_failures = 0
         if st.state == S.UNHEALTHY:

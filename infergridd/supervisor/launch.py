@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -32,7 +33,7 @@ from ..engines.base import (
     is_alive,
     proc_start_time,
 )
-from . import procs, statefile
+from . import assist, procs, statefile
 from .statefile import EngineRecord
 
 log = logging.getLogger("infergrid.supervisor")
@@ -90,6 +91,7 @@ class Launcher:
     http: aiohttp.ClientSession
     config_hash: str
     status: p.EngineStatus
+    assist_path: Path
     rec: EngineRecord | None
     proc: subprocess.Popen[bytes] | None
     resume: str
@@ -180,6 +182,7 @@ class Launcher:
             self.fatal = True
             self._fail(f"cannot be launched: {exc}", with_log=False)
             return
+        assist.prepare_launch(spec, self.status, self.assist_path)
         self.launches += 1
         self.status.generation = generation
         self.status.restarts = max(0, generation - 1)  # counts across supervisors
