@@ -153,7 +153,8 @@ def simulate_core(w: wl.Workload, profile_name: str, seconds: float, reserve: in
         return p.EngineStatus(
             engine_id="m-0", model="m", kind="sim", state=p.EngineState.READY,
             endpoint="sim", max_num_seqs=prof.max_num_seqs, num_running=eng.num_running,
-            num_waiting=eng.num_waiting, kv_usage=eng.kv_usage, supports_priority=True)
+            num_waiting=eng.num_waiting, kv_usage=eng.kv_usage, supports_priority=True,
+            assist="on" if assist is not None else "")
 
     def apply(sends: list[Send]) -> None:
         for s in sends:

@@ -10,6 +10,16 @@ or free capacity, and sends as much as fits.
 The loop's order is part of the core's deterministic behaviour (benchmarks
 replay it byte for byte): models in the order they first had a request
 queued, then engines by (paused, load, in-flight, id).
+
+An *assisted* engine (one that runs InferGrid's step policy, ``assist/``, and
+has said so itself: ``EngineStatus.assist == "on"``) takes a light request
+even when its window is full, up to ``light_overflow`` over the cap: the
+engine preempts its newest heavy sequence for the seat, which no front end
+can do.  On such an engine the reserve and the prefill guard are off: the
+engine holds heavy prefills back itself, step by step, without leaving seats
+empty.  And there every tenant that is not light is sent as heavy while a
+light one is around, not only those over their share of seats: a flooder of
+long prompts holds few seats yet fills every step with its prefill chunks.
 """
 
 from __future__ import annotations
@@ -25,6 +35,19 @@ from .record import Record
 from .residency import Residency
 from .send import Send
 from .tenants import TenantRegistry
+
+#: an assisted engine takes this many light requests over its window's cap, at least
+MIN_LIGHT_OVERFLOW = 2
+
+
+def light_overflow(cap: int) -> int:
+    """Light requests an assisted engine may hold beyond its cap (each one preempts a
+    heavy sequence there): a few, and an eighth of a large engine."""
+    return max(MIN_LIGHT_OVERFLOW, cap // 8)
+
+
+def assisted_engine(e: Engine) -> bool:
+    return e.status.assist == "on"
 
 
 class Dispatcher:
@@ -56,7 +79,8 @@ class Dispatcher:
                     engines.remove(target)
                     continue
                 light = standing.light(rec.tenant)
-                tier = 0 if light else 2 if standing.heavy(rec.tenant) else 1
+                tier = 0 if light else 2 if standing.heavy(rec.tenant) or (
+                    assisted_engine(target) and standing.light_around) else 1
                 out.append(self._dispatch(rec, target, now, tier))
                 self.headroom.prompt_sent(rec.request_id, rec.prompt_tokens,
                                           target.status.engine_id)
@@ -73,7 +97,7 @@ class Dispatcher:
         e = self.engines.get(engine_id)
         if e is None or e not in engines:
             return False
-        if not e.window.has_room(self.books.engine_inflight(engine_id), bypass_waiting=True):
+        if not self._has_room(e, self.books.engine_inflight(engine_id)):
             return False
         allow, _ = self._headroom_rule(model, e, sum(x.window.cap for x in engines), clock())
         return allow(tenant)
@@ -88,15 +112,19 @@ class Dispatcher:
         eid, cap = e.status.engine_id, e.window.cap
         n = self.books.engine_inflight(eid)
         strict = e.window.has_room(n)
+        assisted = assisted_engine(e)
+        light_room = e.window.has_room(n, bypass_waiting=True) or (
+            assisted and n < cap + light_overflow(cap))
         standing = self.headroom.standing(model, total_cap, self.books.queued_n,
                                           self.tenants.weight, now)
 
         def allow(tenant: str) -> bool:
             if standing.light(tenant):
-                return True
+                return light_room
             if not strict:
                 return False
-            return self.headroom.allows(eid, tenant, n, cap, standing.heavy(tenant), now)
+            return self.headroom.allows(eid, tenant, n, cap, standing.heavy(tenant), now,
+                                        assisted=assisted)
 
         return allow, standing
 
@@ -109,11 +137,18 @@ class Dispatcher:
         best, best_key = None, None
         for e in engines:
             n = self.books.engine_inflight(e.status.engine_id)
-            if e.window.has_room(n, bypass_waiting=True):
+            if self._has_room(e, n):
                 key = (not e.window.has_room(n), n / e.window.cap, n, e.status.engine_id)
                 if best_key is None or key < best_key:
                     best, best_key = e, key
         return best
+
+    @staticmethod
+    def _has_room(e: Engine, n: int) -> bool:
+        """Room for somebody: the window's, ignoring a pause only engine-side waiting
+        caused (light tenants pass it), or an assisted engine's overflow for light work."""
+        return e.window.has_room(n, bypass_waiting=True) or (
+            assisted_engine(e) and n < e.window.cap + light_overflow(e.window.cap))
 
     def _dispatch(self, rec: Record, e: Engine, now: float, tier: int = 1) -> Send:
         """Send ``rec`` to ``e`` with an engine priority from the tenant's standing.

@@ -155,16 +155,18 @@ class Headroom:
                     and self._fresh_tokens.get(engine_id, 0) >= self.prefill_window)
 
     def allows(self, engine_id: str, tenant: str, inflight: int, cap: int, heavy: bool,
-               now: float) -> bool:
+               now: float, assisted: bool = False) -> bool:
         """Whether ``tenant``, not light, may dispatch to this engine now (the window
         said it has room).
 
         A guard never holds back its own tenant: a tenant that crosses its share
-        while its first requests compute is not to be stalled by them.
+        while its first requests compute is not to be stalled by them.  An assisted
+        engine (core/dispatch.py) needs neither reserve nor guard: it preempts for a
+        light request's seat and holds heavy prefills back itself.
         """
         if self.prefill_full(engine_id):
             return False
-        if not heavy:
+        if not heavy or assisted:
             return True
         if inflight >= cap - min(self.reserve, cap // RESERVE_DIVISOR):
             return False
@@ -219,6 +221,11 @@ class Standing:
         self._shares = shares
         self._queued = queued
         self._intermittent = any(self.light(t) for t in shares)
+
+    @property
+    def light_around(self) -> bool:
+        """Some light tenant is around to be protected."""
+        return self._intermittent
 
     def heavy(self, tenant: str) -> bool:
         if not self._intermittent or tenant not in self._shares:
