@@ -24,7 +24,7 @@ from ..config import Config, Dirs
 from ..systemd import Notifier, listen_fds
 from .app import build_app
 from .auth import Authenticator
-from .link import SchedulerLink
+from .link import FrontdoorLink
 from .metrics import FrontdoorMetrics
 
 log = logging.getLogger("infergrid.frontdoor")
@@ -46,7 +46,7 @@ class Frontdoor:
         self.draining = False
         self.notifier = Notifier()
         self.http: aiohttp.ClientSession
-        self.link: SchedulerLink
+        self.link: FrontdoorLink
 
     def on_snapshot(self, snap: p.Snapshot) -> None:
         if snap.auth is not None:
@@ -61,7 +61,7 @@ class Frontdoor:
     async def run(self) -> int:
         self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
         ctx = zmq.asyncio.Context()
-        self.link = SchedulerLink(ctx, self.dirs.scheduler_sock, self.instance, self.on_snapshot)
+        self.link = FrontdoorLink(ctx, self.dirs.scheduler_sock, self.instance, self.on_snapshot)
         self.metrics.snapshot.connected = lambda: self.link.connected
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
@@ -93,7 +93,7 @@ class Frontdoor:
         await self.drain(runner)
         watchdog.cancel()
         await self.link.wait_acked(2.0)
-        await self.link.close()
+        await self.link.aclose()
         await self.http.close()
         ctx.term()
         log.info("front door stopped")

@@ -28,7 +28,7 @@ from ..config import Config, Dirs
 from ..core.core import SchedulerCore, Send
 from ..logs import fields
 from ..systemd import Notifier
-from ..zmqio import BindLock, bind_router, send_nowait
+from ..transport.sockets import BindLock, bind_router, send_nowait
 from . import statefile
 from .commands import CommandContext
 from .control import ControlHandler

@@ -27,7 +27,7 @@ from ..systemd import Notifier
 from . import procs, statefile
 from .engine import POLL_S, EngineRunner
 from .ledger import Ledger, gpu_total
-from .link import SchedulerLink
+from .link import SupervisorLink
 
 log = logging.getLogger("infergrid.supervisor")
 
@@ -48,7 +48,7 @@ class Supervisor:
         self.notifier = Notifier()
         self.runners: list[EngineRunner] = []
         self._stop = asyncio.Event()
-        self.link: SchedulerLink | None = None
+        self.link: SupervisorLink | None = None
         total, source = gpu_total(cfg)
         self.ledger = Ledger(total, source)
 
@@ -141,7 +141,7 @@ class Supervisor:
         return "engines: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                               or "none configured")
 
-    async def _report_loop(self, link: SchedulerLink) -> None:
+    async def _report_loop(self, link: SupervisorLink) -> None:
         last_status = 0.0
         last_line = ""
         while True:
@@ -174,8 +174,8 @@ class Supervisor:
             log.info("GPU memory ledger: %s from %s", self.gpu_total or "unlimited",
                      self.ledger.source)
             ctx = zmq.asyncio.Context()
-            link = self.link = SchedulerLink(ctx, self.dirs.scheduler_sock, self.instance,
-                                             self.statuses, self._command)
+            link = self.link = SupervisorLink(ctx, self.dirs.scheduler_sock, self.instance,
+                                              self.statuses, self._command)
             await asyncio.gather(*(r.adopt() for r in self.runners))
             await self._forget_unconfigured()
             self._hold_back_what_does_not_fit()

@@ -36,7 +36,7 @@ from aiohttp import web
 
 from infergridd import protocol as p
 from infergridd.config import Dirs
-from infergridd.zmqio import bind_router, send_nowait
+from infergridd.transport.sockets import bind_router, send_nowait
 
 _log = logging.getLogger("test.fake_scheduler")
 

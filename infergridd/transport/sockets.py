@@ -18,7 +18,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from .config import Dirs
+from ..config import Dirs
 
 HWM = 100_000
 ZMTP_HEARTBEAT_IVL_MS = 1000
