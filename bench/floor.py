@@ -20,6 +20,11 @@ Whatever InferGrid measures for the quiet tenant in the ``vtc`` arm can only be
 worse than ``ideal``; when ``ideal`` is itself over 1.2x ``alone`` the claim is
 out of reach for any front end on that engine and workload.
 
+The engine is InferGrid's too (DESIGN §5), so the table goes on with the
+engine running InferGrid's step policy (``infergridd/assist/policy.py``, the
+code the vLLM plugin runs): the *assisted ideal* is the same oracle with the
+flooder marked heavy, and the core runs in front of the assisted engine.
+
 Usage: python bench/floor.py [--workload hero-dense] [--profile a100-llama3-8b]
        [--seconds 600] [--reserve 6] [--seed 0] [--out FILE]
 """
@@ -242,6 +247,16 @@ def main() -> None:
             w, a.profile, a.seconds, 0, False, a.seed, prefill_window=0)),
         ("InferGrid core, defaults", lambda: simulate_core(
             w, a.profile, a.seconds, a.reserve, True, a.seed)),
+        (f"assisted ideal: oracle at {seqs}, engine assist", lambda: simulate(
+            w, a.profile, a.seconds, seqs, False, a.seed, assist=AssistSettings())),
+        (f"assisted ideal: oracle at {seqs}, assist + exclusive prefill", lambda: simulate(
+            w, a.profile, a.seconds, seqs, False, a.seed,
+            assist=AssistSettings(exclusive_prefill=True))),
+        ("InferGrid core + engine assist (defaults)", lambda: simulate_core(
+            w, a.profile, a.seconds, a.reserve, True, a.seed, assist=AssistSettings())),
+        ("InferGrid core + assist + exclusive prefill", lambda: simulate_core(
+            w, a.profile, a.seconds, a.reserve, True, a.seed,
+            assist=AssistSettings(exclusive_prefill=True))),
     ]
     for label, run in cases:
         xs, tput = run()

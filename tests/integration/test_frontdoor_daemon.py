@@ -593,10 +593,6 @@ async def test_sigterm_lets_the_stream_finish_then_exits_0(make: Make) -> None:
 
 # --------------------------------------------------------------------------- the simulated engine
 
-_SIM = Path(__file__).resolve().parents[2] / "infergridd" / "engines" / "sim" / "__main__.py"
-
-
-@pytest.mark.skipif(not _SIM.exists(), reason="simulated engine not present")
 async def test_through_the_simulated_engine(make: Make) -> None:
     world = await make()
     port_file = world.fd.root / "sim.port"
