@@ -66,7 +66,7 @@ tenants:
     "this test's profile its quiet p99 is 1.28x alone at 0.90x throughput, and on "
     "hero-dense (A100 profile) 2.1x: a quiet prompt still waits for the engine step in "
     "progress and shares its own step with every running decode. The core measures within "
-    "~1.2x of that oracle (tests/unit/test_bench_floor.py). strict: fails loudly once it passes"))
+    "~1.2x of that oracle (tests/unit/bench/test_bench_floor.py). strict: fails loudly once it passes"))
 def test_hero_claim(tmp_path: Path) -> None:
     profile = tmp_path / "hero-test.yaml"
     profile.write_text(yaml.safe_dump(PROFILE))

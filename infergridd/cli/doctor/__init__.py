@@ -9,7 +9,7 @@ line::
 
 and the exit status is 0 when no check FAILed, 1 otherwise.  Every check is a
 function of explicit paths and injectable probes, so each is tested on its own
-with temporary directories (tests/unit/test_doctor.py).
+with temporary directories (tests/unit/cli/test_doctor.py).
 
 One module per check group: ``config``, ``dirs`` (runtime dir, sockets, state
 dir), ``engines``, ``gpu``, ``port``, ``units``; ``check`` holds what a check

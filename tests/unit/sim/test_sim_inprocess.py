@@ -12,7 +12,7 @@ import aiohttp
 from infergridd.sim.options import SimOptions
 from infergridd.sim.server import SimServer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from sse import chat_body, stream_chat  # noqa: E402
 
 

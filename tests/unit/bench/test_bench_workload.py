@@ -10,7 +10,7 @@ import pytest
 from infergridd.bench import workload
 from infergridd.bench.workload import Fixed, LogNormal, Uniform, WorkloadError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 NAMES = ["bursty", "hero", "hero-dense", "long-prompt-flooder", "tenants8"]
 
 BASE = """
@@ -95,7 +95,7 @@ def test_repo_workloads_are_the_packaged_ones() -> None:
     pip installs with the package."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     repo = {p.name: p.read_text() for p in (root / "bench" / "workloads").glob("*.yaml")}
     pkg = {p.name: p.read_text()
            for p in (root / "infergridd" / "bench" / "workloads").glob("*.yaml")}

@@ -19,7 +19,7 @@ import pytest
 
 from infergridd.bench import workload as wl
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "floor.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "bench" / "floor.py"
 PROFILE = "a100-llama3-8b"
 SECONDS = 120.0
 

@@ -315,7 +315,7 @@ def test_the_shipped_multi_model_config_swaps_out_of_the_box() -> None:
 
     from infergridd.config import load, model_memory, parse_size
 
-    root = Path(__file__).resolve().parents[2] / "configs"
+    root = Path(__file__).resolve().parents[3] / "configs"
     multi, quick = load(root / "multi_model.yaml"), load(root / "quickstart_fairness.yaml")
     total = parse_size(multi.gpu.total_memory)
     assert [mc.engine for mc in multi.models] == ["sim", "sim"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from sse import chat_body, stream_chat  # noqa: E402
 
 KEY = "sk-sim-test"

@@ -10,7 +10,7 @@ import numpy as np
 
 from infergridd.bench.loadgen import OK, Result
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "overhead.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "bench" / "overhead.py"
 
 
 def _load():  # noqa: ANN202 - the script as a module
