@@ -14,10 +14,12 @@ The rules, each one a reason a quiet tenant waited on stock vLLM:
 
 * **seats**: a light request waiting while every seat (``max_num_seqs``) is
   taken preempts the newest heavy sequence (the least work lost; vLLM recomputes
-  it later).  Stock vLLM never preempts for priority while KV blocks remain
+  it later), or failing one, the newest neutral one: a priority is fixed when a
+  request is sent, and a flooder's requests sent while no light tenant was
+  around are neutral.  Stock vLLM never preempts for priority while KV blocks remain
   (vllm-project/vllm#40004), so the light request waited for a flooder's
   sequence to finish;
-* **prefill first**: while light work waits or is still prefilling, heavy
+* **prefill first**: while light work waits or is still prefilling, the other
   sequences that are still prefilling get no tokens this step, and no heavy
   request is admitted from the queue, so the light prompt runs in the next
   step with only the running decodes beside it;
@@ -109,6 +111,7 @@ def decide(running: Sequence[SeqInfo], light_waiting: int, heavy_waiting: int, m
         return NOOP
     light_prefilling = [i for i, r in enumerate(running) if r.tier == LIGHT and r.prefilling]
     heavy = [i for i, r in enumerate(running) if r.tier == HEAVY]
+    others = [i for i, r in enumerate(running) if r.tier != LIGHT]
     if not light_waiting and not light_prefilling:
         if s.heavy_chunk_tokens <= 0 or not (heavy or heavy_waiting):
             return NOOP
@@ -118,15 +121,16 @@ def decide(running: Sequence[SeqInfo], light_waiting: int, heavy_waiting: int, m
     d = StepDecision(urgent=True, admit_heavy=False)
     if s.preempt and light_waiting:
         short = light_waiting - max(0, max_seqs - len(running))
-        if short > 0:
-            newest = sorted(heavy, key=lambda i: running[i].order, reverse=True)
-            d.preempt = sorted(newest[:short])
+        if short > 0:  # heavy before neutral, newest first
+            victims = sorted(others, key=lambda i: (running[i].tier, running[i].order),
+                             reverse=True)
+            d.preempt = sorted(victims[:short])
     gone = set(d.preempt)
-    if not heavy:
-        return d  # nothing to hold: light and neutral work share steps as on stock vLLM
+    if not others:
+        return d  # nothing to hold: light work shares steps as on stock vLLM
     if s.exclusive_prefill:
         keep = set(light_prefilling)
         d.hold = [i for i in range(len(running)) if i not in keep and i not in gone]
     elif s.hold_heavy_prefill:
-        d.hold = [i for i in heavy if running[i].prefilling and i not in gone]
+        d.hold = [i for i in others if running[i].prefilling and i not in gone]
     return d

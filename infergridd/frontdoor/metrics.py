@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .. import protocol as p
@@ -79,12 +79,24 @@ class SnapshotCollector(Collector):
             "memory_bytes": GaugeMetricFamily("infergrid_engine_memory_bytes", "GPU memory "
                                               "held, per the ledger", labels=["engine", "model"]),
         }
+        assist = GaugeMetricFamily("infergrid_engine_assist", "1 when the engine runs "
+                                   "InferGrid's step policy (reported by the engine itself)",
+                                   labels=["engine", "model", "state"])
+        acts = CounterMetricFamily("infergrid_engine_assist_actions", "what the step policy "
+                                   "in the engine did", labels=["engine", "model", "action"])
         for e in snap.engines:
             state.add_metric([e.engine_id, e.model, e.state], 1.0)
             for key, fam in e_fams.items():
                 fam.add_metric([e.engine_id, e.model], float(getattr(e, key)))
+            if e.assist:
+                assist.add_metric([e.engine_id, e.model, e.assist],
+                                  1.0 if e.assist == "on" else 0.0)
+            for action, n in sorted(e.assist_counters.items()):
+                acts.add_metric([e.engine_id, e.model, action], float(n))
         yield state
         yield from e_fams.values()
+        yield assist
+        yield acts
         ready = GaugeMetricFamily("infergrid_model_ready_engines", "ready engines per model",
                                   labels=["model"])
         for m in snap.models:

@@ -38,11 +38,14 @@ class Status(Command):
             f"scheduler  pid {s['pid']}  up {s['uptime_s']:.0f}s  policy {s['policy']}  "
             f"front doors {roles.count('frontdoor')}  supervisors {roles.count('supervisor')}",
             "",
-            table(["ENGINE", "MODEL", "STATE", "PID", "RUNNING", "WAITING", "KV%", "RESTARTS"],
+            table(["ENGINE", "MODEL", "STATE", "PID", "RUNNING", "WAITING", "KV%", "RESTARTS",
+                   "ASSIST"],
                   [[e["engine_id"], e["model"], e.get("state", "-"), e.get("pid", 0),
                     e.get("num_running", 0), e.get("num_waiting", 0),
-                    round(100 * e.get("kv_usage", 0.0), 1), e.get("restarts", 0)]
+                    round(100 * e.get("kv_usage", 0.0), 1), e.get("restarts", 0),
+                    e.get("assist") or "-"]
                    for e in r["engines"]]) if r["engines"] else "no engines reported",
+            *_assist_lines(r["engines"]),
             "",
             table(["TENANT", "WEIGHT", "QUEUED", "INFLIGHT", "COUNTER", "TOKENS_IN", "TOKENS_OUT",
                    "REJECTED"],
@@ -52,6 +55,22 @@ class Status(Command):
                    for t in r["tenants"]]),
         ]
         return "\n".join(out)
+
+
+def _assist_lines(engines: list[dict[str, Any]]) -> list[str]:
+    """Why each engine's step policy is on or off, and what it did: a stock scheduler
+    must never run unnoticed (DESIGN §5)."""
+    out = []
+    for e in engines:
+        if not e.get("assist"):
+            continue
+        c = e.get("assist_counters") or {}
+        did = (f"; light-first steps {c.get('light_first_steps', 0)}, preemptions "
+               f"{c.get('preemptions', 0)}, held prefill chunks "
+               f"{c.get('held_prefill_chunks', 0)}, capped steps {c.get('capped_steps', 0)}"
+               if c else "")
+        out.append(f"  assist {e['engine_id']}: {e['assist']} ({e.get('assist_reason', '')}){did}")
+    return ["", *out] if out else []
 
 
 def _engine(e: Any) -> dict[str, Any]:
