@@ -15,7 +15,9 @@ several distribution names for one import package ``vllm``: ``vllm`` (CUDA),
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 
 #: Tested: vLLM 0.32.x (0.32.0, CPU build, 2026-12).  ``(major, minor)`` pairs.
@@ -59,8 +61,28 @@ def check(version: str) -> tuple[bool, str]:
     return True, f"vLLM {version} (tested range {TESTED_RANGE})"
 
 
+#: python -> (mtime of the interpreter, the probe's answer): a supervisor launches
+#: an engine again after every crash, and each probe is a process start in its loop
+_PROBED: dict[str, tuple[float, tuple[str | None, str]]] = {}
+
+
 def probe(python: str, timeout_s: float = 30.0) -> tuple[str | None, str]:
-    """(the vLLM version installed for ``python``, or None; what went wrong if None)."""
+    """(the vLLM version installed for ``python``, or None; what went wrong if None).
+    A successful answer is remembered until the interpreter file changes."""
+    try:
+        mtime = os.stat(shutil.which(python) or python).st_mtime
+    except OSError:
+        mtime = -1.0
+    hit = _PROBED.get(python)
+    if hit is not None and hit[0] == mtime:
+        return hit[1]
+    answer = _probe(python, timeout_s)
+    if answer[0] is not None and mtime >= 0:
+        _PROBED[python] = (mtime, answer)
+    return answer
+
+
+def _probe(python: str, timeout_s: float) -> tuple[str | None, str]:
     try:
         r = subprocess.run([python, "-I", "-c", PROBE_CODE], capture_output=True, text=True,
                            timeout=timeout_s)

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Collection, Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -139,6 +140,9 @@ class EngineAdapter:
     def __init__(self, model: ModelConfig) -> None:
         self.model = model
         self.name = model.name
+        #: a private directory the supervisor gives the adapter for files an engine
+        #: needs at launch (the vLLM scheduler's import path); None: a temporary one
+        self.work_dir: Path | None = None
 
     # ------------------------------------------------------------------ launching
     def python_argv(self) -> list[str]:

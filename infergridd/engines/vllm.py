@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import aiohttp
 
+from ..assist.launch import SHIM_DIRNAME, AssistLaunch, assist_launch
 from ..config import ModelConfig, parse_size
 from .base import (
     AdapterConfigError,
@@ -107,8 +108,26 @@ class VllmAdapter(VllmProtocol):
         if self.supports_sleep:
             argv.append("--enable-sleep-mode")
             env["VLLM_SERVER_DEV_MODE"] = "1"
+        assist = self.assist_launch(env)
+        argv += assist.args
+        env.update(assist.env)
         argv += args_to_flags(m.args, skip=_CONSUMED)
         argv += m.extra_args
         if m.cpu_affinity:
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_list(m.cpu_affinity))
-        return self.with_affinity(LaunchSpec(argv=argv, env=env))
+        spec = LaunchSpec(argv=argv, env=env, assist="on" if assist.on else "off",
+                          assist_reason=assist.reason)
+        return self.with_affinity(spec)
+
+    def assist_launch(self, env: dict[str, str]) -> AssistLaunch:
+        """InferGrid's scheduler class for this engine, or vLLM's stock one and why
+        (disabled, a vLLM outside the tested range, a version that cannot be read).
+        The supervisor points ``INFERGRID_ASSIST_STATS`` at the engine's stats file."""
+        settings = self.model.assist().settings()
+        py = self.python_argv()
+        if settings.enabled and len(py) != 1:
+            return AssistLaunch(False, f"cannot probe the vLLM version behind {py!r} (python "
+                                       "with words); running vLLM's stock scheduler")
+        shim = str(self.work_dir / SHIM_DIRNAME) if self.work_dir is not None else None
+        return assist_launch(py[0], settings, "", pythonpath=env.get("PYTHONPATH"),
+                             shim_dir=shim)

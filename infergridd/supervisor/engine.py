@@ -55,6 +55,7 @@ class EngineRunner(Launcher, HealthWatch, SleepWake):
         self.engine_id = engine_id
         self.model = model
         self.adapter = adapter
+        adapter.work_dir = dirs.engines_dir  # ours, 0700: never a shared temporary directory
         self.dirs = dirs
         self.http = http
         self.memory_bytes = memory_bytes  # GPU bytes it holds awake (ledger.py)

@@ -68,12 +68,17 @@ def test_only_as_many_preemptions_as_the_light_requests_need() -> None:
     assert sorted(decide(running, 9, 0, 4, BUDGET, ON).preempt) == [0, 1, 2, 3]
 
 
-def test_only_heavy_sequences_are_preempted() -> None:
+def test_heavy_is_preempted_before_neutral_and_light_never() -> None:
     running = [seq(LIGHT, 8.0), seq(NEUTRAL, 9.0), seq(HEAVY, 1.0), seq(LIGHT, 7.0)]
-    assert decide(running, 1, 0, 4, BUDGET, ON).preempt == [2]
+    assert decide(running, 1, 0, 4, BUDGET, ON).preempt == [2]  # heavy, though older
+    assert decide(running, 2, 0, 4, BUDGET, ON).preempt == [1, 2]  # then neutral
+    assert decide(running, 3, 0, 4, BUDGET, ON).preempt == [1, 2]  # never a light one
+    # a neutral sequence was sent while no light tenant was around: it yields its seat
     no_heavy = [seq(LIGHT, 8.0), seq(NEUTRAL, 9.0)]
     d = decide(no_heavy, 1, 0, 2, BUDGET, ON)
-    assert d.preempt == [] and d.hold == [] and not d.admit_heavy
+    assert d.preempt == [1] and d.hold == [] and not d.admit_heavy
+    only_light = [seq(LIGHT, 8.0), seq(LIGHT, 9.0)]
+    assert decide(only_light, 1, 0, 2, BUDGET, ON).preempt == []
 
 
 def test_no_preemption_for_a_light_request_already_running() -> None:
@@ -93,9 +98,9 @@ def test_heavy_prefills_are_held_while_light_work_is_urgent() -> None:
     running = [seq(HEAVY, 1.0, prefilling=True), seq(HEAVY, 2.0),
                seq(NEUTRAL, 3.0, prefilling=True), seq(LIGHT, 4.0, prefilling=True)]
     d = decide(running, 0, 0, 8, BUDGET, ON)
-    assert d.hold == [0]  # heavy prefill only: not its decode, not neutral, never light
+    assert d.hold == [0, 2]  # prefills of the others: not a decode, never a light one
     d = decide(running, 1, 0, 8, BUDGET, ON)
-    assert d.hold == [0] and d.preempt == []
+    assert d.hold == [0, 2] and d.preempt == []
 
 
 def test_a_light_prefill_is_never_held() -> None:
