@@ -60,10 +60,11 @@ __all__ = ["SchedulerCore", "Send"]
 class SchedulerCore:
     """See the module docstring and docs/internals.md, "Scheduling core"."""
 
-    def __init__(self, cfg: Config, clock: Callable[[], float]) -> None:
+    def __init__(self, cfg: Config, clock: Callable[[], float],
+                 new_key: Callable[[], str] | None = None) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.tenants = TenantRegistry(cfg)
+        self.tenants = TenantRegistry(cfg, new_key)
         self.policy = make_policy(cfg, self.tenants)
         self.quotas = Quotas()
         self.residency = Residency(cfg)

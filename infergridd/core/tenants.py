@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -31,7 +31,6 @@ from ..protocol import AuthEntry
 from .policy import TenantView
 
 DEFAULT_TENANT = "default"
-KEY_PREFIX = "sk-ig-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: settings an operator can change at run time, and so what the state file may hold
 _RUNTIME_FIELDS = ("weight", "rpm", "tpm", "burst")
@@ -67,10 +66,6 @@ def _from_config(t: TenantConfig) -> TenantSettings:
     )
 
 
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(24)
-
-
 def _number(what: str, value: object, *, positive: bool = False) -> float:
     """A finite number from a number or a numeric string (CLI arguments arrive as text)."""
     if isinstance(value, bool) or value is None:
@@ -92,7 +87,8 @@ def _number(what: str, value: object, *, positive: bool = False) -> float:
 class TenantRegistry(TenantView):
     """Configured tenants + runtime overrides; see the module docstring."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, new_key: Callable[[], str] | None = None) -> None:
+        self._new_key = new_key  # injected (infergridd/keys.py): the core draws no randomness
         self.max_tenants = cfg.scheduler.max_tenants
         self._configured: dict[str, TenantSettings] = {t.name: _from_config(t) for t in cfg.tenants}
         if cfg.auth == "none" and DEFAULT_TENANT not in self._configured:
@@ -205,7 +201,7 @@ class TenantRegistry(TenantView):
         if len(self._effective) >= self.max_tenants:
             raise ValueError(f"too many tenants (scheduler.max_tenants is {self.max_tenants})")
         w = _number("weight", weight, positive=True)
-        key = new_key()
+        key = self._draw_key()
         if name in self._configured:  # removed earlier at run time: it comes back fresh
             self._removed.discard(name)
             self._overrides[name] = {"keys": [hash_key(key)]}
@@ -253,7 +249,7 @@ class TenantRegistry(TenantView):
     def rotate_key(self, name: str) -> str:
         """Replace every key of the tenant with one new key, returned once."""
         self._require(name)
-        key = new_key()
+        key = self._draw_key()
         self._set(name, keys=[hash_key(key)])
         self._changed(auth=True)
         return key
@@ -261,10 +257,15 @@ class TenantRegistry(TenantView):
     def add_key(self, name: str) -> str:
         """One more key for the tenant (for a rollover without downtime), returned once."""
         t = self._require(name)
-        key = new_key()
+        key = self._draw_key()
         self._set(name, keys=[*t.keys, hash_key(key)])
         self._changed(auth=True)
         return key
+
+    def _draw_key(self) -> str:
+        if self._new_key is None:
+            raise ValueError("this scheduler core was built without a key source")
+        return self._new_key()
 
     # ------------------------------------------------------------------ persistence
     def export(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import zmq.asyncio
 from .. import protocol as p
 from ..config import Config, Dirs
 from ..core.core import SchedulerCore, Send
+from ..keys import new_key
 from ..logs import fields
 from ..systemd import Notifier
 from ..transport.sockets import BindLock, bind_router, send_nowait
@@ -46,7 +47,7 @@ class SchedulerDaemon:
         self.dirs = dirs
         self.clock = clock
         self.instance = uuid.uuid4().hex[:12]
-        self.core = SchedulerCore(cfg, clock)
+        self.core = SchedulerCore(cfg, clock, new_key)
         self.peers = PeerTable()
         self.notifier = Notifier()
         self.started_at = time.time()

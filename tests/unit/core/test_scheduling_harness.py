@@ -15,6 +15,7 @@ import msgspec
 from infergridd import protocol as p
 from infergridd.config import Config
 from infergridd.core.core import SchedulerCore, Send
+from infergridd.keys import new_key
 
 FD = "fd-test"
 SV = "sv-test"
@@ -100,7 +101,7 @@ class Sim:
     dt: float = 0.1
 
     def __post_init__(self) -> None:
-        self.core = SchedulerCore(self.cfg, self.clock)
+        self.core = SchedulerCore(self.cfg, self.clock, new_key)
         self.running = {e: [] for e in self.engines}
         self.w_in = self.cfg.scheduler.input_weight
         self.w_out = self.cfg.scheduler.output_weight

@@ -9,12 +9,13 @@ from test_scheduling_harness import make_cfg
 
 from infergridd.config import hash_key
 from infergridd.core.tenants import TenantRegistry
+from infergridd.keys import new_key
 
 
 def registry(**kw) -> TenantRegistry:
     tenants = kw.pop("tenants", [{"name": "acme", "keys": ["sk-acme"], "weight": 2, "rpm": 30},
                                  {"name": "beta", "keys": ["sk-beta"]}])
-    return TenantRegistry(make_cfg(tenants=tenants, **kw))
+    return TenantRegistry(make_cfg(tenants=tenants, **kw), new_key)
 
 
 @pytest.mark.parametrize("call,message", [
