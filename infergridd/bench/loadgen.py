@@ -10,6 +10,9 @@ one more FIFO queue that knows nothing of tenants, PEERS.md).
 Per request: TTFT (first chunk carrying content), the gaps between content
 chunks (ITL; tokens that arrive in one read count as one gap, as a client
 sees them), end-to-end time, tokens from the engine's usage, and the outcome.
+Through InferGrid, the time the request spent in InferGrid's queue comes back in
+the ``X-InferGrid-Queue-Ms`` response header (``queue_s``); straight to an engine
+there is no such header and ``queue_s`` stays ``None``.
 The *send lag* (actual minus scheduled send time) is recorded too: if the
 generator itself falls behind, the arrival process is not the one planned and
 the report says so.
@@ -24,6 +27,7 @@ exactly the arm that made them wait.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 import zlib
@@ -44,6 +48,8 @@ FIRST_ID = 7
 #: Prompt ids stay under this, inside every tokenizer the harness meets (tiny: ~1000).
 ID_SPAN = 700
 BIN_S = 1.0
+#: The front door's response header: ms the request waited in InferGrid before dispatch.
+QUEUE_HEADER = "X-InferGrid-Queue-Ms"
 
 
 @dataclass(slots=True)
@@ -62,6 +68,7 @@ class Result:
     tokens_in: int = 0
     tokens_out: int = 0
     error: str = ""
+    queue_s: float | None = None  # queued in InferGrid (its header); None: no InferGrid
 
     @property
     def lag_s(self) -> float:
@@ -103,6 +110,17 @@ def body_for(model: str, prompt: list[int], max_tokens: int) -> bytes:
         "ignore_eos": True, "temperature": 0.0, "stream_options": {"include_usage": True}})
 
 
+def queue_seconds(value: str | None) -> float | None:
+    """The queue header's milliseconds as seconds; ``None`` if absent or malformed."""
+    if not value:
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        return None
+    return ms / 1000.0 if math.isfinite(ms) and ms >= 0 else None
+
+
 async def stream_one(http: aiohttp.ClientSession, target: Target, p: Planned, prompt: list[int],
                      t0: float, res: Result,
                      on_tokens: Callable[[str, float, int], None] | None = None) -> None:
@@ -119,6 +137,7 @@ async def stream_one(http: aiohttp.ClientSession, target: Target, p: Planned, pr
     try:
         async with http.post(target.url + "/v1/completions", data=data, headers=headers) as r:
             res.http_status = r.status
+            res.queue_s = queue_seconds(r.headers.get(QUEUE_HEADER))
             if r.status != 200:
                 res.status = REJECTED if r.status == 429 else FAILED
                 res.error = (await r.text())[:200]

@@ -24,13 +24,14 @@ def write_requests_csv(path: Path, runs: dict[str, list[Run]]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["arm", "tenant", "index", "scheduled_s", "sent_s", "status", "http_status",
-                    "ttft_s", "e2e_s", "tokens_in", "tokens_out", "error"])
+                    "ttft_s", "queue_ms", "e2e_s", "tokens_in", "tokens_out", "error"])
         for arm, rs in runs.items():
             for run in rs:
                 for r in run.results:
                     w.writerow([arm, r.tenant, r.index, f"{r.scheduled_s:.4f}",
                                 f"{r.sent_s:.4f}", r.status, r.http_status,
                                 "" if r.ttft_s is None else f"{r.ttft_s:.5f}",
+                                "" if r.queue_s is None else f"{r.queue_s * 1000:.1f}",
                                 "" if r.e2e_s is None else f"{r.e2e_s:.5f}",
                                 r.tokens_in, r.tokens_out, r.error])
 
@@ -55,6 +56,37 @@ def _ratio(r: dict[str, Any] | None) -> str:
     lo, hi = r["ci95"]
     mark = " ⚠" if r.get("flags") else ""
     return f"{r['ratio']:.2f}× [{lo:.2f}–{hi:.2f}]{mark}"
+
+
+def _band(b: dict[str, Any] | None) -> list[str]:
+    """n, mean TTFT, queued, engine + relay, dominant: one band of the phase breakdown."""
+    if not b or not b.get("n"):
+        return ["0", "–", "–", "–", "–"]
+    if not b.get("queue_known"):
+        return [str(b["n"]), _ms(b["ttft_ms"]), "–", _ms(b["engine_ms"]), "engine only"]
+    return [str(b["n"]), _ms(b["ttft_ms"]), _ms(b["queued_ms"]), _ms(b["engine_ms"]),
+            b["dominant"]]
+
+
+def phases_section(arms: dict[str, Any], quiet: list[str]) -> list[str]:
+    """Where the slowest 1 % of each quiet tenant's TTFTs (and the median ones) waited."""
+    rows = []
+    for arm, s in arms.items():
+        for q in quiet:
+            t = s["tenants"].get(q)
+            if t and "tail_phases" in t:
+                rows.append(f"| {arm} | {q} | " + " | ".join(
+                    _band(t["tail_phases"]) + _band(t.get("median_phases"))) + " |")
+    if not rows:
+        return []
+    return ["## Where the slowest 1% of quiet requests waited", "",
+            "Mean ms among the requests whose TTFT is at or above the tenant's p99 (and, for "
+            "contrast, between its p45 and p55): *queued* is the time in InferGrid's queue "
+            "(the front door's `X-InferGrid-Queue-Ms`), *engine* the rest of the TTFT "
+            "(engine and relay). Arms that bypass InferGrid have no queue: engine only.", "",
+            "| arm | tenant | p99+ n | TTFT | queued | engine | dominant | "
+            "median n | TTFT | queued | engine | dominant |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def render(results: dict[str, Any]) -> str:
@@ -101,6 +133,7 @@ def render(results: dict[str, Any]) -> str:
                 f"{_ms(t['itl_ms']['p50'])} | {_ms(t['e2e_ms']['p50'])} | {t['ok']} | "
                 f"{t['rejected']} | {t['failed']} | {t['unfinished']} |")
         lines.append("")
+    lines += phases_section(arms, quiet)
     lines += ["## Throughput and flooders", "",
               "| arm | total tokens/s | vs capacity | " +
               " | ".join(f"`{f}` tok/s, ok, 429" for f in flood) +

@@ -221,6 +221,19 @@ def tenant_stats(cfg: BenchConfig, arm: str, tenant: str, results: list[Result],
     return s, np.asarray(ttft)
 
 
+#: TTFT percentile bands of the phase breakdown: the slowest 1 %, and the median for contrast
+PHASE_BANDS = {"tail_phases": (99.0, 100.0), "median_phases": (45.0, 55.0)}
+
+
+def phase_breakdown(results: list[Result]) -> dict[str, Any]:
+    """Among answered requests, for the slowest 1 % of TTFTs and the median band: mean
+    time queued in InferGrid vs in the engine (``stats.phase_band``), and which dominated."""
+    answered = [r for r in results if r.ttft_s is not None and r.status in (OK, UNFINISHED)]
+    ttft = [r.ttft_s for r in answered]
+    queue = [np.nan if r.queue_s is None else r.queue_s for r in answered]
+    return {k: stats.phase_band(ttft, queue, lo, hi) for k, (lo, hi) in PHASE_BANDS.items()}
+
+
 def saturation(samples: list[dict[str, float]], lo: float, hi: float) -> dict[str, Any]:
     """Queue depths sampled during the measured window: was anything held back?"""
     rows = [r for r in samples if lo <= r["t"] <= hi]
@@ -239,6 +252,7 @@ def arm_stats(cfg: BenchConfig, arm: str, runs: list[Run],
               capacity: Capacity | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     w = cfg.workload
     lo, hi = cfg.warmup_s, cfg.duration_s
+    quiet = {t.name for t in w.quiet()}
     tenants: dict[str, Any] = {}
     ttfts: dict[str, np.ndarray] = {}
     tok_by_tenant: dict[str, int] = {}
@@ -252,6 +266,8 @@ def arm_stats(cfg: BenchConfig, arm: str, runs: list[Run],
                 by.setdefault(r.tenant, []).append(r)
         for name, rs in by.items():
             tenants[name], ttfts[name] = tenant_stats(cfg, arm, name, rs, run.elapsed_s)
+            if name in quiet:
+                tenants[name].update(phase_breakdown(rs))
         for name in run.timeline.bins:
             tok_by_tenant[name] = tok_by_tenant.get(name, 0) + run.timeline.tokens(name, lo, hi)
         sat[run.label] = saturation(run.samples, lo, hi)

@@ -146,3 +146,33 @@ def difference(a: Any, b: Any, q: float, seed: int = 0, n_boot: int = N_BOOT,
     if q >= 99 and min(len(xa), len(xb)) < MIN_P99_N:
         flags.append(f"p99 from {min(len(xa), len(xb))} samples (< {MIN_P99_N})")
     return {"diff": point, "ci95": [float(lo_), float(hi_)], "flags": flags}
+
+
+def phase_band(ttft_s: Any, queue_s: Any, lo_q: float, hi_q: float = 100.0) -> dict[str, Any]:
+    """Where the requests whose TTFT lies between its ``lo_q``-th and ``hi_q``-th
+    percentiles waited: mean time queued in InferGrid, and mean ``ttft - queued`` (the
+    engine, plus the relay), in ms, and which of the two dominated.
+
+    ``queue_s`` holds NaN where a request's queue time is unknown.  If none is known
+    (the arm does not go through InferGrid) the whole TTFT is the engine's:
+    ``queue_known`` is False and the report says "engine only".  Otherwise only the
+    requests with a known queue time are used.
+    """
+    t = np.asarray(ttft_s, dtype=float)
+    q = np.asarray(queue_s, dtype=float)
+    known = ~np.isnan(q)
+    queue_known = bool(known.any())
+    if queue_known:
+        t, q = t[known], q[known]
+    else:
+        q = np.zeros_like(t)
+    if len(t) == 0:
+        return {"n": 0, "ttft_ms": None, "queued_ms": None, "engine_ms": None,
+                "dominant": None, "queue_known": queue_known}
+    lo, hi = np.percentile(t, [lo_q, hi_q])
+    band = (t >= lo) & (t <= hi)
+    queued = float(q[band].mean()) * 1000.0
+    engine = float((t[band] - q[band]).mean()) * 1000.0
+    return {"n": int(band.sum()), "ttft_ms": float(t[band].mean()) * 1000.0,
+            "queued_ms": queued, "engine_ms": engine,
+            "dominant": "queue" if queued > engine else "engine", "queue_known": queue_known}

@@ -56,10 +56,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
                            retry_after_s=answer.retry_after_s, request_id=rid)
         # From here on exactly one Done: no await between started() and the try.
         fd.link.started(rec, answer)
-        fd.metrics.queue_wait.labels(tenant, req.model).observe(time.monotonic() - t0)
+        queued = time.monotonic() - t0  # InferGrid's queue and the link (a retry: both tries)
+        fd.metrics.queue_wait.labels(tenant, req.model).observe(queued)
         gauge = fd.metrics.inflight.labels(tenant, req.model)
         gauge.inc()
-        res = RelayResult()  # ours, so a cancelled relay still leaves its token counts
+        # ours, so a cancelled relay still leaves its token counts
+        res = RelayResult(queued_s=queued)
         outcome, error = p.Outcome.CANCELLED, ""  # what an exception or cancellation means
         try:
             await relay(fd.http, request, req, answer, rid, t0, fd.cfg.limits.request_timeout_s,
@@ -97,6 +99,10 @@ def _account(fd: Frontdoor, rid: str, tenant: str, req: ParsedRequest, t0: float
     completion = res.completion_tokens
     ttft = res.ttft_s
     fd.link.finish(rid, outcome, prompt, completion, ttft_s=ttft, error=error)
+    e2e = time.monotonic() - t0
+    # the phases after dispatch need a first token the client saw before the end: a
+    # streamed answer's (a whole answer's "first token" is its last byte)
+    first = ttft if req.stream else None
     m = fd.metrics
     m.requests.labels(tenant, model, outcome).inc()
     if completion or outcome == p.Outcome.OK:
@@ -109,13 +115,23 @@ def _account(fd: Frontdoor, rid: str, tenant: str, req: ParsedRequest, t0: float
             h = m.itl.labels(tenant, model)
             for x in res.itl_s:
                 h.observe(x)
-        m.e2e.labels(tenant, model).observe(time.monotonic() - t0)
+        m.e2e.labels(tenant, model).observe(e2e)
+        m.phase.labels(tenant, model, "queued").observe(res.queued_s)
+        if first is not None:
+            m.phase.labels(tenant, model, "engine_first_token").observe(
+                max(0.0, first - res.queued_s))
+            m.phase.labels(tenant, model, "generation").observe(max(0.0, e2e - first))
     if fd.cfg.logging.requests:
         level = logging.INFO if outcome in (p.Outcome.OK, p.Outcome.CANCELLED) else logging.WARNING
         log.log(level, "%s %s %s %s", rid, tenant, model, outcome + (f": {error}" if error else ""),
                 extra=fields(request_id=rid, tenant=tenant, model=model, outcome=outcome,
                              prompt_tokens=prompt, completion_tokens=completion,
-                             ttft_ms=None if ttft is None else round(ttft * 1000, 1)))
+                             ttft_ms=None if ttft is None else round(ttft * 1000, 1),
+                             queue_ms=round(res.queued_s * 1000, 1),
+                             engine_ttft_ms=None if first is None
+                             else round(max(0.0, first - res.queued_s) * 1000, 1),
+                             generation_ms=None if first is None
+                             else round(max(0.0, e2e - first) * 1000, 1)))
 
 
 async def models(request: web.Request) -> web.Response:

@@ -20,6 +20,12 @@ from .. import protocol as p
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5,
                    2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+#: Phases of one request (``phase`` label): ``queued`` (arrival to Dispatch: InferGrid's
+#: queue and the link), ``engine_first_token`` (Dispatch to the first token sent),
+#: ``generation`` (first token to the last byte).  Finer at the short end than
+#: LATENCY_BUCKETS: a phase of a quiet request is often a few milliseconds.
+PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
+                 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -114,6 +120,11 @@ class FrontdoorMetrics:
         self.queue_wait = Histogram("infergrid_queue_wait_seconds", "time from arrival to "
                                     "dispatch", ["tenant", "model"], buckets=LATENCY_BUCKETS,
                                     registry=r)
+        self.phase = Histogram("infergrid_request_phase_seconds", "where an answered "
+                               "request's time went: queued (arrival to dispatch), "
+                               "engine_first_token (dispatch to first token sent), "
+                               "generation (first token to last byte)",
+                               ["tenant", "model", "phase"], buckets=PHASE_BUCKETS, registry=r)
         self.itl = Histogram("infergrid_itl_seconds", "time between streamed tokens",
                              ["tenant", "model"], buckets=ITL_BUCKETS, registry=r)
         self.e2e = Histogram("infergrid_request_duration_seconds", "arrival to last byte",

@@ -31,6 +31,7 @@ from .validate import ParsedRequest
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
+QUEUE_HEADER = "X-InferGrid-Queue-Ms"
 _CONNECT_TIMEOUT_S = 5.0
 _encode = msgspec.json.encode
 
@@ -49,9 +50,16 @@ class RelayResult:
     prompt_tokens: int = 0  # 0: the engine did not say (the caller keeps its estimate)
     completion_tokens: int = 0
     ttft_s: float | None = None
+    queued_s: float = 0.0  # arrival to Dispatch, set by the caller before the relay
     error: str = ""
     itl_s: list[float] = field(default_factory=list)
     response: web.StreamResponse | None = None
+
+
+def client_headers(request_id: str, res: RelayResult) -> dict[str, str]:
+    """On every answer after dispatch: the request id, and the time it spent queued in
+    InferGrid (ms) so a client can tell InferGrid's queue from the engine's time."""
+    return {"X-Request-Id": request_id, QUEUE_HEADER: f"{res.queued_s * 1000:.1f}"}
 
 
 def engine_body(req: ParsedRequest, d: p.Dispatch) -> dict[str, Any]:
@@ -117,7 +125,7 @@ async def relay(http: aiohttp.ClientSession, request: web.Request, req: ParsedRe
         if isinstance(exc, asyncio.TimeoutError):
             err = ApiError(504, "timeout", f"the engine did not finish within {timeout_s:g}s")
             res.outcome, res.error = p.Outcome.TIMEOUT, err.message
-            res.response = err.response(headers={"X-Request-Id": request_id})
+            res.response = err.response(headers=client_headers(request_id, res))
             return res
         raise EngineUnavailable(f"engine {d.engine_id} failed: {exc!r}") from None
     finally:
@@ -134,7 +142,7 @@ async def _passthrough_error(upstream: aiohttp.ClientResponse, request_id: str,
     res.outcome, res.error = p.Outcome.ENGINE_ERROR, f"engine answered {upstream.status}"
     res.response = web.Response(status=upstream.status, body=data,
                                 content_type="application/json",
-                                headers={"X-Request-Id": request_id})
+                                headers=client_headers(request_id, res))
 
 
 async def _whole(upstream: aiohttp.ClientResponse, request_id: str, t0: float,
@@ -145,14 +153,15 @@ async def _whole(upstream: aiohttp.ClientResponse, request_id: str, t0: float,
     if usage is not None:
         res.prompt_tokens, res.completion_tokens = usage.prompt_tokens, usage.completion_tokens
     res.response = web.Response(status=200, body=data, content_type="application/json",
-                                headers={"X-Request-Id": request_id})
+                                headers=client_headers(request_id, res))
 
 
 async def _stream(upstream: aiohttp.ClientResponse, request: web.Request, req: ParsedRequest,
                   request_id: str, t0: float, on_tokens: Callable[[int], None],
                   res: RelayResult) -> None:
     acct = StreamAccount(t0, req.client_wants_usage, on_tokens)
-    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": request_id})
+    resp = web.StreamResponse(status=200, headers={**SSE_HEADERS,
+                                                   **client_headers(request_id, res)})
     res.response = resp
     try:
         await resp.prepare(request)

@@ -569,6 +569,44 @@ async def test_models_and_metrics(make: Make) -> None:
     assert "sk-wrong" not in text
 
 
+async def test_request_phases_header_metrics_and_log_line(make: Make) -> None:
+    """Held 0.4 s by the scheduler: the client is told the queue time, /metrics has the
+    three phases with the queue's share, the request's log line has them too."""
+    world = await make(mode="hold", delay=0.05)
+    task = asyncio.create_task(world.post(chat(4)))
+    await _until(lambda: world.sched.held, what="the Submit")
+    await asyncio.sleep(0.4)
+    ident, rec = world.sched.held[0]
+    world.sched.dispatch(ident, rec.request_id)
+    status, headers, raw = await task
+    assert status == 200 and events(raw)[-1] == "[DONE]"
+    assert headers["X-Request-Id"] == rec.request_id
+    queue_ms = float(headers["X-InferGrid-Queue-Ms"])
+    assert 400 <= queue_ms < 5000, queue_ms
+    assert headers["X-InferGrid-Queue-Ms"] == f"{queue_ms:.1f}"
+    world.sched.mode = "dispatch"  # a whole (not streamed) answer carries it too
+    status, headers2, _ = await world.post(chat(2, stream=False))
+    assert status == 200 and 0 <= float(headers2["X-InferGrid-Queue-Ms"]) < queue_ms
+    async with world.http.get(world.fd.url + "/metrics") as r:
+        text = await r.text()
+    fam = "infergrid_request_phase_seconds"
+    lab = 'model="demo",phase="{}",tenant="alpha"'
+    assert f'{fam}_count{{{lab.format("queued")}}} 2.0' in text  # both answers
+    for phase in ("engine_first_token", "generation"):  # streamed answers only
+        assert f'{fam}_count{{{lab.format(phase)}}} 1.0' in text, phase
+    queued_sum = float(text.split(f'{fam}_sum{{{lab.format("queued")}}} ')[1].split()[0])
+    assert queued_sum >= 0.4
+    gen_sum = float(text.split(f'{fam}_sum{{{lab.format("generation")}}} ')[1].split()[0])
+    assert gen_sum >= 3 * 0.05 * 0.8  # three gaps of `delay` after the first token
+    await _until(lambda: rec.request_id + " alpha demo ok" in world.fd.logs(), what="log line")
+    line = next(ln for ln in world.fd.logs().splitlines() if rec.request_id + " alpha" in ln)
+    got = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+    assert float(got["queue_ms"]) == queue_ms
+    assert float(got["engine_ttft_ms"]) >= 0 and float(got["generation_ms"]) >= 120
+    assert float(got["ttft_ms"]) == pytest.approx(queue_ms + float(got["engine_ttft_ms"]),
+                                                  abs=0.2)
+
+
 # --------------------------------------------------------------------------- shutdown
 
 
