@@ -4,6 +4,10 @@ Flags mirror vLLM's where vLLM has one (``--max-num-seqs``,
 ``--max-num-batched-tokens``, ``--long-prefill-token-threshold``, ``--block-size``,
 ``--scheduling-policy``,
 ``--api-key``), so an adapter builds the same kind of command line for both.
+With ``--personality sglang`` the engine batches as SGLang does (``sglang_batch.py``)
+and takes SGLang's scheduling flags (``--max-running-requests``,
+``--chunked-prefill-size``, ``--enable-priority-scheduling``, ...), so the SGLang
+adapter's choice of flags is what runs.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from infergridd.assist.stats import settings_from_env
 from infergridd.sim.options import SimOptions
 from infergridd.sim.profile import ProfileError, parse_override
 from infergridd.sim.server import serve
+from infergridd.sim.sglang_batch import SCHEDULE_POLICIES
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m infergridd.sim",
-        description="Simulated LLM inference engine (vLLM v1 scheduling, OpenAI API).")
+        description="Simulated LLM inference engine (vLLM v1's or SGLang's scheduling, "
+                    "OpenAI API).")
     a = p.add_argument
     a("--host", default="127.0.0.1")
     a("--port", type=int, default=8000, help="0: any free port (see --port-file)")
@@ -33,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--profile", default="fast-test", help="packaged profile name or a YAML file path")
     a("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
       help="override one profile key (repeatable), e.g. --set base_s=0.01")
-    a("--max-num-seqs", type=int)
+    a("--max-num-seqs", "--max-running-requests", dest="max_num_seqs", type=int,
+      help="running sequences at most (SGLang's --max-running-requests is an alias)")
     a("--max-num-batched-tokens", type=int)
     a("--long-prefill-token-threshold", type=int,
       help="a prompt computes at most this many tokens per step (vLLM's flag; 0: no limit)")
@@ -59,7 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     a("--time-scale", type=float, default=1.0, help="multiply every simulated duration")
     a("--engine-assist", action="store_true",
       help="run InferGrid's assisted step policy (settings: env INFERGRID_ASSIST, JSON; "
-           "counters written to the file in env INFERGRID_ASSIST_STATS)")
+           "counters written to the file in env INFERGRID_ASSIST_STATS); vLLM personality")
+    g = p.add_argument_group(
+        "SGLang's scheduling (--personality sglang only)",
+        "prefill batches first, decodes paused during them; see infergridd/sim/sglang_batch.py")
+    g.add_argument("--chunked-prefill-size", type=int,
+                   help="prefill tokens per step; a longer prompt is chunked (default: the "
+                        "profile's max_num_batched_tokens; -1: no chunking)")
+    g.add_argument("--max-prefill-tokens", type=int, help="prefill tokens per batch "
+                   "(default 16384; a longer prompt runs only first in its batch)")
+    g.add_argument("--enable-priority-scheduling", action="store_true",
+                   help="queue by priority, higher value first (then by arrival)")
+    g.add_argument("--schedule-low-priority-values-first", action="store_true")
+    g.add_argument("--priority-scheduling-preemption-threshold", type=int,
+                   help="a waiting request preempts a running one whose priority is lower "
+                        "by more than this (default 10)")
+    g.add_argument("--disable-priority-preemption", action="store_true")
+    g.add_argument("--schedule-policy", choices=SCHEDULE_POLICIES,
+                   help="only fcfs is modelled: the sim has no prefix cache, so the others "
+                        "run as fcfs (as SGLang runs lpm and dfs-weight without a cache)")
     a("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -79,7 +104,13 @@ def options_from_args(argv: list[str] | None = None) -> SimOptions:
         crash_after_s=ns.crash_after_s, hang_after_s=ns.hang_after_s, error_rate=ns.error_rate,
         stall_mid_stream_s=ns.stall_mid_stream_s, stall_prob=ns.stall_prob,
         time_scale=ns.time_scale,
-        assist=settings_from_env() if ns.engine_assist else None)
+        assist=settings_from_env() if ns.engine_assist else None,
+        chunked_prefill_size=ns.chunked_prefill_size, max_prefill_tokens=ns.max_prefill_tokens,
+        priority_scheduling_preemption_threshold=ns.priority_scheduling_preemption_threshold,
+        schedule_policy=ns.schedule_policy,
+        enable_priority_scheduling=ns.enable_priority_scheduling,
+        schedule_low_priority_values_first=ns.schedule_low_priority_values_first,
+        disable_priority_preemption=ns.disable_priority_preemption)
 
 
 def main(argv: list[str] | None = None) -> int:

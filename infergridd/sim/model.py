@@ -1,4 +1,5 @@
-"""The simulated engine's scheduler: a pure, deterministic model of vLLM v1's step loop.
+"""The simulated engine's scheduler: a pure, deterministic model of vLLM v1's step loop
+(and, with ``batching="sglang"``, of SGLang's: ``sglang_batch.py``).
 
 No asyncio, no sockets, no wall clock (``clock`` is injected): the server asks
 for a step plan, waits the plan's duration, then commits it and gets the
@@ -24,6 +25,10 @@ What is modelled, following ``vllm/v1/core/sched/scheduler.py``:
 * a token is sampled at the end of a step in which a request's known tokens are
   all computed, so the first token arrives at the end of the step that
   finishes its prefill and each later step yields one token per sequence.
+
+The queue, the KV blocks, admission bookkeeping and ``commit`` are shared with
+SGLang's batching (``sglang_batch.py``), which only chooses differently what a
+step computes; the request and step types are in ``engine_state.py``.
 """
 
 from __future__ import annotations
@@ -32,8 +37,7 @@ import heapq
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
 from infergridd.assist.policy import (
     HEAVY,
@@ -47,93 +51,47 @@ from infergridd.assist.policy import (
     tier_of,
 )
 from infergridd.assist.stats import AssistCounters
+from infergridd.sim.engine_state import (
+    ABORTED,
+    FINISHED,
+    PREEMPTED,
+    RUNNING,
+    VOCAB,
+    WAITING,
+    Counters,
+    SimRequest,
+    StepPlan,
+    StepResult,
+)
 from infergridd.sim.profile import Profile
+from infergridd.sim.sglang_batch import SglangBatcher, SglangSettings
 
-WAITING = "waiting"
-RUNNING = "running"
-PREEMPTED = "preempted"  # waiting again, to be recomputed
-FINISHED = "finished"
-ABORTED = "aborted"
-
-#: The sim's vocabulary: short words, so a stream looks like text and costs little.
-VOCAB: tuple[str, ...] = tuple(f" tok{i}" for i in range(100))
-
-
-@dataclass(eq=False, slots=True)
-class SimRequest:
-    """One sequence inside the engine.  ``sink`` is the server's, opaque here."""
-
-    request_id: str
-    prompt_tokens: int
-    max_tokens: int
-    priority: int = 0
-    ignore_eos: bool = False
-    arrival: float = 0.0
-    sink: Any = None
-    # engine state
-    status: str = WAITING
-    num_output: int = 0
-    num_computed: int = 0
-    blocks: int = 0
-    seq: int = 0  # arrival order, the FCFS tie-break
-    finish_reason: str | None = None
-    first_scheduled_at: float | None = None
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    num_preemptions: int = 0
-
-    @property
-    def num_tokens(self) -> int:
-        """Prompt plus generated tokens: what a recompute must prefill again."""
-        return self.prompt_tokens + self.num_output
-
-
-@dataclass(slots=True)
-class StepPlan:
-    """What one step runs and how long it takes (seconds, unscaled)."""
-
-    scheduled: list[tuple[SimRequest, int]]  # (request, tokens computed this step)
-    prefill_tokens: int
-    decode_seqs: int
-    kv_tokens: int
-    duration_s: float
-    preempted: list[SimRequest] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class StepResult:
-    """What a committed step produced, for the server to stream and count."""
-
-    tokens: list[tuple[SimRequest, str]]  # one new token per request; finish_reason set on the last
-    first_tokens: list[SimRequest]
-    finished: list[SimRequest]
-    now: float
-
-
-@dataclass(slots=True)
-class Counters:
-    """Monotonic totals, exported as Prometheus counters."""
-
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    preemptions: int = 0
-    steps: int = 0
-    success: dict[str, int] = field(default_factory=dict)  # finish_reason -> count
-    aborted: int = 0
+__all__ = ["ABORTED", "FINISHED", "PREEMPTED", "RUNNING", "VOCAB", "WAITING", "Counters",
+           "EngineModel", "SglangSettings", "SimRequest", "StepPlan", "StepResult"]
 
 
 class EngineModel:
-    """vLLM v1's scheduler, reduced to counts of tokens and blocks.
+    """vLLM v1's scheduler (or SGLang's), reduced to counts of tokens and blocks.
 
     ``priority_sign`` is +1 when a lower ``priority`` value runs first (vLLM)
-    and -1 when a higher one does (SGLang).
+    and -1 when a higher one does (SGLang).  ``batching="sglang"`` runs SGLang's
+    prefill-first batching with ``sglang``'s settings; ``policy="priority"`` is
+    then SGLang's ``--enable-priority-scheduling``.  InferGrid's step policy
+    (``assist``) is for vLLM batching only: on SGLang, SGLang's own flags do the work.
     """
 
     def __init__(self, profile: Profile, *, clock: Callable[[], float], seed: int = 0,
                  policy: str = "fcfs", priority_sign: int = 1,
-                 assist: AssistSettings | None = None) -> None:
+                 assist: AssistSettings | None = None,
+                 batching: Literal["vllm", "sglang"] = "vllm",
+                 sglang: SglangSettings | None = None) -> None:
         if policy not in ("fcfs", "priority"):
             raise ValueError(f"unknown scheduling policy {policy!r}")
+        if batching not in ("vllm", "sglang"):
+            raise ValueError(f"unknown batching {batching!r}")
+        if batching == "sglang" and assist is not None and assist.enabled:
+            raise ValueError("InferGrid's step policy (assist) runs in vLLM batching only; "
+                             "SGLang batching takes SGLang's own flags")
         self.profile = profile
         self.clock = clock
         self.rng = random.Random(seed)
@@ -155,6 +113,11 @@ class EngineModel:
         self.assist_counters = AssistCounters()  # what the policy did (the vLLM plugin's names)
         self._light_waiting = 0  # light requests in the queue (the assist policy's input)
         self._heavy_waiting = 0
+        self.sglang: SglangBatcher | None = None
+        if batching == "sglang":  # SGLang sorts its own queue: a plain FIFO underneath
+            self.sglang = SglangBatcher(self, sglang or SglangSettings(),
+                                        priority=policy == "priority")
+            self.policy = "fcfs"
 
     # ------------------------------------------------------------------ queries
     def has_work(self) -> bool:
@@ -270,6 +233,8 @@ class EngineModel:
     # ------------------------------------------------------------------ the step
     def schedule(self) -> StepPlan:
         """Choose what the next step computes; allocates blocks, may preempt."""
+        if self.sglang is not None:
+            return self.sglang.schedule()
         scheduled: list[tuple[SimRequest, int]] = []
         preempted: list[SimRequest] = []
         running = self.running
@@ -342,7 +307,11 @@ class EngineModel:
                 running.append(req)
                 scheduled.append((req, n))
                 budget -= n
+        return self.plan(scheduled, preempted)
 
+    def plan(self, scheduled: list[tuple[SimRequest, int]],
+             preempted: list[SimRequest]) -> StepPlan:
+        """The step that computes ``scheduled``, with its duration from the profile."""
         prefill = decode = kv = new = 0
         for req, n in scheduled:
             if n == 1 and req.num_computed >= req.prompt_tokens:
@@ -367,13 +336,18 @@ class EngineModel:
         self.assist_counters.count(d, held_prefills, self.assist.exclusive_prefill)
         return d
 
-    def _preempt(self, req: SimRequest) -> None:
+    def _preempt(self, req: SimRequest, front: bool = True) -> None:
+        """Free its blocks and forget its computed tokens; back to the queue to be recomputed
+        (vLLM: at its front; SGLang: at its back, as a new entry)."""
         self._free(req)
         req.num_computed = 0
         req.status = PREEMPTED
         req.num_preemptions += 1
         self.counters.preemptions += 1
-        self._enqueue(req, front=True)
+        if not front:
+            self._seq += 1
+            req.seq = self._seq
+        self._enqueue(req, front=front)
 
     def commit(self, plan: StepPlan) -> StepResult:
         """The step's compute is done: advance requests and sample tokens."""

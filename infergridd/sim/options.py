@@ -7,6 +7,18 @@ from typing import Any, Literal
 
 from infergridd.assist.policy import AssistSettings
 from infergridd.sim.profile import Profile, ProfileError, load_profile
+from infergridd.sim.sglang_batch import (
+    DEFAULT_MAX_PREFILL_TOKENS,
+    DEFAULT_PREEMPTION_THRESHOLD,
+    SCHEDULE_POLICIES,
+    SglangSettings,
+)
+
+#: SGLang's scheduling flags: ``--personality sglang`` only (``sglang_batch.py``)
+SGLANG_ONLY = ("chunked_prefill_size", "max_prefill_tokens",
+               "priority_scheduling_preemption_threshold", "schedule_policy",
+               "enable_priority_scheduling", "schedule_low_priority_values_first",
+               "disable_priority_preemption")
 
 
 @dataclass
@@ -16,6 +28,10 @@ class SimOptions:
     Fault timings given here (``crash_after_s``, ``hang_after_s``) are wall-clock
     seconds from start-up; every simulated duration (steps, start-up delay,
     sleep/wake latency, mid-stream stalls) is multiplied by ``time_scale``.
+
+    ``personality="sglang"`` runs SGLang's batching (prefill first, priority
+    preemption) with SGLang's scheduling flags below; ``scheduling_policy="priority"``
+    then reads as ``enable_priority_scheduling``.
     """
 
     model: str = "sim"
@@ -45,7 +61,48 @@ class SimOptions:
     stall_mid_stream_s: float = 0.0
     stall_prob: float = 1.0  # fraction of streams that stall, when stall_mid_stream_s > 0
     time_scale: float = 1.0
-    assist: AssistSettings | None = None  # InferGrid's step policy (--engine-assist)
+    assist: AssistSettings | None = None  # InferGrid's step policy (--engine-assist; vLLM)
+    # SGLang's scheduling flags (personality "sglang"); None: SGLang's default
+    chunked_prefill_size: int | None = None  # None: the profile's max_num_batched_tokens
+    max_prefill_tokens: int | None = None
+    priority_scheduling_preemption_threshold: int | None = None
+    schedule_policy: str | None = None  # every value runs as fcfs (no prefix cache)
+    enable_priority_scheduling: bool = False
+    schedule_low_priority_values_first: bool = False
+    disable_priority_preemption: bool = False
+
+    def __post_init__(self) -> None:
+        # one switch for priority on SGLang: the HTTP side reads ``scheduling_policy``
+        if self.personality == "sglang" and self.enable_priority_scheduling:
+            self.scheduling_policy = "priority"
+
+    @property
+    def batching(self) -> Literal["vllm", "sglang"]:
+        return "sglang" if self.personality == "sglang" else "vllm"
+
+    @property
+    def engine_policy(self) -> Literal["fcfs", "priority"]:
+        """The queue's order: priority with vLLM's ``--scheduling-policy priority`` or
+        SGLang's ``--enable-priority-scheduling``."""
+        priority = self.scheduling_policy == "priority" or self.enable_priority_scheduling
+        return "priority" if priority else "fcfs"
+
+    @property
+    def priority_sign(self) -> int:
+        """+1 when lower priority values run first (vLLM), -1 when higher ones do (SGLang,
+        unless ``--schedule-low-priority-values-first``)."""
+        if self.personality != "sglang" or self.schedule_low_priority_values_first:
+            return 1
+        return -1
+
+    def sglang_settings(self) -> SglangSettings:
+        threshold = self.priority_scheduling_preemption_threshold
+        return SglangSettings(
+            chunked_prefill_size=self.chunked_prefill_size,
+            max_prefill_tokens=self.max_prefill_tokens or DEFAULT_MAX_PREFILL_TOKENS,
+            preemption_threshold=None if self.disable_priority_preemption else (
+                DEFAULT_PREEMPTION_THRESHOLD if threshold is None else threshold),
+            schedule_policy=self.schedule_policy or "fcfs")
 
     def resolve_profile(self) -> Profile:
         """The profile with every command-line override applied and checked."""
@@ -75,3 +132,16 @@ class SimOptions:
             raise ProfileError("stall_prob must be in [0, 1]")
         if not self.time_scale > 0:
             raise ProfileError("time_scale must be greater than 0")
+        if self.personality == "sglang":
+            if self.assist is not None and self.assist.enabled:
+                raise ProfileError("--engine-assist is InferGrid's step policy for vLLM; the "
+                                   "SGLang personality takes SGLang's own flags")
+            if self.schedule_policy not in (None, *SCHEDULE_POLICIES):
+                raise ProfileError(f"unknown schedule policy {self.schedule_policy!r}")
+            if self.max_prefill_tokens is not None and self.max_prefill_tokens <= 0:
+                raise ProfileError("max_prefill_tokens must be positive")
+        else:
+            given = [k for k in SGLANG_ONLY if getattr(self, k) is not None
+                     and getattr(self, k) is not False]
+            if given:
+                raise ProfileError(f"{', '.join(given)}: SGLang's flags need personality sglang")

@@ -81,10 +81,12 @@ class SimEngine:
     def __init__(self, options: SimOptions, profile: Profile | None = None) -> None:
         self.options = options
         self.profile = profile or options.resolve_profile()
-        sglang = options.personality == "sglang"
+        sglang = options.batching == "sglang"
         self.model = EngineModel(self.profile, clock=time.monotonic, seed=options.seed,
-                                 policy=options.scheduling_policy,
-                                 priority_sign=-1 if sglang else 1, assist=options.assist)
+                                 policy=options.engine_policy,
+                                 priority_sign=options.priority_sign, assist=options.assist,
+                                 batching=options.batching,
+                                 sglang=options.sglang_settings() if sglang else None)
         self.assist_stats = None if options.assist is None else StatsWriter.from_env(
             "sim", "infergridd.sim.model.EngineModel", "sim", options.assist,
             self.profile.max_num_batched_tokens, self.profile.max_num_seqs)

@@ -7,6 +7,8 @@ process, so the supervisor only reports ``on`` once the engine has written its
 stats file (``assist/stats.py``) from a process of the engine's group (vLLM's
 engine core is a child of its API server, which leads the group we started).
 Until then it says ``starting``; ``infergridctl status`` shows either, with why.
+An engine whose assist is its own command-line flags (SGLang: ``LaunchSpec.assist``
+``"flags"``) writes no stats file: the flags are the proof, so it is ``on`` at launch.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ def prepare_launch(spec: LaunchSpec, st: p.EngineStatus, path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()  # a stale file from the last process must not count as proof
     st.assist_counters = {}
-    if spec.assist == "on":
+    if spec.assist == "flags":  # final: nothing more will come from the engine
+        st.assist, st.assist_reason = "on", f"flags: {spec.assist_reason}"
+    elif spec.assist == "on":
         spec.env[STATS_ENV] = str(path)
         st.assist, st.assist_reason = "starting", f"asked for ({spec.assist_reason})"
     else:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
+from infergridd import protocol as p
 from infergridd.config import EngineAssistConfig, ModelConfig
 from infergridd.engines import AdapterConfigError, adapter_for
 from infergridd.engines.base import args_to_flags, cpu_list
@@ -14,6 +16,7 @@ from infergridd.engines.openai import OpenAIAdapter
 from infergridd.engines.sglang import SglangAdapter
 from infergridd.engines.sim import SimSglangAdapter, SimVllmAdapter
 from infergridd.engines.vllm import VllmAdapter
+from infergridd.supervisor.assist import prepare_launch
 
 
 def test_vllm_command_exact() -> None:
@@ -121,10 +124,33 @@ def test_engine_assist_flags_and_switch() -> None:
 
 
 def test_sim_sglang_personality() -> None:
-    a = adapter_for(ModelConfig(name="d", engine="sim", args={"personality": "sglang"}))
+    """The SGLang personality gets SGLang's command line, engine assist included: the very
+    flags ``SglangAdapter`` passes (``sglang_assist_flags``), not InferGrid's step policy;
+    its flags are the proof, so the supervisor reports it on at launch."""
+    a = adapter_for(ModelConfig(name="d", engine="sim", max_num_seqs=2,
+                                args={"personality": "sglang"}))
     assert isinstance(a, SimSglangAdapter)
     assert a.priority_sign == -1
-    assert a.launch_spec(1, "k").argv[-2:] == ["--personality", "sglang"]
+    spec = a.launch_spec(1, "k")
+    assert spec.argv == [
+        sys.executable, "-m", "infergridd.sim", "--host", "127.0.0.1", "--port", "1",
+        "--model", "d", "--api-key", "k", "--max-running-requests", "2",
+        "--enable-priority-scheduling",
+        "--schedule-policy", "fcfs", "--priority-scheduling-preemption-threshold", "1",
+        "--chunked-prefill-size", "512",
+        "--personality", "sglang",
+    ]
+    assert "INFERGRID_ASSIST" not in spec.env
+    assert spec.assist == "flags" and "SGLang's own flags" in spec.assist_reason
+    st = p.EngineStatus(engine_id="d-0", model="d", kind="sim")
+    prepare_launch(spec, st, Path("/nonexistent/d-0.assist.json"))
+    assert st.assist == "on" and st.assist_reason.startswith("flags: SGLang's own flags")
+    assert "INFERGRID_ASSIST_STATS" not in spec.env  # no stats file to wait for
+    off = adapter_for(ModelConfig(name="d", engine="sim", args={"personality": "sglang"},
+                                  engine_assist=False)).launch_spec(1, "k")
+    assert "--schedule-policy" not in off.argv and "--engine-assist" not in off.argv
+    assert "--enable-priority-scheduling" in off.argv
+    assert off.assist == "off" and "false" in off.assist_reason
 
 
 def test_python_with_words() -> None:
