@@ -101,7 +101,7 @@ class SglangAdapter(SglangProtocol):
 
 
 def sglang_assist_flags(m: ModelConfig) -> tuple[list[str], str, str]:
-    """(flags, "on"/"off", why) for engine assist on SGLang; ``args`` win over ours."""
+    """(flags, "flags"/"off", why) for engine assist on SGLang; ``args`` win over ours."""
     a = m.assist()
     if not a.enabled:
         return [], "off", "engine_assist is false in the config"
@@ -111,4 +111,5 @@ def sglang_assist_flags(m: ModelConfig) -> tuple[list[str], str, str]:
     if a.heavy_chunk_tokens > 0:
         ours["chunked_prefill_size"] = max(128, 2 * a.heavy_chunk_tokens)
     flags = args_to_flags({k: v for k, v in ours.items() if k not in m.args})
-    return flags, "on", "SGLang flags (verified against the simulated engine only)"
+    # "flags": SGLang writes no stats file; the flags are the whole of it (supervisor/assist.py)
+    return flags, "flags", "SGLang's own flags (verified against the simulated engine only)"
