@@ -257,6 +257,12 @@ def main() -> None:
         ("InferGrid core + assist + exclusive prefill", lambda: simulate_core(
             w, a.profile, a.seconds, a.reserve, True, a.seed,
             assist=AssistSettings(exclusive_prefill=True))),
+        ("InferGrid core + assist, heavy chunks 256", lambda: simulate_core(
+            w, a.profile, a.seconds, a.reserve, True, a.seed,
+            assist=AssistSettings(heavy_chunk_tokens=256))),
+        ("InferGrid core + assist, no chunk cap", lambda: simulate_core(
+            w, a.profile, a.seconds, a.reserve, True, a.seed,
+            assist=AssistSettings(heavy_chunk_tokens=0))),
     ]
     for label, run in cases:
         xs, tput = run()

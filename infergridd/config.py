@@ -102,7 +102,7 @@ class EngineAssistConfig(_Strict):
     preempt: bool = True  # a light request takes a seat from the newest heavy one
     hold_heavy_prefill: bool = True  # heavy prefill chunks wait while light work is urgent
     exclusive_prefill: bool = False  # a light prefill's step carries nothing else
-    heavy_chunk_tokens: int = 256  # prefill tokens per step while heavy work runs; 0: no cap
+    heavy_chunk_tokens: int = 512  # prefill tokens per step while heavy work runs; 0: no cap
 
     def settings(self) -> AssistSettings:
         return AssistSettings(enabled=self.enabled, preempt=self.preempt,

@@ -13,10 +13,10 @@ which makes the policy a no-op for an engine used without us: nothing is heavy.
 The rules, each one a reason a quiet tenant waited on stock vLLM:
 
 * **seats**: a light request waiting while every seat (``max_num_seqs``) is
-  taken preempts the newest heavy sequence (the least work lost; vLLM recomputes
-  it later), or failing one, the newest neutral one: a priority is fixed when a
-  request is sent, and a flooder's requests sent while no light tenant was
-  around are neutral.  Stock vLLM never preempts for priority while KV blocks remain
+  taken preempts a heavy sequence, the one with the fewest tokens computed (the
+  least work lost: vLLM recomputes it later), or failing one, a neutral one: a
+  priority is fixed when a request is sent, and a flooder's requests sent while
+  no light tenant was around are neutral.  Stock vLLM never preempts for priority while KV blocks remain
   (vllm-project/vllm#40004), so the light request waited for a flooder's
   sequence to finish;
 * **prefill first**: while light work waits or is still prefilling, the other
@@ -27,7 +27,10 @@ The rules, each one a reason a quiet tenant waited on stock vLLM:
   only while a light one is around), a step carries at most
   ``heavy_chunk_tokens`` prefill tokens beside its decodes, so the step a light
   arrival lands in is short too: a 2048-token chunk is a step of ~150 ms on an
-  8B model, a decode step ~20 ms.  Applied as the step's token budget (running
+  8B model, a decode step ~20 ms.  The default (512) keeps the flooder's
+  throughput within 5% on every benchmark workload; 256 is faster for light
+  tenants but costs a prefill-heavy flooder up to a fifth (bench/floor.py, the
+  closing note of issue 13 has the Pareto).  Applied as the step's token budget (running
   decodes + the cap), which both engines have;
 * **exclusive** (off by default): the light prefill runs in a step of its own,
   every other running sequence held for that step; it costs the flooder one
@@ -59,7 +62,7 @@ class AssistSettings:
     preempt: bool = True  # free a seat for a light request by preempting a heavy one
     hold_heavy_prefill: bool = True  # heavy prefill chunks wait while light work is urgent
     exclusive_prefill: bool = False  # a light prefill's step carries nothing else
-    heavy_chunk_tokens: int = 256  # prefill tokens per step while heavy work runs; 0: no cap
+    heavy_chunk_tokens: int = 512  # prefill tokens per step while heavy work runs; 0: no cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +72,14 @@ class SeqInfo:
     tier: int
     order: float  # admission order: larger is newer
     prefilling: bool  # more than the last sampled token to compute (``is_prefilling``)
+    computed: int = 0  # tokens computed so far: what a preemption throws away
 
 
 @dataclass(slots=True)
 class StepDecision:
     """What the engine applies to its next step (indexes into the ``running`` given)."""
 
-    preempt: list[int] = field(default_factory=list)  # newest heavy first
+    preempt: list[int] = field(default_factory=list)  # heavy first, least computed first
     hold: list[int] = field(default_factory=list)  # get no tokens this step
     admit_heavy: bool = True  # may heavy requests be admitted from the queue this step
     urgent: bool = False  # light work is waiting or prefilling
@@ -121,9 +125,9 @@ def decide(running: Sequence[SeqInfo], light_waiting: int, heavy_waiting: int, m
     d = StepDecision(urgent=True, admit_heavy=False)
     if s.preempt and light_waiting:
         short = light_waiting - max(0, max_seqs - len(running))
-        if short > 0:  # heavy before neutral, newest first
-            victims = sorted(others, key=lambda i: (running[i].tier, running[i].order),
-                             reverse=True)
+        if short > 0:  # heavy before neutral, then the least work thrown away, newest
+            victims = sorted(others, key=lambda i: (-running[i].tier, running[i].computed,
+                                                    -running[i].order))
             d.preempt = sorted(victims[:short])
     gone = set(d.preempt)
     if not others:

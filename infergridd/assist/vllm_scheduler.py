@@ -207,7 +207,8 @@ class InferGridScheduler(Scheduler):
         light_waiting, heavy_waiting = self._waiting_tiers()
         running = list(self.running)  # the decision's indexes refer to this snapshot
         infos = [SeqInfo(tier=tier_of(r.priority), order=r.arrival_time,
-                         prefilling=is_prefilling(r.num_computed_tokens, r.num_tokens))
+                         prefilling=is_prefilling(r.num_computed_tokens, r.num_tokens),
+                         computed=r.num_computed_tokens)
                  for r in running]
         seats = self.max_num_active_reqs - self.num_waiting_for_streaming_input
         budget = self.max_num_scheduled_tokens
@@ -227,7 +228,7 @@ class InferGridScheduler(Scheduler):
             self._stall_guard = False  # nothing to change against the stock step
             return super().schedule(*args, **kwargs)
 
-        # 1. preempt the newest heavy first (recompute), as vLLM does between steps
+        # 1. preempt the chosen ones (recompute), newest first, as vLLM does between steps
         victims = sorted((running[i] for i in d.preempt), key=lambda r: r.arrival_time,
                          reverse=True)
         if victims:

@@ -11,11 +11,11 @@ Writes ``OUT/results.json``, ``OUT/report.md``, ``OUT/ttft_cdf.png``,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import aio
 from .workload import WorkloadError
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
         print(f"infergrid bench: --arms: {exc}", file=sys.stderr)
         return 2
     try:
-        out = asyncio.run(run_bench(cfg))
+        out = aio.run(run_bench(cfg))
     except (RuntimeError, OSError) as exc:
         print(f"\ninfergrid bench: {exc}", file=sys.stderr)
         return 1

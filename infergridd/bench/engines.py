@@ -137,19 +137,37 @@ class Engine:
 
 
 class SimEngine(Engine):
-    """The simulated engine with a packaged profile, started ready (``--startup-delay 0``)."""
+    """The simulated engine with a packaged profile, started ready (``--startup-delay 0``).
+
+    ``pin``: the engine on core 0 and the harness (InferGrid, the load generator) on the
+    others, as for a real CPU engine (DESIGN §9): a simulated engine's steps are timers,
+    and on a 2-core machine a busy front door or load generator makes them late, which
+    would be measured as engine time in every arm but ``solo``."""
 
     kind = "sim"
 
-    def __init__(self, profile: str, max_num_seqs: int) -> None:
+    def __init__(self, profile: str, max_num_seqs: int, pin: bool = False) -> None:
         super().__init__(max_num_seqs)
         self.profile = profile
+        self.pin = pin and len(os.sched_getaffinity(0)) > 1
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "profile": self.profile}
 
+    def pin_harness(self) -> None:
+        cpus = os.sched_getaffinity(0)
+        if self.pin and ENGINE_CPU in cpus:
+            os.sched_setaffinity(0, cpus - {ENGINE_CPU})
+
+    def pinning(self) -> dict[str, Any]:
+        if not self.pin:
+            return super().pinning()
+        return {"engine": f"taskset -c {ENGINE_CPU}", "harness": sorted(os.sched_getaffinity(0)),
+                "infergrid": f"inherits the harness's cores; engine cpu_affinity [{ENGINE_CPU}]"}
+
     def argv(self, port_file: Path) -> tuple[list[str], dict[str, str]]:
-        return ([sys.executable, "-m", "infergridd.sim", "--host", "127.0.0.1",
+        pin = ["taskset", "-c", str(ENGINE_CPU)] if self.pin else []
+        return ([*pin, sys.executable, "-m", "infergridd.sim", "--host", "127.0.0.1",
                  "--port", "0", "--port-file", str(port_file), "--model", self.model,
                  "--max-num-seqs", str(self.max_num_seqs), "--profile", self.profile,
                  "--startup-delay", "0", "--log-level", "warning"], {})
@@ -157,7 +175,7 @@ class SimEngine(Engine):
     def model_config(self) -> dict[str, Any]:
         return {"name": self.model, "engine": "sim", "max_num_seqs": self.max_num_seqs,
                 "args": {"profile": self.profile, "startup_delay": 0, "log_level": "warning"},
-                "startup_timeout_s": 60}
+                "startup_timeout_s": 60, **({"cpu_affinity": [ENGINE_CPU]} if self.pin else {})}
 
 
 class VllmCpuEngine(Engine):

@@ -19,6 +19,7 @@ import aiohttp
 import zmq.asyncio
 from aiohttp import web
 
+from .. import aio
 from .. import protocol as p
 from ..config import Config, Dirs
 from ..systemd import Notifier, listen_fds
@@ -118,4 +119,4 @@ class Frontdoor:
 
 
 def main(cfg: Config, dirs: Dirs) -> int:
-    return asyncio.run(Frontdoor(cfg, dirs).run())
+    return aio.run(Frontdoor(cfg, dirs).run())

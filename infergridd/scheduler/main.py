@@ -23,6 +23,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from .. import aio
 from .. import protocol as p
 from ..config import Config, Dirs
 from ..core.core import SchedulerCore, Send
@@ -306,7 +307,7 @@ def _redacted(e: p.EngineStatus) -> p.EngineStatus:
 
 def main(cfg: Config, dirs: Dirs) -> int:
     try:
-        return asyncio.run(SchedulerDaemon(cfg, dirs).run())
+        return aio.run(SchedulerDaemon(cfg, dirs).run())
     except statefile.StateFileError as exc:
         log.critical("%s", exc)
         return 1

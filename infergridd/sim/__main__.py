@@ -13,10 +13,10 @@ adapter's choice of flags is what runs.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
+from infergridd import aio
 from infergridd.assist.stats import settings_from_env
 from infergridd.sim.options import SimOptions
 from infergridd.sim.profile import ProfileError, parse_override
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
-        return asyncio.run(serve(options))
+        return aio.run(serve(options))
     except KeyboardInterrupt:
         return 0
 

@@ -328,7 +328,8 @@ class EngineModel:
         """The assisted step policy's decision for this step, counted."""
         if self.assist is None:
             return NOOP
-        infos = [SeqInfo(self._tier(r), r.seq, is_prefilling(r.num_computed, r.num_tokens))
+        infos = [SeqInfo(self._tier(r), r.seq, is_prefilling(r.num_computed, r.num_tokens),
+                         r.num_computed)
                  for r in self.running]
         d = decide(infos, self._light_waiting, self._heavy_waiting, self.max_num_seqs,
                    self.token_budget, self.assist)

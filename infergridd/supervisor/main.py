@@ -19,6 +19,7 @@ import uuid
 import aiohttp
 import zmq.asyncio
 
+from .. import aio
 from .. import protocol as p
 from ..config import Config, ConfigError, Dirs, check_fit, model_memory, model_sleep_memory
 from ..engines import AdapterConfigError, adapter_for
@@ -210,7 +211,7 @@ class Supervisor:
 def main(cfg: Config, dirs: Dirs, stop_engines_on_exit: bool = False) -> int:
     """Run until SIGTERM/SIGINT.  Engines outlive it unless ``stop_engines_on_exit``."""
     stop = stop_engines_on_exit or os.environ.get("INFERGRID_STOP_ENGINES_ON_EXIT") == "1"
-    return asyncio.run(Supervisor(cfg, dirs, stop).run())
+    return aio.run(Supervisor(cfg, dirs, stop).run())
 
 
 __all__ = ["Supervisor", "main", "procs"]

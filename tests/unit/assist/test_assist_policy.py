@@ -57,6 +57,14 @@ def test_a_light_request_preempts_the_newest_heavy_when_every_seat_is_taken() ->
     assert d.urgent and not d.admit_heavy
 
 
+def test_the_victim_is_the_one_with_the_least_work_to_throw_away() -> None:
+    """Preemption means recompute: among the heavy, the fewest computed tokens goes."""
+    running = [SeqInfo(HEAVY, 3.0, False, computed=900), SeqInfo(HEAVY, 9.0, False, computed=700),
+               SeqInfo(HEAVY, 1.0, True, computed=40), SeqInfo(NEUTRAL, 5.0, True, computed=0)]
+    assert decide(running, 1, 0, 4, BUDGET, ON).preempt == [2]  # heavy before neutral
+    assert decide(running, 2, 0, 4, BUDGET, ON).preempt == [1, 2]
+
+
 def test_only_as_many_preemptions_as_the_light_requests_need() -> None:
     running = [seq(HEAVY, 3.0), seq(HEAVY, 9.0), seq(HEAVY, 1.0), seq(HEAVY, 5.0)]
     assert sorted(decide(running, 2, 0, 4, BUDGET, ON).preempt) == [1, 3]  # 9.0 and 5.0

@@ -69,13 +69,15 @@ def test_a_long_prompt_flooder_cannot_hide_a_queue_inside_the_engine(floor: Modu
     assert pct(unbounded, 99) >= 5 * pct(core, 99)
 
 
-@pytest.mark.parametrize("workload", ["hero-dense", "long-prompt-flooder"])
-def test_engine_assist_moves_the_floor(floor: ModuleType, workload: str) -> None:
+@pytest.mark.parametrize(("workload", "p99_bound"),
+                         [("hero-dense", 1.5), ("long-prompt-flooder", 2.5)])
+def test_engine_assist_moves_the_floor(floor: ModuleType, workload: str,
+                                       p99_bound: float) -> None:
     """With InferGrid's step policy in the engine (assist/policy.py, the vLLM plugin's
     code), the core comes within 1.15x of the assisted oracle at p99, the quiet tenant's
-    p99 is within 1.5x of alone (the front end alone: 2.7x and 9.5x), at >= 0.93x the
-    throughput of the engine alone; and the policy is what does it: the same core in
-    front of a stock engine stays far above."""
+    p99 is within issue 13's bound of alone (1.5x; 2.5x beside long prompts; the front
+    end alone: 2.7x and 9.5x), at >= 0.93x the throughput of the engine alone; and the
+    policy is what does it: the same core in front of a stock engine stays far above."""
     w = wl.load(workload)
     alone, _ = floor.simulate(w, PROFILE, SECONDS, 0, False, 0)
     _, direct_tput = floor.simulate(w, PROFILE, SECONDS, 64, False, 0)
@@ -88,6 +90,6 @@ def test_engine_assist_moves_the_floor(floor: ModuleType, workload: str) -> None
           f"{pct(core, 99) / a99:.2f}, core on a stock engine {pct(stock, 99) / a99:.2f}; "
           f"throughput core+assist/direct {core_tput / direct_tput:.3f}")
     assert pct(core, 99) <= 1.15 * pct(oracle, 99)
-    assert pct(core, 99) <= 1.5 * a99
+    assert pct(core, 99) <= p99_bound * a99
     assert core_tput >= 0.93 * direct_tput
     assert pct(stock, 99) >= 1.5 * pct(core, 99)

@@ -77,7 +77,7 @@ def test_sglang_command_exact() -> None:
         "--enable-priority-scheduling", "--enable-memory-saver",
         # engine assist (the default): SGLang's own flags for light-first steps
         "--schedule-policy", "fcfs", "--priority-scheduling-preemption-threshold", "1",
-        "--chunked-prefill-size", "512",
+        "--chunked-prefill-size", "1024",
         "--mem-fraction-static", "0.8",
     ]
     assert a.supports_sleep and a.priority_sign == -1 and a.engine_priority(2) == -2
@@ -108,7 +108,7 @@ def test_engine_assist_flags_and_switch() -> None:
     an SGLang flag set in ``args`` wins over assist's own."""
     on = adapter_for(ModelConfig(name="d", engine="sim")).launch_spec(1, "k")
     assert "--engine-assist" in on.argv and on.assist == "on"
-    assert json.loads(on.env["INFERGRID_ASSIST"])["heavy_chunk_tokens"] == 256
+    assert json.loads(on.env["INFERGRID_ASSIST"])["heavy_chunk_tokens"] == 512
     off = adapter_for(ModelConfig(name="d", engine="sim", engine_assist=False)).launch_spec(1, "k")
     assert "--engine-assist" not in off.argv and "INFERGRID_ASSIST" not in off.env
     assert off.assist == "off" and "false" in off.assist_reason
@@ -137,7 +137,7 @@ def test_sim_sglang_personality() -> None:
         "--model", "d", "--api-key", "k", "--max-running-requests", "2",
         "--enable-priority-scheduling",
         "--schedule-policy", "fcfs", "--priority-scheduling-preemption-threshold", "1",
-        "--chunked-prefill-size", "512",
+        "--chunked-prefill-size", "1024",
         "--personality", "sglang",
     ]
     assert "INFERGRID_ASSIST" not in spec.env
