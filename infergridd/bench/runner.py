@@ -48,7 +48,13 @@ from .loadgen import (
 )
 from .workload import Planned, Workload, measured, plan, tenant_plan
 
-SCHEDULED_ARMS = ("fifo", "token_bucket", "vtc")
+#: ``vtc`` with other engine-assist settings (models[].engine_assist), for its Pareto
+ASSIST_ARMS: dict[str, Any] = {
+    "vtc-stock": False,  # the engine's own scheduler: the front end alone
+    "vtc-exclusive": {"exclusive_prefill": True},
+    "vtc-chunk256": {"heavy_chunk_tokens": 256},
+}
+SCHEDULED_ARMS = ("fifo", "token_bucket", "vtc", *ASSIST_ARMS)
 KNOWN_ARMS = ("solo", "direct", *SCHEDULED_ARMS)
 ENGINE_METRICS = ("vllm:num_requests_waiting", "vllm:num_requests_running",
                   "vllm:generation_tokens_total")
@@ -152,7 +158,10 @@ async def run_arm(cfg: BenchConfig, arm: str, full_plan: list[Planned],
                                 {"engine": url + "/metrics"})]
         finally:
             eng.stop()
-    conf = make_config(arm, eng.model_config(), [(t.name, t.weight) for t in w.tenants],
+    model = eng.model_config()
+    if arm in ASSIST_ARMS:
+        model = {**model, "engine_assist": ASSIST_ARMS[arm]}
+    conf = make_config(arm.split("-")[0], model, [(t.name, t.weight) for t in w.tenants],
                        free_port(), cfg.token_bucket)
     serve = Serve(conf, logdir)
     serve.start(timeout_s=float(eng.model_config().get("startup_timeout_s", 120)) + 30)
