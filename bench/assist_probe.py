@@ -9,8 +9,9 @@ Llama (``infergridd.bench.tinymodel``) with ``--max-num-seqs 4
 * ``assist``: ``--scheduler-cls`` InferGrid's, default settings;
 * ``exclusive``: InferGrid's with ``exclusive_prefill`` (a light prefill runs alone);
 * ``alone``: the quiet client alone on the stock engine (the reference);
-* ``off`` (the class loaded, policy off), ``nocap``, ``nopreempt``,
-  ``nocap-exclusive`` (one rule off): to attribute costs.
+* ``off``: ``engine_assist: false``, which ``assist_launch`` answers with vLLM's
+  stock scheduler: a second stock run, i.e. the machine's drift between arms;
+* ``nocap``, ``nopreempt``, ``nocap-exclusive`` (one rule off): to attribute costs.
 
 Load, for ``--seconds``: a flooder keeping ``--outstanding`` heavy requests
 (priority 2, prompts 200-800 tokens, 64-128 output tokens) in the engine, and a
@@ -286,7 +287,7 @@ def summarise(arm: str, quiet: list[Result], flood: list[Result], wall: float,
 ARMS: dict[str, AssistSettings | None] = {
     "stock": None, "assist": AssistSettings(),
     "exclusive": AssistSettings(exclusive_prefill=True), "alone": None,
-    # to attribute the flooder's cost: the class loaded but off, one rule off at a time
+    # "off" launches stock (a drift check); then one rule off at a time
     "off": AssistSettings(enabled=False),
     "nocap": AssistSettings(heavy_chunk_tokens=0),
     "nopreempt": AssistSettings(preempt=False),
