@@ -79,7 +79,7 @@ class SeqInfo:
 class StepDecision:
     """What the engine applies to its next step (indexes into the ``running`` given)."""
 
-    preempt: list[int] = field(default_factory=list)  # heavy first, least computed first
+    preempt: list[int] = field(default_factory=list)  # in index order
     hold: list[int] = field(default_factory=list)  # get no tokens this step
     admit_heavy: bool = True  # may heavy requests be admitted from the queue this step
     urgent: bool = False  # light work is waiting or prefilling
