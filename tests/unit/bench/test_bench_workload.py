@@ -11,7 +11,7 @@ from infergridd.bench import workload
 from infergridd.bench.workload import Fixed, LogNormal, Uniform, WorkloadError
 
 REPO = Path(__file__).resolve().parents[3]
-NAMES = ["bursty", "hero", "hero-dense", "long-prompt-flooder", "tenants8"]
+NAMES = ["bursty", "hero", "hero-2rps", "hero-dense", "long-prompt-flooder", "tenants8"]
 
 BASE = """
 name: t
