@@ -123,6 +123,9 @@ class ModelConfig(_Strict):
     env: dict[str, str] = {}
     replicas: int = 1
     max_num_seqs: int = 8
+    #: context length the front door checks prompt + max_tokens against before queueing;
+    #: 0: the engine's (args.max_model_len, the sim's profile), -1: unchecked
+    max_model_len: int = 0
     memory: str | int | float = 0  # bytes, "16GiB", or a fraction (0..1] of the GPU
     sleep_memory: str | int | float = 0  # what it keeps on the GPU asleep (CUDA context)
     preload: bool = True
@@ -288,6 +291,8 @@ def _validate(cfg: Config) -> None:
             raise bad(f"{p}.replicas", "must be at least 1")
         if m.max_num_seqs < 1:
             raise bad(f"{p}.max_num_seqs", "must be at least 1")
+        if m.max_model_len < -1:
+            raise bad(f"{p}.max_model_len", "must be -1 (unchecked), 0 (the engine's) or more")
         if m.engine == "openai" and not m.url:
             raise bad(f"{p}.url", "required for engine: openai")
         for key in ("memory", "sleep_memory"):
@@ -380,6 +385,8 @@ class Dirs(msgspec.Struct, frozen=True):
     scheduler_sock = _InRuntime("scheduler.sock")
     control_sock = _InRuntime("control.sock")
     scheduler_lock = _InRuntime("scheduler.lock")
+    supervisor_lock = _InRuntime("supervisor.lock")  # held while adopting or running engines
+    serve_lock = _InRuntime("serve.lock")  # held by `infergrid serve` (infergridd/runlock.py)
     #: per-engine state files the supervisor re-adopts from after a restart
     engines_dir = _InRuntime("engines")
 

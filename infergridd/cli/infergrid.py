@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from .. import logs
 from .common import dirs_for, load_config_or_exit
+from .extras import nvml_note, require, require_engines
 
 
 def _serve(argv: list[str]) -> int:
@@ -18,8 +20,12 @@ def _serve(argv: list[str]) -> int:
     ap.add_argument("--state-dir", help="durable state (default: per-user, or /var/lib/infergrid)")
     args = ap.parse_args(argv)
     cfg = load_config_or_exit(args.config, "infergrid")
+    require_engines(cfg, "infergrid serve")
     dirs = dirs_for(cfg, args.runtime_dir, args.state_dir, user_defaults=True)
     logs.setup("serve", cfg.logging.level)
+    note = nvml_note(cfg)
+    if note:
+        logging.getLogger("infergrid.serve").warning("%s", note)
     from .serve import Serve
 
     return Serve(cfg, args.config, dirs, args.listen).run()
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "serve":
         return _serve(rest)
     if cmd == "bench":
+        require("bench", "infergrid bench", "the benchmark")  # numpy, matplotlib
         from ..bench.cli import main as bench_main
 
         return bench_main(rest)

@@ -22,6 +22,9 @@ from ..scheduler.commands import Command, registry
 from .common import candidate_runtime_dirs
 
 EXIT_UNREACHABLE = 1
+#: what to check when nothing answers: the pip way and the packaged way, both
+NOT_RUNNING_HINT = ("is `infergrid serve` running? As a service: `systemctl status "
+                    "infergrid-scheduler`; elsewhere: --runtime-dir DIR")
 
 
 class Unreachable(Exception):
@@ -83,12 +86,8 @@ def find_control_socket(runtime_dir: str | None, config: str | None) -> Path:
     for c in candidates:
         if _exists(c):
             return c
-    raise Unreachable(
-        "InferGrid is not running: no control socket at "
-        + ", ".join(str(c) for c in candidates)
-        + " (start it with `systemctl start infergrid` or `infergrid serve`, "
-        "or point --runtime-dir at it)"
-    )
+    raise Unreachable("InferGrid is not running: no control socket at "
+                      + ", ".join(str(c) for c in candidates) + f" ({NOT_RUNNING_HINT})")
 
 
 def _exists(sock_path: Path) -> bool:
@@ -104,7 +103,8 @@ def _exists(sock_path: Path) -> bool:
 
 def call(sock_path: Path, command: str, args: dict[str, Any], timeout_s: float) -> p.ControlReply:
     if not _exists(sock_path):
-        raise Unreachable(f"InferGrid is not running: no control socket at {sock_path}")
+        raise Unreachable(f"InferGrid is not running: no control socket at {sock_path} "
+                          f"({NOT_RUNNING_HINT})")
     if not os.access(sock_path, os.R_OK | os.W_OK):
         raise Unreachable(f"permission denied on {sock_path}: "
                           "only root and members of the infergrid group may use it")
@@ -117,8 +117,8 @@ def call(sock_path: Path, command: str, args: dict[str, Any], timeout_s: float) 
         s.send(p.encode(p.ControlRequest(command=command, args=args,
                                          protocol_version=p.PROTOCOL_VERSION)))
         if not s.poll(int(timeout_s * 1000)):
-            raise Unreachable(f"no answer from the scheduler at {sock_path} within {timeout_s:g}s"
-                              " (is infergrid-scheduler running?)")
+            raise Unreachable(f"no answer from the scheduler at {sock_path} within "
+                              f"{timeout_s:g}s ({NOT_RUNNING_HINT})")
         reply = p.decode(s.recv())
     finally:
         s.close(0)

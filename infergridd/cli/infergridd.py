@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .. import logs
@@ -41,12 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     dirs = dirs_for(cfg, args.runtime_dir, args.state_dir, user_defaults=args.user_dirs)
     logs.setup(args.role, cfg.logging.level)
     if args.role == "stop-engines":
+        from ..runlock import EX_IN_USE, LockHeld
         from ..supervisor.procs import stop_all_engines
 
-        stop_all_engines(dirs, args.timeout)
+        try:
+            stop_all_engines(dirs, args.timeout)
+        except LockHeld as exc:  # a supervisor runs: its engines are not ours to stop
+            print(f"infergridd: {exc}", file=sys.stderr)
+            return EX_IN_USE
         return 0
     set_title(f"infergridd {args.role} --config {args.config}")
     mod = importlib.import_module(f"infergridd.{args.role}.main")
+    if args.role == "scheduler":  # it tells `infergridctl status` (and doctor) its file
+        return int(mod.main(cfg, dirs, config_path=os.path.abspath(args.config)) or 0)
     return int(mod.main(cfg, dirs) or 0)
 
 

@@ -5,6 +5,11 @@ first (it binds the sockets the others connect to), then the supervisor and
 the front door; restarts any one that dies, with backoff, without touching
 the other two; and on SIGINT/SIGTERM stops them in the order that loses
 nothing: front door (drains its streams), supervisor, every engine, scheduler.
+
+It starts nothing on a runtime dir another instance runs on (its ``serve.lock``,
+or a scheduler's or supervisor's lock there, ``runlock.py``): it prints
+"InferGrid is already running (pid N, runtime dir D)" and exits 1 at once, so a
+second ``infergrid serve`` can never adopt, restart or stop the first one's engines.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config, Dirs
+from ..runlock import EX_IN_USE, LockHeld, RunLock, holder
 
 log = logging.getLogger("infergrid.serve")
 
@@ -26,6 +32,7 @@ START_ORDER = ("scheduler", "supervisor", "frontdoor")
 STOP_ORDER = ("frontdoor", "supervisor", "scheduler")
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 30.0  # a child up this long has its backoff reset
+EXIT_ALREADY_RUNNING = 1
 
 
 @dataclass
@@ -59,6 +66,25 @@ def _die_with_parent() -> None:
         pass
 
 
+def running_pid(dirs: Dirs, serve: bool = True) -> int | None:
+    """The pid of an InferGrid already running on ``dirs.runtime`` (0: running, pid not
+    readable), or None: a serve (unless ``serve`` is false: it is us), a scheduler or a
+    supervisor holds its lock there."""
+    paths = (dirs.serve_lock,) if serve else ()
+    for path in (*paths, dirs.scheduler_lock, dirs.supervisor_lock):
+        pid = holder(path)
+        if pid is not None:
+            return pid
+    return None
+
+
+def already_running(pid: int, dirs: Dirs) -> None:
+    """The one line a second ``infergrid serve`` prints, on stderr."""
+    print(f"InferGrid is already running (pid {pid or 'unknown'}, runtime dir {dirs.runtime});"
+          " stop it first, or give this one its own --runtime-dir and --listen",
+          file=sys.stderr, flush=True)
+
+
 def child_argv(role: str, config: str, dirs: Dirs, listen: str | None) -> list[str]:
     argv = [sys.executable, "-m", "infergridd.cli.infergridd", role, "--config", config,
             "--runtime-dir", str(dirs.runtime), "--state-dir", str(dirs.state)]
@@ -71,11 +97,14 @@ class Serve:
     def __init__(self, cfg: Config, config_path: str, dirs: Dirs, listen: str | None) -> None:
         self.cfg = cfg
         self.dirs = dirs
+        self.listen = listen
         self.children = {
             r: Child(r, child_argv(r, os.path.abspath(config_path), dirs, listen))
             for r in START_ORDER
         }
         self._stopping = False
+        #: pid of another instance found holding this runtime dir after we started
+        self._taken: int | None = None
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if not self._stopping:
@@ -85,9 +114,25 @@ class Serve:
     def run(self) -> int:
         self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
         self.dirs.state.mkdir(mode=0o750, parents=True, exist_ok=True)
+        lock = RunLock(self.dirs.serve_lock, "infergrid serve")
+        try:
+            lock.acquire(wait_s=0.2)
+            pid = running_pid(self.dirs, serve=False)
+        except LockHeld as exc:
+            pid = exc.pid
+        if pid is not None:  # never start a second scheduler or supervisor beside theirs
+            lock.release()
+            already_running(pid, self.dirs)
+            return EXIT_ALREADY_RUNNING
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        log.info("InferGrid on http://%s (runtime %s, state %s)", self.cfg.listen,
+        log.info("InferGrid on http://%s (runtime %s, state %s)", self.listen or self.cfg.listen,
                  self.dirs.runtime, self.dirs.state)
         for role in START_ORDER:
             self.children[role].start()
@@ -97,6 +142,9 @@ class Serve:
             self._reap_and_restart()
             time.sleep(0.2)
         self.shutdown()
+        if self._taken is not None:
+            already_running(self._taken, self.dirs)
+            return EXIT_ALREADY_RUNNING
         return 0
 
     def _wait_for(self, path: Path, timeout_s: float) -> None:
@@ -115,6 +163,10 @@ class Serve:
                     continue
                 c.exits.append(rc)
                 c.proc = None
+                if rc == EX_IN_USE:  # another instance took this runtime dir meanwhile
+                    self._taken = running_pid(self.dirs, serve=False) or 0
+                    self._stopping = True
+                    return
                 c.next_start = now + c.backoff_s
                 log.warning("%s exited with status %s; restarting in %.0fs", c.role, rc,
                             c.backoff_s)
@@ -131,7 +183,7 @@ class Serve:
             else:
                 bound = 10.0
             self._stop_child(c, bound)
-            if role == "supervisor":
+            if role == "supervisor" and self._taken is None:  # else they are not ours
                 try:
                     from ..supervisor.procs import stop_all_engines
 

@@ -14,7 +14,7 @@ from .. import protocol as p
 from ..logs import fields
 from .errors import ApiError, error_middleware
 from .relay import EngineUnavailable, RelayResult, relay
-from .validate import CHAT, COMPLETIONS, ParsedRequest, parse, read_body
+from .validate import CHAT, COMPLETIONS, ParsedRequest, check_context, parse, read_body
 
 if TYPE_CHECKING:
     from .main import Frontdoor
@@ -35,14 +35,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
     fd = request.app[FD]
     t0 = time.monotonic()
     tenant = fd.auth.tenant(request.headers.get("Authorization"))
+    arrived = time.time()  # a retry keeps the request's place in line
     try:
         raw = await read_body(request, fd.cfg.limits)
         req = parse(request.path, raw, fd.cfg.limits, fd.model_names)
+        # too long for the model: refused here, so neither queued nor charged
+        check_context(req, *fd.context[req.model])
     except ApiError as exc:
         fd.metrics.rejections.labels(tenant, exc.code).inc()
         raise
+    req.created = int(arrived)  # every response's ``created``: the request's time
     attempt = 0
-    arrived = time.time()  # a retry keeps the request's place in line
     while True:
         rid = "cmpl-" + uuid.uuid4().hex
         rec = p.QueuedRecord(request_id=rid, tenant=tenant, model=req.model,

@@ -2,13 +2,15 @@
 
 ``{"error": {"message", "type", "param", "code"}}`` with the HTTP status, and
 ``Retry-After`` (whole seconds, rounded up) when the client should come back —
-SDKs read both, and a plain-text error breaks them (PEERS.md).
+SDKs read both, and a plain-text error breaks them (PEERS.md).  An engine's own
+errors are rewritten into this shape too (``engine_error``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 
 import msgspec
 from aiohttp import web
@@ -20,6 +22,7 @@ _TYPES = {
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    422: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     502: "server_error",
@@ -60,6 +63,39 @@ class ApiError(Exception):
     def sse_event(self) -> bytes:
         """The terminating event for a stream that already started."""
         return b"data: " + msgspec.json.encode(self.body()) + b"\n\ndata: [DONE]\n\n"
+
+
+#: an engine's own words for a prompt that does not fit (vLLM, SGLang, the sim, OpenAI)
+_CONTEXT = re.compile(r"context length|context window|max_model_len|maximum model length|"
+                      r"longer than the model|context_length", re.IGNORECASE)
+_ENGINE_CODES = {400: "invalid_request", 404: "not_found", 413: "request_too_large",
+                 422: "invalid_request", 429: "engine_busy"}
+
+
+def engine_error(status: int, data: object) -> ApiError:
+    """An engine's own error answer (vLLM's ``{"error": {.., "type": "BadRequestError",
+    "code": 400}}``, its older flat ``{"object": "error", ..}``, FastAPI's ``detail``) as
+    InferGrid's error object: the same ``type`` names and a string ``code`` as every
+    other error a client sees.  A prompt too long is ``context_length_exceeded``; the
+    engine refusing InferGrid's own key is InferGrid's fault (502), not the client's."""
+    err = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(err, dict):
+        err = data if isinstance(data, dict) else {}
+    message = err.get("message") or err.get("detail") or (
+        data.decode(errors="replace") if isinstance(data, bytes) else "")
+    message = (message if isinstance(message, str) else str(message))[:1000]
+    param = err.get("param") if isinstance(err.get("param"), str) else None
+    code = err.get("code")
+    if status in (401, 403):
+        return ApiError(502, "engine_error", f"the engine refused InferGrid ({status}: "
+                        f"{message or 'no reason'}); see the front door's log")
+    if isinstance(code, str) and code and not code.isdigit():
+        pass  # the engine already says it in words
+    elif _CONTEXT.search(message):
+        code = "context_length_exceeded"
+    else:
+        code = _ENGINE_CODES.get(status, "engine_error")
+    return ApiError(status, code, message or f"the engine answered {status}", param)
 
 
 def retry_after_header(seconds: float) -> int:

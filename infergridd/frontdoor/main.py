@@ -22,6 +22,7 @@ from aiohttp import web
 from .. import aio
 from .. import protocol as p
 from ..config import Config, Dirs
+from ..engines.context import exact_count, max_model_len
 from ..systemd import Notifier, listen_fds
 from .app import build_app
 from .auth import Authenticator
@@ -38,6 +39,8 @@ class Frontdoor:
         self.instance = uuid.uuid4().hex[:12]
         self.started_at = time.time()
         self.model_names = {m.name for m in cfg.models}
+        #: per model: (context length to check requests against, 0: none; exact count)
+        self.context = {m.name: (max_model_len(m), exact_count(m)) for m in cfg.models}
         self.auth = Authenticator(cfg)
         self.metrics = FrontdoorMetrics()
         self.snapshot: p.Snapshot | None = None

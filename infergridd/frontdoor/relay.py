@@ -25,14 +25,15 @@ import msgspec
 from aiohttp import web
 
 from .. import protocol as p
-from .errors import ApiError
-from .sse import StreamAccount, body_usage
+from .errors import ApiError, engine_error
+from .sse import StreamAccount, body_whole, set_created
 from .validate import ParsedRequest
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
 QUEUE_HEADER = "X-InferGrid-Queue-Ms"
 _CONNECT_TIMEOUT_S = 5.0
+_ERROR_BODY_MAX = 64 * 1024  # an engine's error body read at most (the rest is dropped)
 _encode = msgspec.json.encode
 
 
@@ -113,11 +114,11 @@ async def relay(http: aiohttp.ClientSession, request: web.Request, req: ParsedRe
             text = (await upstream.content.read(500)).decode(errors="replace")
             raise EngineUnavailable(f"engine {d.engine_id} answered {upstream.status}: {text}")
         if upstream.status != 200:
-            await _passthrough_error(upstream, request_id, res)
+            await _engine_error(upstream, request_id, res)
         elif req.stream:
             await _stream(upstream, request, req, request_id, t0, on_tokens, res)
         else:
-            await _whole(upstream, request_id, t0, res)
+            await _whole(upstream, req, request_id, t0, res)
         clean = res.outcome == p.Outcome.OK
         return res
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
@@ -135,23 +136,31 @@ async def relay(http: aiohttp.ClientSession, request: web.Request, req: ParsedRe
             upstream.close()
 
 
-async def _passthrough_error(upstream: aiohttp.ClientResponse, request_id: str,
-                             res: RelayResult) -> None:
-    """The engine's own 4xx (OpenAI-shaped): the client's problem, passed on as it is."""
-    data = await upstream.read()
-    res.outcome, res.error = p.Outcome.ENGINE_ERROR, f"engine answered {upstream.status}"
-    res.response = web.Response(status=upstream.status, body=data,
-                                content_type="application/json",
-                                headers=client_headers(request_id, res))
+async def _engine_error(upstream: aiohttp.ClientResponse, request_id: str,
+                        res: RelayResult) -> None:
+    """The engine's own 4xx (a prompt too long, a bad field): the client's problem, told
+    in InferGrid's error shape (``errors.engine_error``), not the engine's."""
+    data = await upstream.content.read(_ERROR_BODY_MAX)
+    try:
+        body: object = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        body = data
+    err = engine_error(upstream.status, body)
+    res.outcome = p.Outcome.ENGINE_ERROR
+    res.error = f"engine answered {upstream.status}: {err.code}: {err.message[:200]}"
+    res.response = err.response(headers=client_headers(request_id, res))
 
 
-async def _whole(upstream: aiohttp.ClientResponse, request_id: str, t0: float,
-                 res: RelayResult) -> None:
+async def _whole(upstream: aiohttp.ClientResponse, req: ParsedRequest, request_id: str,
+                 t0: float, res: RelayResult) -> None:
     data = await upstream.read()
     res.ttft_s = time.monotonic() - t0
-    usage = body_usage(data)
-    if usage is not None:
-        res.prompt_tokens, res.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    whole = body_whole(data)
+    if whole is not None and whole.usage is not None:
+        res.prompt_tokens = whole.usage.prompt_tokens
+        res.completion_tokens = whole.usage.completion_tokens
+    if whole is not None and req.created:
+        data = set_created(data, whole.created, req.created)
     res.response = web.Response(status=200, body=data, content_type="application/json",
                                 headers=client_headers(request_id, res))
 
@@ -159,7 +168,7 @@ async def _whole(upstream: aiohttp.ClientResponse, request_id: str, t0: float,
 async def _stream(upstream: aiohttp.ClientResponse, request: web.Request, req: ParsedRequest,
                   request_id: str, t0: float, on_tokens: Callable[[int], None],
                   res: RelayResult) -> None:
-    acct = StreamAccount(t0, req.client_wants_usage, on_tokens)
+    acct = StreamAccount(t0, req.client_wants_usage, on_tokens, created=req.created)
     resp = web.StreamResponse(status=200, headers={**SSE_HEADERS,
                                                    **client_headers(request_id, res)})
     res.response = resp

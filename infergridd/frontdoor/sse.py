@@ -5,7 +5,10 @@ events, so nothing waits for more than the event it belongs to.  On the way
 it learns the three things InferGrid needs — when the first token came, how
 many tokens have streamed (for ``Progress``), and the engine's final
 ``usage`` (for ``Done``) — and drops the usage-only chunk that InferGrid
-asked for on its own behalf, unless the client asked for it too.
+asked for on its own behalf, unless the client asked for it too.  Two rewrites,
+both rare or cheap: each chunk's ``created`` becomes the request's time (an
+engine sets its own, at dispatch or worse), and an engine's error event becomes
+InferGrid's error object (``errors.engine_error``).
 
 Chunks are decoded into small typed structs: msgspec then skips every field
 it was not asked for without building Python objects, which keeps the cost
@@ -14,11 +17,14 @@ per chunk to about a microsecond.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
+
+from .errors import engine_error
 
 
 class _Delta(msgspec.Struct):
@@ -44,20 +50,51 @@ class _Chunk(msgspec.Struct):
     choices: list[_Choice] | None = None
     usage: Usage | None = None
     error: Any = None
+    object: Any = None  # "error": an engine's flat error object (older vLLM, SGLang)
+    created: Any = None
 
 
-class _Whole(msgspec.Struct):
+class Whole(msgspec.Struct):
+    """What InferGrid reads of a non-streamed response."""
+
     usage: Usage | None = None
+    created: Any = None
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
-_decode_whole = msgspec.json.Decoder(_Whole).decode
+_decode_whole = msgspec.json.Decoder(Whole).decode
+_CREATED = re.compile(rb'"created"\s*:\s*-?[0-9]+')
 
 
-def body_usage(body: bytes) -> Usage | None:
-    """The ``usage`` of a non-streamed response; None if it has none or is not JSON."""
+def set_created(data: bytes, old: object, created: int) -> bytes:
+    """``data`` (one chunk or a whole response) with its top-level ``created`` (``old``)
+    replaced by ``created``: the request's time, not whatever the engine put there.
+    The first ``"created":`` is the top-level one (a string's quotes are escaped)."""
+    if not created or old == created or isinstance(old, bool) or not isinstance(old, int):
+        return data
+    new = b'"created":%d' % created
+    was = b'"created":%d' % old
+    if was in data:  # the usual spelling, without spaces
+        return data.replace(was, new, 1)
+    return _CREATED.sub(new, data, count=1)
+
+
+def normalised_error(payload: bytes) -> bytes:
+    """An engine's in-stream error event's data as InferGrid's error object."""
     try:
-        return _decode_whole(body).usage
+        data = msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return payload
+    err = data.get("error") if isinstance(data, dict) else None
+    code = (err if isinstance(err, dict) else data if isinstance(data, dict) else {}).get("code")
+    status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+    return msgspec.json.encode(engine_error(status, data).body())
+
+
+def body_whole(body: bytes) -> Whole | None:
+    """``usage`` and ``created`` of a non-streamed response; None if it is not JSON."""
+    try:
+        return _decode_whole(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 
@@ -92,11 +129,12 @@ class StreamAccount:
 
     __slots__ = ("client_wants_usage", "on_tokens", "clock", "t0", "_buf", "count",
                  "usage_prompt", "usage_completion", "error", "ttft_s", "itl_s", "_last",
-                 "done")
+                 "done", "created")
 
     def __init__(self, t0: float, client_wants_usage: bool,
                  on_tokens: Callable[[int], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, created: int = 0) -> None:
+        self.created = created  # every chunk's ``created`` becomes this (0: left as sent)
         self.client_wants_usage = client_wants_usage
         self.on_tokens = on_tokens
         self.clock = clock
@@ -126,31 +164,42 @@ class StreamAccount:
         self._buf = buf[end + 2:]
         whole = buf[:end]
         if b"\n\n" not in whole:  # one event: forward the bytes as they came
-            return buf[:end + 2] if self._event(whole) else b""
-        out = [ev + b"\n\n" for ev in whole.split(b"\n\n") if ev and self._event(ev)]
+            ev = self._event(whole)
+            if ev is None:
+                return b""
+            return buf[:end + 2] if ev is whole else ev + b"\n\n"
+        out = []
+        for ev in whole.split(b"\n\n"):
+            kept = self._event(ev) if ev else None
+            if kept is not None:
+                out.append(kept + b"\n\n")
         return b"".join(out)
 
     def flush(self) -> bytes:
         """At the end of the engine's stream: an unterminated last event still counts."""
         rest, self._buf = self._buf.strip(b"\n"), b""
-        if rest and self._event(rest):
-            return rest + b"\n\n"
-        return b""
+        kept = self._event(rest) if rest else None
+        return b"" if kept is None else kept + b"\n\n"
 
-    def _event(self, event: bytes) -> bool:
-        """Account for one event; False when it must not reach the client."""
+    def _event(self, event: bytes) -> bytes | None:
+        """Account for one event; returns what to send on (``event`` itself unless its
+        ``created`` or an engine error was rewritten), None when it must not be sent."""
         payload = _payload(event)
         if not payload:
-            return True  # comments, keep-alives: pass through untouched
+            return event  # comments, keep-alives: pass through untouched
         if payload == b"[DONE]":
             self.done = True
-            return True
+            return event
         try:
             chunk = _decode_chunk(payload)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return True  # not ours to judge: the client gets it as the engine sent it
-        if chunk.error:
-            self.error = str(chunk.error)[:300]
+            return event  # not ours to judge: the client gets it as the engine sent it
+        if chunk.error or chunk.object == "error":
+            if not self.error:  # the first one: the cause
+                self.error = str(chunk.error or payload[:300].decode(errors="replace"))[:300]
+            return b"data: " + normalised_error(payload)
+        if self.created and chunk.created is not None:
+            event = set_created(event, chunk.created, self.created)
         if chunk.usage is not None:
             self.usage_prompt = chunk.usage.prompt_tokens
             self.usage_completion = chunk.usage.completion_tokens
@@ -166,6 +215,6 @@ class StreamAccount:
                 self.count += 1
                 if self.on_tokens is not None:
                     self.on_tokens(self.count)
-            return True
+            return event
         # a chunk with no choices and a usage is the one we asked for on our own account
-        return chunk.usage is None or self.client_wants_usage
+        return event if chunk.usage is None or self.client_wants_usage else None

@@ -1,9 +1,10 @@
 """Parse and bound a request body before anything is queued or charged.
 
 Only what InferGrid needs is checked here (the engine validates the rest and
-its 400s pass through): the body is JSON and small enough, the model exists,
-``max_tokens`` is sane (it is the scheduler's cost estimate), and the request
-shape is one we can account for.
+its 400s reach the client in InferGrid's error shape, ``errors.engine_error``):
+the body is JSON and small enough, the model exists, ``max_tokens`` is sane (it
+is the scheduler's cost estimate), the request shape is one we can account for,
+and prompt + ``max_tokens`` fit the model's context (``check_context``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class ParsedRequest:
     prompt_tokens: int  # estimate; the engine's usage corrects it
     max_tokens: int
     priority: int
+    prompt_exact: bool = False  # token ids: prompt_tokens is the engine's count too
+    created: int = 0  # the request's time (Unix seconds): every response's ``created``
 
 
 async def read_body(request: web.Request, limits: Limits) -> bytes:
@@ -104,6 +107,7 @@ def parse(path: str, raw: bytes, limits: Limits, models: set[str]) -> ParsedRequ
                                f"messages[{i}].content must be a string or a list of parts",
                                f"messages[{i}].content")
         prompt_tokens = tokens.estimate_messages(messages)
+        exact = False
         field = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
             else "max_tokens"
     else:
@@ -117,6 +121,7 @@ def parse(path: str, raw: bytes, limits: Limits, models: set[str]) -> ParsedRequ
                            "prompt")
         prompt_tokens = tokens.estimate_prompt(prompt)
         field = "max_tokens"
+        exact = isinstance(prompt, list) and all(isinstance(x, int) for x in prompt)
 
     max_tokens = _int(body, field)
     if max_tokens is None:
@@ -133,4 +138,35 @@ def parse(path: str, raw: bytes, limits: Limits, models: set[str]) -> ParsedRequ
         path=path, body=body, model=model, stream=stream,
         client_wants_usage=bool(opts and opts.get("include_usage")),
         prompt_tokens=prompt_tokens, max_tokens=max_tokens, priority=priority,
+        prompt_exact=exact,
     )
+
+
+#: a real tokenizer rarely averages more characters a token than this over a prompt; the
+#: front door refuses a text prompt only if it cannot fit even counted so (the estimate
+#: says 4), so it never refuses what the engine would run
+MAX_CHARS_PER_TOKEN = 6
+
+
+def check_context(req: ParsedRequest, max_model_len: int, exact: bool) -> None:
+    """OpenAI's 400 ``context_length_exceeded`` when prompt + ``max_tokens`` cannot fit the
+    model's context (``max_model_len`` > 0), before the request is queued or charged.
+
+    ``exact``: the engine counts prompts as InferGrid estimates them (the simulated
+    engine).  Otherwise a text prompt is counted at its fewest plausible tokens; what
+    passes here and still does not fit, the engine refuses, in the same error shape."""
+    if max_model_len <= 0:
+        return
+    prompt = req.prompt_tokens
+    if not (exact or req.prompt_exact):
+        prompt = prompt * tokens.CHARS_PER_TOKEN // MAX_CHARS_PER_TOKEN
+    need = prompt + req.max_tokens
+    if need <= max_model_len:
+        return
+    about = "" if exact or req.prompt_exact else "at least "
+    where = "messages" if req.path == CHAT else "prompt"
+    raise ApiError(400, "context_length_exceeded",
+                   f"This model's maximum context length is {max_model_len} tokens. However, "
+                   f"you requested {about}{need} tokens ({about}{prompt} in the {where}, "
+                   f"{req.max_tokens} in the completion). Please reduce the length of the "
+                   f"{where} or completion.", where)

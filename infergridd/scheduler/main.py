@@ -29,6 +29,7 @@ from ..config import Config, Dirs
 from ..core.core import SchedulerCore, Send
 from ..keys import new_key
 from ..logs import fields
+from ..runlock import EX_IN_USE, LockHeld
 from ..systemd import Notifier
 from ..transport.sockets import BindLock, bind_router, send_nowait
 from . import statefile
@@ -43,7 +44,8 @@ SNAPSHOT_EVERY_S = 0.5
 
 
 class SchedulerDaemon:
-    def __init__(self, cfg: Config, dirs: Dirs, clock=time.monotonic) -> None:
+    def __init__(self, cfg: Config, dirs: Dirs, clock=time.monotonic,
+                 config_path: str = "") -> None:
         self.cfg = cfg
         self.dirs = dirs
         self.clock = clock
@@ -57,7 +59,8 @@ class SchedulerDaemon:
         self.control = ControlHandler(
             CommandContext(core=self.core, cfg=cfg, instance=self.instance,
                            started_at=self.started_at, peers=self.peers, apply=self._apply,
-                           persist=functools.partial(self.persist, force=True)),
+                           persist=functools.partial(self.persist, force=True),
+                           config_path=config_path, dirs=dirs),
             after_write=self._snapshot_all)
         self._peer_sock: zmq.asyncio.Socket | None = None
         self._ctl_sock: zmq.asyncio.Socket | None = None
@@ -305,12 +308,17 @@ def _redacted(e: p.EngineStatus) -> p.EngineStatus:
     return msgspec.structs.replace(e, api_key="")
 
 
-def main(cfg: Config, dirs: Dirs) -> int:
+def main(cfg: Config, dirs: Dirs, config_path: str = "") -> int:
+    """Run until SIGTERM/SIGINT; ``config_path`` is shown by ``status`` (``infergridctl
+    doctor`` finds the running instance's configuration there)."""
     try:
-        return aio.run(SchedulerDaemon(cfg, dirs).run())
+        return aio.run(SchedulerDaemon(cfg, dirs, config_path=config_path).run())
     except statefile.StateFileError as exc:
         log.critical("%s", exc)
         return 1
+    except LockHeld as exc:  # another InferGrid runs on this runtime dir
+        log.critical("%s", exc)
+        return EX_IN_USE
     except RuntimeError as exc:
         log.critical("%s", exc)
         return 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -46,6 +47,7 @@ async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
+    created = int(time.time())  # the request's time, as vLLM sets it (not the engine's start)
     eng = request.app[ENGINE]
     err = eng.unavailable()
     if err is not None:
@@ -62,19 +64,19 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
         return error_response(exc)
     try:
         if parsed.stream:
-            return await _stream(request, eng, req, parsed)
-        return await collect(eng, req, parsed)
+            return await _stream(request, eng, req, parsed, created)
+        return await collect(eng, req, parsed, created)
     finally:
         if req.finish_reason is None:  # cancelled, write failed, or engine slept
             eng.abort(req)
 
 
 async def _stream(request: web.Request, eng: SimEngine, req: SimRequest,
-                  parsed: api.ParsedRequest) -> web.StreamResponse:
+                  parsed: api.ParsedRequest, created: int) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                        "Cache-Control": "no-cache"})
     await resp.prepare(request)
-    enc = api.ChunkEncoder(parsed.chat, req.request_id, eng.created, eng.options.model)
+    enc = api.ChunkEncoder(parsed.chat, req.request_id, created, eng.options.model)
     sink: TokenSink = req.sink
     o = eng.options
     stall_at = -1
@@ -112,7 +114,8 @@ async def _stream(request: web.Request, eng: SimEngine, req: SimRequest,
         return resp
 
 
-async def collect(eng: SimEngine, req: SimRequest, parsed: api.ParsedRequest) -> web.Response:
+async def collect(eng: SimEngine, req: SimRequest, parsed: api.ParsedRequest,
+                  created: int | None = None) -> web.Response:
     sink: TokenSink = req.sink
     text: list[str] = []
     while True:
@@ -123,7 +126,9 @@ async def collect(eng: SimEngine, req: SimRequest, parsed: api.ParsedRequest) ->
         sink.buf = []
         if sink.finish is not None:
             break
-    body = api.full_response(parsed.chat, req.request_id, eng.created, eng.options.model,
+    if created is None:
+        created = int(time.time())
+    body = api.full_response(parsed.chat, req.request_id, created, eng.options.model,
                              "".join(text), sink.finish, req.prompt_tokens, req.num_output)
     return web.Response(body=body, content_type=_JSON)
 

@@ -100,7 +100,7 @@ class SimEngine:
         self.state = "awake"  # awake | falling_asleep | asleep | waking
         self.sleep_level = 0
         self.requests_seen = 0
-        self.created = int(time.time())
+        self.created = int(time.time())  # the engine's start: /v1/models only
         self._ids = itertools.count(1)
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []

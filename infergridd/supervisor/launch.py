@@ -4,6 +4,8 @@ Part of ``EngineRunner`` (``engine.py``), which holds the state used here.
 Rules this part keeps (each is a failure seen elsewhere):
 
 * never signal a process we cannot prove is ours (pid *and* start time);
+* adopt only while this process holds the runtime dir's supervisor lock (``runlock.py``):
+  a second instance on the same directory must never take the first one's engines;
 * nothing awaits between ``Popen`` and writing the state file, so a
   supervisor cancelled or killed mid-launch cannot leave an engine without a record;
 * an engine built from another config, or of another kind, is replaced, not adopted;
@@ -33,6 +35,7 @@ from ..engines.base import (
     is_alive,
     proc_start_time,
 )
+from ..runlock import holder
 from . import assist, procs, statefile
 from .statefile import EngineRecord
 
@@ -110,6 +113,9 @@ class Launcher:
         rec = statefile.load(self.dirs.engines_dir, self.engine_id)
         if rec is None:
             return
+        if holder(self.dirs.supervisor_lock) != os.getpid():  # Supervisor.run takes it first
+            raise RuntimeError(f"engine {self.engine_id} not adopted: this process does not "
+                               f"hold {self.dirs.supervisor_lock}")
         self.status.generation = rec.generation
         if not self.adapter.managed or rec.kind != self.adapter.kind:
             await self._discard(rec, "its engine kind changed")

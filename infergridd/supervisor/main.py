@@ -1,6 +1,8 @@
 """The supervisor daemon: wires engine runners, the scheduler link and systemd together.
 
-It owns engine processes and nothing else (DESIGN §1).  It re-adopts the
+It owns engine processes and nothing else (DESIGN §1).  It holds the runtime
+dir's supervisor lock (``runlock.py``) from before it adopts anything until it
+exits, so only one supervisor ever owns those engines.  It re-adopts the
 engines a previous supervisor left running *before* it reports anything, so a
 supervisor restart is invisible to clients (DESIGN §3), and on SIGTERM it
 exits leaving every engine running — unless the whole appliance is stopping
@@ -24,6 +26,7 @@ from .. import protocol as p
 from ..config import Config, ConfigError, Dirs, check_fit, model_memory, model_sleep_memory
 from ..engines import AdapterConfigError, adapter_for
 from ..engines.base import astop_process_group, is_alive
+from ..runlock import EX_IN_USE, LockHeld, RunLock
 from ..systemd import Notifier
 from . import procs, statefile
 from .engine import POLL_S, EngineRunner
@@ -159,6 +162,20 @@ class Supervisor:
 
     async def run(self) -> int:
         self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
+        # Before any engine is adopted, launched or stopped: a second supervisor on this
+        # runtime dir (a second `infergrid serve`) must never take the first one's engines.
+        lock = RunLock(self.dirs.supervisor_lock, "supervisor")
+        try:
+            lock.acquire()
+        except LockHeld as exc:
+            log.critical("%s", exc)
+            return EX_IN_USE
+        try:
+            return await self._run()
+        finally:
+            lock.release()
+
+    async def _run(self) -> int:
         self.dirs.engines_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import logs
 from ..config import Dirs
 from ..engines.base import LaunchSpec, is_alive, proc_start_time, stop_process_group
+from ..runlock import RunLock
 from . import statefile
 
 log = logging.getLogger("infergrid.supervisor")
@@ -157,8 +158,17 @@ def stop_all_engines(dirs: Dirs, timeout: float = 30.0) -> int:
     For ``infergrid serve`` on exit and the supervisor unit's ``ExecStopPost``:
     the whole appliance is going down, so nothing should keep GPU memory.
     Signals every engine first and then waits, so N engines take one timeout,
-    not N.  Returns how many were running.
+    not N.  Returns how many were running.  Only while no supervisor runs on
+    ``dirs``: it holds the supervisor lock meanwhile (``LockHeld`` otherwise),
+    so it never stops the engines of a live instance.
     """
+    if not dirs.runtime.is_dir():
+        return 0
+    with RunLock(dirs.supervisor_lock, "supervisor"):
+        return _stop_all(dirs, timeout)
+
+
+def _stop_all(dirs: Dirs, timeout: float) -> int:
     records = statefile.load_all(dirs.engines_dir)
     running = [r for r in records if is_alive(r.pid, r.start_time)]
     for r in running:

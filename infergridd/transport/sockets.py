@@ -10,7 +10,6 @@ peer from eating memory, ``LINGER=0`` keeps shutdown from hanging, and
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ import zmq
 import zmq.asyncio
 
 from ..config import Dirs
+from ..runlock import RunLock
 
 HWM = 100_000
 ZMTP_HEARTBEAT_IVL_MS = 1000
@@ -34,34 +34,15 @@ def _common(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TTL, ZMTP_HEARTBEAT_TIMEOUT_MS)
 
 
-class BindLock:
-    """An ``flock`` held for the life of the binding process.
+class BindLock(RunLock):
+    """The scheduler's lock (``runlock.py``), held for the life of the binding process.
 
     Taken *before* a stale socket file is unlinked: with two schedulers, the
     second would otherwise unlink and silently steal the first one's path.
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RuntimeError(
-                f"another scheduler holds {self.path}; refusing to steal its sockets"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        super().__init__(path, "scheduler")
 
 
 def bind_router(ctx: zmq.asyncio.Context, path: Path, mode: int = 0o660) -> zmq.asyncio.Socket:

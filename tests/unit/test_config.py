@@ -75,3 +75,34 @@ def test_hash_key_accepts_prehashed() -> None:
 def test_ipc_path_length_is_checked() -> None:
     with pytest.raises(config.ConfigError, match="too long"):
         config.Dirs.ipc(Path("/tmp/" + "x" * 120))
+
+
+@pytest.mark.parametrize("text,suggestion", [
+    ("version: 1\nlisen: 127.0.0.1:9000", "`lisen`; did you mean `listen`?"),
+    ("version: 1\nmodels: [{name: a, enigne: sim}]",
+     "`enigne` - at `$.models[0]`; did you mean `engine`?"),
+    ("version: 1\nscheduler: {residency: {sleep_levl: 1}}", "did you mean `sleep_level`?"),
+    ("version: 1\nmodels: [{name: a, engine_assist: {premept: true}}]",
+     "did you mean `preempt`?"),
+    ("version: 1\ntenants: [{name: a, wieght: 2}]", "did you mean `weight`?"),
+])
+def test_a_typo_names_the_nearest_key(text: str, suggestion: str) -> None:
+    """A misspelt key: the path, and the real key it most likely meant (difflib against
+    the fields of the struct at that path)."""
+    with pytest.raises(config.ConfigError) as err:
+        config.loads(text, "test.yaml")
+    assert suggestion in str(err.value)
+
+
+def test_no_suggestion_when_nothing_is_close() -> None:
+    with pytest.raises(config.ConfigError) as err:
+        config.loads("version: 1\nzzzqqq: 1", "test.yaml")
+    assert "unknown field `zzzqqq`" in str(err.value) and "did you mean" not in str(err.value)
+
+
+def test_max_model_len_is_a_model_key() -> None:
+    cfg = config.loads("version: 1\nmodels: [{name: a, max_model_len: 4096}]")
+    assert cfg.models[0].max_model_len == 4096
+    assert config.loads("version: 1\nmodels: [{name: a}]").models[0].max_model_len == 0
+    with pytest.raises(config.ConfigError, match=r"\$.models\[0\].max_model_len"):
+        config.loads("version: 1\nmodels: [{name: a, max_model_len: -2}]")

@@ -17,8 +17,10 @@ def check_config(path: str) -> tuple[Check, Config | None]:
         return Check(FAIL, "config", f"cannot look into {p.parent}",
                      "run as root or as a member of the infergrid group"), None
     if not present:
-        return Check(FAIL, "config", f"{p} does not exist",
-                     "install the package's default or pass --config FILE"), None
+        return Check(FAIL, "config", f"{p} does not exist, and no running InferGrid said "
+                     "which file it uses",
+                     "pass --config FILE (the file given to `infergrid serve`), or install "
+                     "the package's default"), None
     if not os.access(p, os.R_OK):
         st = p.stat()
         return Check(FAIL, "config", f"cannot read {p} (mode {mode_of(st)}, "

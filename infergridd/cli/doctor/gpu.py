@@ -40,7 +40,8 @@ def check_gpu(cfg: Config, probe: GpuProbe | None = nvml_probe,
     except ImportError:
         status = WARN if wants_gpu else OK
         return Check(status, "gpu", "NVML not available (pynvml not installed): GPU not checked",
-                     "pip install nvidia-ml-py into InferGrid's Python" if wants_gpu else "")
+                     "pip install 'infergridd[nvml]' (nvidia-ml-py) into InferGrid's Python" if wants_gpu
+                     else "")
     except Exception as exc:  # noqa: BLE001 - NVMLError and friends: report, never crash
         status = WARN if wants_gpu else OK
         return Check(status, "gpu", f"no GPU {idx} through NVML: {exc}",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 from ...config import DEFAULT_CONFIG_PATH, Config, Dirs, resolve_dirs
-from .check import FAIL, WARN, Check, daemon_group
+from .check import FAIL, OK, WARN, Check, daemon_group
 from .config import check_config
 from .dirs import check_runtime_dir, check_state_dir
 from .engines import check_engines
@@ -27,10 +29,10 @@ def engines_running(dirs: Dirs) -> bool:
         return False
 
 
-def doctor_dirs(cfg: Config, runtime_dir: str | None) -> Dirs:
+def doctor_dirs(cfg: Config, runtime_dir: str | None, state_dir: str | None = None) -> Dirs:
     """The packaged dirs, or those of a running ``infergrid serve`` of this user."""
     if runtime_dir or cfg.runtime_dir or os.environ.get("RUNTIME_DIRECTORY"):
-        return resolve_dirs(cfg, runtime_dir)
+        return resolve_dirs(cfg, runtime_dir, state_dir)
     from ..common import candidate_runtime_dirs, user_runtime_dir, user_state_dir
 
     for d in candidate_runtime_dirs():
@@ -41,15 +43,45 @@ def doctor_dirs(cfg: Config, runtime_dir: str | None) -> Dirs:
     return resolve_dirs(cfg)
 
 
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except OSError:  # cannot look: check_config says why
+        return True
+
+
+def running_instance(runtime_dir: str | None, timeout_s: float = 2.0) -> dict[str, Any] | None:
+    """What the running scheduler says of itself (``status``: its config file and dirs),
+    or None when no InferGrid answers.  How doctor finds a pip install's configuration:
+    ``infergrid serve`` takes the file on its command line, not from /etc."""
+    from ..infergridctl import Unreachable, call, find_control_socket
+
+    try:
+        reply = call(find_control_socket(runtime_dir, None), "status", {}, timeout_s)
+    except (Unreachable, OSError):
+        return None
+    sched = reply.result.get("scheduler") if reply.ok and isinstance(reply.result, dict) else None
+    return sched if isinstance(sched, dict) and sched.get("config") else None
+
+
 def run_checks(config_path: str | None = None, runtime_dir: str | None = None,
                gpu_probe: GpuProbe | None = nvml_probe) -> list[Check]:
-    path = config_path or DEFAULT_CONFIG_PATH
     checks: list[Check] = []
+    state_dir = None
+    if config_path is None and not _exists(DEFAULT_CONFIG_PATH):
+        found = running_instance(runtime_dir)  # a pip install: ask the running instance
+        if found is not None:
+            config_path = str(found["config"])
+            runtime_dir = runtime_dir or found.get("runtime_dir") or None
+            state_dir = found.get("state_dir") or None
+            checks.append(Check(OK, "instance", f"running (scheduler pid {found.get('pid')}); "
+                                f"checking its configuration {config_path}"))
+    path = config_path or DEFAULT_CONFIG_PATH
     c, cfg = check_config(path)
     checks.append(c)
     group = daemon_group()
     if cfg is not None:
-        dirs = doctor_dirs(cfg, runtime_dir)
+        dirs = doctor_dirs(cfg, runtime_dir, state_dir)
         checks += check_runtime_dir(dirs, group)
         checks.append(check_state_dir(dirs.state, group))
         checks += check_engines(cfg, user=group)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from ...config import Config
+    from ...config import Config, Dirs
     from ...core.core import SchedulerCore, Send
     from ..peers import PeerTable
 
@@ -51,6 +51,10 @@ class CommandContext:
     apply: Callable[[list[Send]], None]
     #: write the state file now (a runtime setting changed: it must survive a crash)
     persist: Callable[[], None]
+    #: the configuration file this scheduler was started from (absolute; "" unknown)
+    #: and its directories, for ``status`` (``infergridctl doctor`` reads them there)
+    config_path: str = ""
+    dirs: Dirs | None = None
 
 
 class Arg:

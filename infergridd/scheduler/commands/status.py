@@ -24,6 +24,10 @@ class Status(Command):
                 "pid": os.getpid(),
                 "uptime_s": round(time.time() - ctx.started_at, 1),
                 "policy": ctx.cfg.scheduler.policy,
+                # where this instance lives: `infergridctl doctor` checks these without --config
+                "config": ctx.config_path,
+                "runtime_dir": str(ctx.dirs.runtime) if ctx.dirs else "",
+                "state_dir": str(ctx.dirs.state) if ctx.dirs else "",
             },
             "peers": [{"name": p.name, "role": p.role, "pid": p.pid} for p in ctx.peers.all()],
             "engines": [_engine(e) for e in ctx.core.engine_statuses()],
@@ -37,6 +41,8 @@ class Status(Command):
         out = [
             f"scheduler  pid {s['pid']}  up {s['uptime_s']:.0f}s  policy {s['policy']}  "
             f"front doors {roles.count('frontdoor')}  supervisors {roles.count('supervisor')}",
+            *([f"config {s['config']}  runtime {s.get('runtime_dir', '')}  state "
+               f"{s.get('state_dir', '')}"] if s.get("config") else []),
             "",
             table(["ENGINE", "MODEL", "STATE", "PID", "RUNNING", "WAITING", "KV%", "RESTARTS",
                    "ASSIST"],

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from infergridd.frontdoor.errors import ApiError, error_middleware
-from infergridd.frontdoor.sse import StreamAccount
+from infergridd.frontdoor.sse import StreamAccount, set_created
 
 
 def ev(obj: object) -> bytes:
@@ -63,11 +63,43 @@ def test_crlf_framing_and_unterminated_last_event() -> None:
     assert out.endswith(b"data: [DONE]\n\n")
 
 
-def test_comments_errors_and_foreign_json_pass_through() -> None:
-    err = ev({"error": {"message": "boom", "code": 500}})
-    data = b": keep-alive\n\n" + b"data: not json\n\n" + err + DONE
-    acct, out, _ = run(data, False, 3)
-    assert out == data and "boom" in acct.error and acct.count == 0
+def test_comments_and_foreign_json_pass_through_engine_errors_are_ours() -> None:
+    """An engine's error event reaches the client as InferGrid's error object (string
+    ``code``, InferGrid's ``type``), whichever of the engines' shapes it came in."""
+    err = ev({"error": {"message": "boom", "type": "InternalServerError", "code": 500}})
+    flat = ev({"object": "error", "message": "too long: maximum context length is 10",
+               "type": "BadRequestError", "param": None, "code": 400})
+    passed = b": keep-alive\n\n" + b"data: not json\n\n"
+    acct, out, _ = run(passed + err + flat + DONE, False, 3)
+    assert "boom" in acct.error and acct.count == 0
+    events = out.split(b"\n\n")
+    assert out.startswith(passed) and events[-2:] == [b"data: [DONE]", b""]
+    assert [json.loads(e[6:]) for e in events[2:4]] == [
+        {"error": {"message": "boom", "type": "server_error", "param": None,
+                   "code": "engine_error"}},
+        {"error": {"message": "too long: maximum context length is 10",
+                   "type": "invalid_request_error", "param": None,
+                   "code": "context_length_exceeded"}}]
+
+
+@pytest.mark.parametrize("piece", [1, 5, 10_000])
+def test_created_becomes_the_request_time(piece: int) -> None:
+    """Every chunk's ``created`` is the request's time, not the engine's (vLLM sets it
+    at dispatch, the simulated engine did at its start); nothing else changes."""
+    chunk = ev({"id": "x", "object": "chat.completion.chunk", "created": 1000,
+                "choices": [{"index": 0, "delta": {"content": '"created":1000'}}]})
+    spaced = chunk.replace(b'"created": 1000,', b'"created" : 1000 ,', 1)
+    assert spaced != chunk
+    acct = StreamAccount(0.0, False, created=1234)
+    out = b"".join(acct.feed(d[i:i + piece]) for d in (chunk, spaced, DONE)
+                   for i in range(0, len(d), piece)) + acct.flush()
+    first, second, done, _ = out.split(b"\n\n")
+    for e in (first, second):
+        obj = json.loads(e[6:])
+        assert obj["created"] == 1234 and obj["choices"][0]["delta"]["content"] == '"created":1000'
+    assert done == b"data: [DONE]" and acct.count == 2
+    assert set_created(b'{"created":5,"x":1}', 5, 9) == b'{"created":9,"x":1}'
+    assert set_created(b'{"created":5}', 5, 0) == b'{"created":5}'  # 0: left as sent
 
 
 def test_completions_text_and_tool_call_chunks_count_as_tokens() -> None:

@@ -111,3 +111,43 @@ def test_a_model_command_returns_at_once_with_wait_zero() -> None:
     w = World()
     r = w.ask("model.unload", name="demo", wait=0)
     assert r.ok and r.result["action"] == "unload" and "done" in r.result
+
+
+def test_tenant_show_prints_a_table_like_every_other_command() -> None:
+    """``tenant show`` printed JSON without ``--json``; now settings (configured and
+    effective) and counters as tables, and ``--json`` prints the result itself."""
+    w = World()
+    w.ask("tenant.set-rate", name="quiet", rpm="6")
+    r = w.ask("tenant.show", name="quiet")
+    out = registry()["tenant.show"].render(r.result)
+    assert out.splitlines()[0] == "tenant quiet"
+    assert not out.lstrip().startswith("{")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert rows["SETTING"] == ["CONFIGURED", "EFFECTIVE"]
+    assert rows["rpm"] == ["unlimited", "6"] and rows["weight"] == ["1", "1"]
+    assert "QUEUED" in rows and "REJECTED" in out
+
+
+def test_models_and_model_list_are_one_command_on_the_command_line() -> None:
+    from infergridd.cli.infergridctl import build_parser
+
+    ap = build_parser(registry())
+    a, b = ap.parse_args(["models"]), ap.parse_args(["model", "list"])
+    assert a.command == b.command == "model.list"
+
+
+def test_status_says_where_the_instance_lives(tmp_path) -> None:
+    """``infergridctl doctor`` finds a pip install's configuration here."""
+    from infergridd.config import Dirs
+
+    cfg = loads(CONFIG)
+    dirs = Dirs(runtime=tmp_path / "run", state=tmp_path / "state")
+    ctx = CommandContext(core=SchedulerCore(cfg, lambda: 0.0), cfg=cfg, instance="t",
+                         started_at=0.0, peers=PeerTable(), apply=lambda s: None,
+                         persist=lambda: None, config_path="/srv/ig.yaml", dirs=dirs)
+    r = ControlHandler(ctx, after_write=lambda: None).handle(p.encode(p.ControlRequest(
+        command="status", args={}, protocol_version=p.PROTOCOL_VERSION)))
+    s = r.result["scheduler"]
+    assert (s["config"], s["runtime_dir"], s["state_dir"]) == (
+        "/srv/ig.yaml", str(tmp_path / "run"), str(tmp_path / "state"))
+    assert "config /srv/ig.yaml" in registry()["status"].render(r.result)

@@ -23,6 +23,7 @@ KEY = "sk-sim-test"
 
 class SimProc:
     def __init__(self, *args: str) -> None:
+        self.started = time.time()
         self.dir = Path(tempfile.mkdtemp(prefix="sim", dir="/tmp"))
         port_file = self.dir / "port"
         self.log = open(self.dir / "log", "wb")  # noqa: SIM115
@@ -99,6 +100,18 @@ async def test_non_streaming_and_completions(sim: SimProc) -> None:
         del body["stream_options"]
         r = await stream_chat(s, sim.url, KEY, body, path="/v1/completions")
         assert r.body["choices"][0]["text"].count(" tok") == 6
+
+
+async def test_created_is_each_requests_time(sim: SimProc) -> None:
+    """As vLLM does: ``created`` is when the request came, not when the engine started."""
+    await asyncio.sleep(max(0.0, sim.started + 2.5 - time.time()))
+    async with _session() as s:
+        t0 = time.time()
+        streamed = await stream_chat(s, sim.url, KEY, chat_body(max_tokens=3))
+        whole = await stream_chat(s, sim.url, KEY, chat_body(max_tokens=3, stream=False))
+        t1 = time.time()
+    for created in [c["created"] for c in streamed.chunks] + [whole.body["created"]]:
+        assert int(t0) <= created <= t1, (created, t0, sim.started)
 
 
 async def test_auth_errors_and_models(sim: SimProc) -> None:
