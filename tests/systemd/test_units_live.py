@@ -167,9 +167,9 @@ def test_deb_installs_and_serves(nsd: NsSystemd, deb: Path) -> None:
     print(f"systemd tier: /health 200 {time.monotonic() - t0:.1f}s after enable --now")
     for unit in DAEMONS:
         assert active(box, unit) == "active", unit
-    assert box.run_in(["pgrep", "-f", "infergridd.engines"]).returncode == 0
+    assert box.run_in(["pgrep", "-f", "python.* -m infergridd[.]sim "]).returncode == 0
 
     box.run_in(["systemctl", "stop", "infergrid.service"], check=True, timeout=180)
     for unit in ["infergrid.service", *DAEMONS]:
         assert active(box, unit) == "inactive", unit
-    assert box.run_in(["pgrep", "-f", "infergridd.engines"]).returncode == 1, "engines left"
+    assert box.run_in(["pgrep", "-f", "python.* -m infergridd[.]sim "]).returncode == 1, "engines left"
