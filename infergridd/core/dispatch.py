@@ -113,8 +113,7 @@ class Dispatcher:
         n = self.books.engine_inflight(eid)
         strict = e.window.has_room(n)
         assisted = assisted_engine(e)
-        light_room = e.window.has_room(n, bypass_waiting=True) or (
-            assisted and n < cap + light_overflow(cap))
+        light_room = self._has_room(e, n)
         standing = self.headroom.standing(model, total_cap, self.books.queued_n,
                                           self.tenants.weight, now)
 
