@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Every key of infergrid.yaml, walked from the msgspec structs in infergridd/config.py.
+"""Every key of infergrid.yaml, walked from the msgspec structs in infergridd/config/schema.py.
 
     python man/config_keys.py           # one scdoc entry stub per key, to paste into
                                         # infergrid.yaml.5.scd when a key is added

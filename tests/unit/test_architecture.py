@@ -268,7 +268,7 @@ _FAKE = {
     "infergridd/__init__.py": "",
     "infergridd/protocol.py": "import msgspec\nclass _Msg(msgspec.Struct, tag_field='t'):\n    pass\n"
                               "class Submit(_Msg, tag='submit'):\n    pass\n",
-    "infergridd/config.py": "import os\n",
+    "infergridd/config/__init__.py": "import os\n",
     "infergridd/core/__init__.py": "",
     "infergridd/core/books.py": "from __future__ import annotations\nimport heapq\n"
                                 "from .. import protocol\nfrom ..config import Config\n",

@@ -1,0 +1,105 @@
+"""Checks of a decoded config that a type system cannot express; each error names its key."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from .schema import Config, ConfigError
+from .sizes import check_fit, parse_size
+
+
+def hash_key(key: str) -> str:
+    """The at-rest form of an API key; ``sha256:<hex>`` keys are already hashed."""
+    if key.startswith("sha256:"):
+        return key[len("sha256:"):].lower()
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _check_name(name: str, path: str, what: str, seen: set[str]) -> None:
+    """A model's or tenant's name: one word of safe characters, unique (``seen`` keeps them)."""
+    if not _NAME.match(name):
+        raise ConfigError(f"{path}.name: invalid {what} name {name!r}")
+    if name in seen:
+        raise ConfigError(f"{path}.name: duplicate {what} name {name!r}")
+    seen.add(name)
+
+
+def _validate(cfg: Config) -> None:
+    """Checks a type system cannot express; each error names its key."""
+
+    def bad(path: str, why: str) -> ConfigError:
+        return ConfigError(f"{path}: {why}")
+
+    host, _, port = cfg.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise bad("$.listen", f"expected HOST:PORT, got {cfg.listen!r}")
+    seen: set[str] = set()
+    for i, m in enumerate(cfg.models):
+        p = f"$.models[{i}]"
+        _check_name(m.name, p, "model", seen)
+        if m.replicas < 1:
+            raise bad(f"{p}.replicas", "must be at least 1")
+        if m.max_num_seqs < 1:
+            raise bad(f"{p}.max_num_seqs", "must be at least 1")
+        if m.max_model_len < -1:
+            raise bad(f"{p}.max_model_len", "must be -1 (unchecked), 0 (the engine's) or more")
+        if m.engine == "openai" and not m.url:
+            raise bad(f"{p}.url", "required for engine: openai")
+        for key in ("memory", "sleep_memory"):
+            try:
+                parse_size(getattr(m, key), parse_size(cfg.gpu.total_memory) or 1)
+            except ValueError as exc:
+                raise bad(f"{p}.{key}", str(exc)) from None
+        if m.keep_alive_s < 0:
+            raise bad(f"{p}.keep_alive_s", "cannot be negative")
+        if m.assist().heavy_chunk_tokens < 0:
+            raise bad(f"{p}.engine_assist.heavy_chunk_tokens", "cannot be negative")
+    try:
+        total = parse_size(cfg.gpu.total_memory)
+    except ValueError as exc:
+        raise bad("$.gpu.total_memory", str(exc)) from None
+    check_fit(cfg, total)
+    seen = set()
+    keys: dict[str, str] = {}
+    for i, t in enumerate(cfg.tenants):
+        p = f"$.tenants[{i}]"
+        _check_name(t.name, p, "tenant", seen)
+        if not t.weight > 0:
+            raise bad(f"{p}.weight", "must be greater than 0")
+        for field in ("rpm", "tpm", "burst", "queue_deadline_s"):
+            if getattr(t, field) < 0:
+                raise bad(f"{p}.{field}", "cannot be negative")
+        if t.max_queued < 0:
+            raise bad(f"{p}.max_queued", "cannot be negative")
+        for j, k in enumerate(t.keys):
+            h = hash_key(k)
+            if k.startswith("sha256:") and not re.fullmatch(r"[0-9a-f]{64}", h):
+                raise bad(f"{p}.keys[{j}]", "sha256: must be followed by 64 hex digits")
+            if h in keys:
+                raise bad(f"{p}.keys[{j}]", f"key already belongs to tenant {keys[h]!r}")
+            keys[h] = t.name
+    if len(cfg.tenants) > cfg.scheduler.max_tenants:
+        raise bad("$.tenants", f"more than scheduler.max_tenants ({cfg.scheduler.max_tenants})")
+    s = cfg.scheduler
+    if not 0 < s.kv_threshold <= 1:
+        raise bad("$.scheduler.kv_threshold", "must be in (0, 1]")
+    if s.light_reserve < 0:
+        raise bad("$.scheduler.light_reserve", "must be >= 0")
+    if s.prefill_window_tokens < 0:
+        raise bad("$.scheduler.prefill_window_tokens", "must be >= 0")
+    if s.input_weight < 0 or s.output_weight < 0:
+        raise bad("$.scheduler", "input_weight and output_weight cannot be negative")
+    r = s.residency
+    if r.sleep_level not in (1, 2):
+        raise bad("$.scheduler.residency.sleep_level", "must be 1 or 2")
+    if r.max_swaps_per_window < 0:
+        raise bad("$.scheduler.residency.max_swaps_per_window", "cannot be negative")
+    for key in ("swap_window_s", "load_deadline_s", "command_timeout_s"):
+        if not getattr(r, key) > 0:
+            raise bad(f"$.scheduler.residency.{key}", "must be greater than 0")
+    if r.stop_after_s < 0:
+        raise bad("$.scheduler.residency.stop_after_s", "cannot be negative")
