@@ -114,6 +114,19 @@ class EngineStatus(msgspec.Struct, omit_defaults=True):
     assist: str = ""
     assist_reason: str = ""
     assist_counters: dict[str, int] = {}  # what it did (assist/stats.py AssistCounters)
+    #: the GPU indices it is placed on (CUDA_VISIBLE_DEVICES at launch); [] unplaced
+    devices: list[int] = []
+
+
+class GpuDevice(msgspec.Struct, omit_defaults=True):
+    """One GPU's ledger as the supervisor keeps it (DESIGN §6): sent with every update."""
+
+    index: int
+    uuid: str = ""
+    name: str = ""
+    total_bytes: int = 0  # 0: unlimited (not accounted)
+    free_bytes: int = 0
+    source: str = ""  # where the total came from (NVML, gpu.devices, ...)
 
 
 class RequestHeader(msgspec.Struct, omit_defaults=True):
@@ -305,6 +318,7 @@ class Snapshot(_Msg, tag="snapshot"):
     tenants: list[TenantStats] = []
     engines: list[EngineStatus] = []
     policy: str = ""
+    gpus: list[GpuDevice] = []  # each GPU's ledger, for /metrics
 
 
 # --------------------------------------------------------------------------- supervisor
@@ -317,6 +331,7 @@ class EngineUpdate(_Msg, tag="engine_update"):
     engines: list[EngineStatus]
     gpu_total_bytes: int = 0
     gpu_free_bytes: int = 0
+    gpus: list[GpuDevice] = []  # one ledger per GPU; the totals above are their sums
 
 
 class EngineCommand(_Msg, tag="engine_cmd"):

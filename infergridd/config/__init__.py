@@ -25,6 +25,7 @@ from .schema import (
     ConfigError,
     EngineAssistConfig,
     GpuConfig,
+    GpuDeviceConfig,
     Limits,
     LoggingConfig,
     ModelConfig,
@@ -38,7 +39,7 @@ from .validate import _validate, hash_key
 
 __all__ = [
     "DEFAULT_CONFIG_PATH", "DEFAULT_RUNTIME_DIR", "DEFAULT_STATE_DIR", "Config", "ConfigError",
-    "Dirs", "EngineAssistConfig", "GpuConfig", "Limits", "LoggingConfig", "ModelConfig",
+    "Dirs", "EngineAssistConfig", "GpuConfig", "GpuDeviceConfig", "Limits", "LoggingConfig", "ModelConfig",
     "ResidencyConfig", "SchedulerConfig", "TenantConfig", "TokenBucketConfig", "check_fit",
     "fmt_bytes", "hash_key", "load", "loads", "model_memory", "model_sleep_memory", "parse_size",
     "resolve_dirs",

@@ -82,11 +82,26 @@ class SchedulerConfig(_Strict):
     residency: ResidencyConfig = msgspec.field(default_factory=ResidencyConfig)
 
 
+class GpuDeviceConfig(_Strict):
+    """``gpu.devices[]``: one GPU, for the simulated engine and machines without NVML
+    (with NVML, its figures are checked against the card's: supervisor/devices.py)."""
+
+    index: int
+    total_memory: str | int = 0  # bytes or "24GiB"; 0: NVML's, else unlimited
+    uuid: str = ""
+    name: str = ""
+
+
 class GpuConfig(_Strict):
     #: bytes or "80GiB": NVML's total where present (this may only lower it), else
-    #: this; 0 without NVML: unlimited (supervisor/ledger.py ``gpu_total``)
+    #: this; 0 without NVML: unlimited (supervisor/ledger.py ``gpu_total``).  Without
+    #: ``devices``, the figure for each GPU (the one-device shorthand)
     total_memory: str | int = 0
+    #: the one GPU when ``devices`` is empty and NVML is absent; with NVML, a non-zero
+    #: index limits InferGrid to that GPU (0: every GPU NVML lists)
     device_index: int = 0
+    #: every GPU InferGrid may use (config/placement.py); empty: NVML's, else the shorthand
+    devices: list[GpuDeviceConfig] = []
 
 
 class EngineAssistConfig(_Strict):
@@ -117,6 +132,12 @@ class ModelConfig(_Strict):
     extra_args: list[str] = []
     env: dict[str, str] = {}
     replicas: int = 1
+    #: GPUs per engine (tensor parallelism: vLLM --tensor-parallel-size, SGLang --tp-size);
+    #: ``memory`` is what each of them holds
+    gpus: int = 1
+    #: pin the engines to these GPU indices (replica r takes the r-th group of ``gpus``);
+    #: empty: placed by fit (config/placement.py)
+    devices: list[int] = []
     max_num_seqs: int = 8
     #: context length the front door checks prompt + max_tokens against before queueing;
     #: 0: the engine's (args.max_model_len, the sim's profile), -1: unchecked

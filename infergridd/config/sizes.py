@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .schema import Config, ConfigError, ModelConfig
+from .schema import Config, ModelConfig
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
@@ -48,31 +48,24 @@ def fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def check_fit(cfg: Config, total: int) -> None:
-    """Refuse a model set that can never run on a GPU of ``total`` bytes (0: unlimited).
+def check_fit(cfg: Config, total: int | list | None = None) -> None:
+    """Refuse a model set that can never run on the machine's GPUs.
 
-    Called at config load with ``gpu.total_memory`` and again by the supervisor
-    once NVML has said how big the GPU really is.  Pinned models are never
-    evicted, so they must fit together; the preloaded ones must fit together
-    (else ``/health`` could never answer 200); and every model must fit alone.
+    ``total``: a list of ``placement.Device`` (the supervisor's, from NVML or
+    ``gpu.devices``), or one GPU's bytes (the one-device shorthand; 0: unlimited),
+    or None: the config's own devices.  Called at config load and again by the
+    supervisor once NVML has said how many GPUs there are and how big.  Pinned
+    models are never evicted, so they must fit together on each GPU; the
+    preloaded ones must fit together (else ``/health`` could never answer 200);
+    every engine must fit alone; ``gpus`` and ``devices`` must name GPUs the
+    machine has (``placement.check_placement``: each error names the model).
     """
-    if total <= 0:
-        return
+    from .placement import Device, check_placement, configured_devices
 
-    def cost(m: ModelConfig) -> int:
-        return model_memory(m, total) * m.replicas
-
-    for i, m in enumerate(cfg.models):
-        if cost(m) > total:
-            raise ConfigError(
-                f"$.models[{i}].memory: model {m.name!r} needs {fmt_bytes(cost(m))}"
-                f"{f' ({m.replicas} replicas)' if m.replicas > 1 else ''}, more than the "
-                f"GPU's {fmt_bytes(total)}")
-    for what, models in (("pinned", [m for m in cfg.models if m.pinned]),
-                         ("preloaded", [m for m in cfg.models if m.preload or m.pinned])):
-        need = sum(cost(m) for m in models)
-        if need > total:
-            parts = " + ".join(f"{m.name} {fmt_bytes(cost(m))}" for m in models)
-            raise ConfigError(
-                f"$.models: the {what} models cannot all fit on the GPU: {parts} = "
-                f"{fmt_bytes(need)} > {fmt_bytes(total)} of GPU memory")
+    if total is None:
+        devices = configured_devices(cfg)
+    elif isinstance(total, int):
+        devices = [Device(cfg.gpu.device_index, total)]
+    else:
+        devices = total
+    check_placement(cfg, devices)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from .placement import configured_devices
 from .schema import Config, ConfigError
 from .sizes import check_fit, parse_size
 
@@ -28,6 +29,22 @@ def _check_name(name: str, path: str, what: str, seen: set[str]) -> None:
     seen.add(name)
 
 
+def _check_devices(cfg: Config) -> None:
+    """``gpu.devices``: unique, non-negative indices and sizes that parse."""
+    seen: set[int] = set()
+    for j, d in enumerate(cfg.gpu.devices):
+        p = f"$.gpu.devices[{j}]"
+        if d.index < 0:
+            raise ConfigError(f"{p}.index: cannot be negative")
+        if d.index in seen:
+            raise ConfigError(f"{p}.index: GPU {d.index} is listed twice")
+        seen.add(d.index)
+        try:
+            parse_size(d.total_memory)
+        except ValueError as exc:
+            raise ConfigError(f"{p}.total_memory: {exc}") from None
+
+
 def _validate(cfg: Config) -> None:
     """Checks a type system cannot express; each error names its key."""
 
@@ -37,12 +54,18 @@ def _validate(cfg: Config) -> None:
     host, _, port = cfg.listen.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise bad("$.listen", f"expected HOST:PORT, got {cfg.listen!r}")
+    _check_devices(cfg)
+    smallest = min((d.total for d in configured_devices(cfg) if d.total > 0), default=0)
     seen: set[str] = set()
     for i, m in enumerate(cfg.models):
         p = f"$.models[{i}]"
         _check_name(m.name, p, "model", seen)
         if m.replicas < 1:
             raise bad(f"{p}.replicas", "must be at least 1")
+        if m.gpus < 1:
+            raise bad(f"{p}.gpus", f"model {m.name!r}: must be at least 1")
+        if any(d < 0 for d in m.devices):
+            raise bad(f"{p}.devices", f"model {m.name!r}: a GPU index cannot be negative")
         if m.max_num_seqs < 1:
             raise bad(f"{p}.max_num_seqs", "must be at least 1")
         if m.max_model_len < -1:
@@ -51,7 +74,7 @@ def _validate(cfg: Config) -> None:
             raise bad(f"{p}.url", "required for engine: openai")
         for key in ("memory", "sleep_memory"):
             try:
-                parse_size(getattr(m, key), parse_size(cfg.gpu.total_memory) or 1)
+                parse_size(getattr(m, key), smallest or 1)
             except ValueError as exc:
                 raise bad(f"{p}.{key}", str(exc)) from None
         if m.keep_alive_s < 0:
@@ -59,10 +82,13 @@ def _validate(cfg: Config) -> None:
         if m.assist().heavy_chunk_tokens < 0:
             raise bad(f"{p}.engine_assist.heavy_chunk_tokens", "cannot be negative")
     try:
-        total = parse_size(cfg.gpu.total_memory)
+        parse_size(cfg.gpu.total_memory)
     except ValueError as exc:
         raise bad("$.gpu.total_memory", str(exc)) from None
-    check_fit(cfg, total)
+    if cfg.gpu.devices or not any(m.gpus > 1 or m.devices for m in cfg.models):
+        check_fit(cfg)  # every GPU known: counts, pins and memory, per GPU
+    # else: how many GPUs NVML finds is known only on the machine; the supervisor and
+    # doctor check then (supervisor/devices.py)
     seen = set()
     keys: dict[str, str] = {}
     for i, t in enumerate(cfg.tenants):
