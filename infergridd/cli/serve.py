@@ -6,7 +6,9 @@ the front door; restarts any one that dies, with backoff, without touching
 the other two; and on SIGINT/SIGTERM stops them in the order that loses
 nothing: front door (drains its streams), supervisor, every engine, scheduler.
 
-It starts nothing on a runtime dir another instance runs on (its ``serve.lock``,
+It starts nothing in a runtime dir that is not ours alone (owner us, no access for
+group or others, not a symlink: ``config/dirs.py``), and nothing on a runtime dir
+another instance runs on (its ``serve.lock``,
 or a scheduler's or supervisor's lock there, ``runlock.py``): it prints
 "InferGrid is already running (pid N, runtime dir D)" and exits 1 at once, so a
 second ``infergrid serve`` can never adopt, restart or stop the first one's engines.
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config, Dirs
+from ..config.dirs import UnsafeDirError, ensure_private_dir
 from ..runlock import EX_IN_USE, LockHeld, RunLock, holder
 
 log = logging.getLogger("infergrid.serve")
@@ -33,6 +36,7 @@ STOP_ORDER = ("frontdoor", "supervisor", "scheduler")
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 30.0  # a child up this long has its backoff reset
 EXIT_ALREADY_RUNNING = 1
+EXIT_UNSAFE_DIR = 78  # EX_CONFIG: the runtime dir is not ours alone; retrying cannot help
 
 
 @dataclass
@@ -112,7 +116,11 @@ class Serve:
         self._stopping = True
 
     def run(self) -> int:
-        self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
+        try:  # ours alone, or nothing starts (DESIGN §10; config/dirs.py)
+            ensure_private_dir(self.dirs.runtime)
+        except (UnsafeDirError, OSError) as exc:
+            print(f"infergrid serve: {exc}", file=sys.stderr, flush=True)
+            return EXIT_UNSAFE_DIR
         self.dirs.state.mkdir(mode=0o750, parents=True, exist_ok=True)
         lock = RunLock(self.dirs.serve_lock, "infergrid serve")
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import overload
 
@@ -54,3 +55,43 @@ def resolve_dirs(cfg: Config, runtime_dir: str | None = None, state_dir: str | N
     state = state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0] \
         or cfg.state_dir or DEFAULT_STATE_DIR
     return Dirs(runtime=Path(runtime), state=Path(state))
+
+
+class UnsafeDirError(ConfigError):
+    """A directory we would keep sockets, locks or engine records in is not ours alone."""
+
+
+def ensure_private_dir(path: Path, uid: int | None = None) -> Path:
+    """Create ``path`` 0700, or accept it only if it is provably ours alone; return it.
+
+    ``infergrid serve`` without ``XDG_RUNTIME_DIR`` falls back to the world-writable
+    ``/tmp``: another local user could create ``/tmp/infergrid-<uid>`` first and then
+    plant sockets, a lock symlink or engine records that make the supervisor signal
+    a pid of their choosing (DESIGN §10).  So the directory must be a real directory
+    (not a symlink), owned by ``uid`` (default: our effective uid), with no access
+    for group or others.  One of ours that is merely group/world *readable* is
+    tightened to 0700 (nobody else could have written into it); anything else is
+    refused with an error that says what to do, never silently used.
+    """
+    uid = os.geteuid() if uid is None else uid
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask; this is not
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    fix = "remove it (if nothing runs there) or choose another --runtime-dir"
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirError(f"runtime dir {path} is not a directory (a symlink or a file "
+                             f"someone else put there?); {fix}")
+    if st.st_uid != uid:
+        raise UnsafeDirError(f"runtime dir {path} is owned by uid {st.st_uid}, not by us "
+                             f"(uid {uid}): another user may have created it; {fix}")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise UnsafeDirError(f"runtime dir {path} is writable by others (mode {mode:04o}): "
+                             f"files in it may have been planted; {fix}")
+    if mode & 0o077:
+        os.chmod(path, 0o700)
+    return path

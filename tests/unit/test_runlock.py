@@ -110,3 +110,75 @@ def test_serve_refuses_a_runtime_dir_a_unit_runs_on(tmp_path: Path, capsys) -> N
     assert err[0].startswith(f"InferGrid is already running (pid {proc.pid}, runtime dir "
                              f"{dirs.runtime})")
     assert not dirs.control_sock.exists() and not dirs.engines_dir.exists()
+
+
+# --------------------------------------------------------------------------- issue 14, item 5
+# Without XDG_RUNTIME_DIR ``infergrid serve`` falls back to /tmp/infergrid-<uid>, which
+# anyone could create first: the runtime dir must be ours alone or nothing starts.
+
+def _serve_in(tmp_path: Path, runtime: Path) -> int:
+    from infergridd.cli.serve import Serve
+    from infergridd.config import Dirs, loads
+
+    dirs = Dirs(runtime=runtime, state=tmp_path / "state")
+    return Serve(loads("version: 1"), str(tmp_path / "x.yaml"), dirs, None).run()
+
+
+def test_serve_creates_its_runtime_dir_0700(tmp_path: Path) -> None:
+    from infergridd.config.dirs import ensure_private_dir
+
+    old = os.umask(0o002)  # a permissive umask must not matter
+    try:
+        path = ensure_private_dir(tmp_path / "infergrid-1000")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o700
+
+
+def test_serve_refuses_a_runtime_dir_someone_else_owns(tmp_path: Path, monkeypatch,
+                                                       capsys) -> None:
+    """Another user made /tmp/infergrid-<uid> first: refused, and nothing is written in it
+    (no lock, no socket).  The foreign owner is simulated by our uid appearing to differ
+    (the real ``chown`` needs root)."""
+    run = tmp_path / "infergrid-1000"
+    run.mkdir(mode=0o700)
+    me = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: me + 4242)
+    rc = _serve_in(tmp_path, run)
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert rc == 78, err
+    assert f"runtime dir {run} is owned by uid {me}, not by us (uid {me + 4242})" in err
+    assert list(run.iterdir()) == []  # no serve.lock followed or created
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777])
+def test_serve_refuses_a_runtime_dir_others_can_write(tmp_path: Path, capsys,
+                                                      mode: int) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    os.chmod(run, mode)
+    assert _serve_in(tmp_path, run) == 78
+    assert "is writable by others" in capsys.readouterr().err
+    assert list(run.iterdir()) == []
+
+
+def test_serve_refuses_a_symlinked_runtime_dir(tmp_path: Path, capsys) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "run").symlink_to(real)
+    assert _serve_in(tmp_path, tmp_path / "run") == 78
+    assert "is not a directory" in capsys.readouterr().err
+    assert list(real.iterdir()) == []
+
+
+def test_our_own_readable_runtime_dir_is_tightened(tmp_path: Path) -> None:
+    """Ours but 0755 (an older InferGrid made it 0750): nobody else could write into it,
+    so it is made 0700 rather than refused."""
+    from infergridd.config.dirs import ensure_private_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    os.chmod(run, 0o755)
+    ensure_private_dir(run)
+    assert run.stat().st_mode & 0o777 == 0o700
