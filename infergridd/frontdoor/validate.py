@@ -106,7 +106,7 @@ def parse(path: str, raw: bytes, limits: Limits, models: set[str]) -> ParsedRequ
                 raise ApiError(400, "invalid_value",
                                f"messages[{i}].content must be a string or a list of parts",
                                f"messages[{i}].content")
-        prompt_tokens = tokens.estimate_messages(messages)
+        prompt_tokens = tokens.estimate_chat(body)  # tools, tool calls, schemas too
         exact = False
         field = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
             else "max_tokens"
@@ -119,9 +119,10 @@ def parse(path: str, raw: bytes, limits: Limits, models: set[str]) -> ParsedRequ
                 isinstance(x, int) for x in prompt):
             raise ApiError(400, "unsupported_value", "batched prompts are not supported",
                            "prompt")
-        prompt_tokens = tokens.estimate_prompt(prompt)
+        prompt_tokens = tokens.estimate_completion(body)  # the prompt and a suffix
         field = "max_tokens"
-        exact = isinstance(prompt, list) and all(isinstance(x, int) for x in prompt)
+        exact = isinstance(prompt, list) and all(isinstance(x, int) for x in prompt) \
+            and not body.get("suffix")
 
     max_tokens = _int(body, field)
     if max_tokens is None:

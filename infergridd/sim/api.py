@@ -81,7 +81,7 @@ def parse_request(raw: bytes, *, chat: bool, served_model: str, max_model_len: i
         if not isinstance(messages, list) or not messages \
                 or not all(isinstance(m, dict) for m in messages):
             raise ApiError(400, "messages must be a non-empty list of message objects", "messages")
-        prompt_tokens = tokens.estimate_messages(messages)
+        prompt_tokens = tokens.estimate_chat(body)  # as a chat template renders it all
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not prompt):
@@ -89,7 +89,7 @@ def parse_request(raw: bytes, *, chat: bool, served_model: str, max_model_len: i
         if isinstance(prompt, list) and not all(isinstance(p, int) for p in prompt) \
                 and len(prompt) != 1:
             raise ApiError(400, "the simulated engine takes one prompt per request", "prompt")
-        prompt_tokens = tokens.estimate_prompt(prompt)
+        prompt_tokens = tokens.estimate_completion(body)
     max_tokens = _int_field(body, "max_completion_tokens") if chat else None
     if max_tokens is None:
         max_tokens = _int_field(body, "max_tokens")
