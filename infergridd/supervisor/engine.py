@@ -51,7 +51,7 @@ class EngineRunner(Launcher, HealthWatch, SleepWake):
 
     def __init__(self, engine_id: str, model: ModelConfig, adapter: EngineAdapter, dirs: Dirs,
                  http: aiohttp.ClientSession, memory_bytes: int = 0,
-                 sleep_bytes: int = 0) -> None:
+                 sleep_bytes: int = 0, devices: tuple[int, ...] = ()) -> None:
         self.engine_id = engine_id
         self.model = model
         self.adapter = adapter
@@ -60,14 +60,19 @@ class EngineRunner(Launcher, HealthWatch, SleepWake):
         self.http = http
         self.memory_bytes = memory_bytes  # GPU bytes it holds awake (ledger.py)
         self.sleep_bytes = sleep_bytes  # ... and asleep
+        self.devices = devices  # the GPUs it runs on, each holding those bytes (placement)
         self.reserved = False  # a start or wake admitted by the ledger is running
         self.resume = ""  # a sleep or wake the previous supervisor left half done
-        self.config_hash = config_hash(model)
+        # an engine placed on other GPUs than it runs on (the placement changed with the
+        # config or the machine) is replaced, not adopted: the ledgers would be wrong
+        self.config_hash = config_hash(model) + (
+            "" if devices in ((), (0,)) else "@" + ",".join(map(str, devices)))
         self.lock = asyncio.Lock()
         self.status = p.EngineStatus(
             engine_id=engine_id, model=model.name, kind=adapter.kind, state=S.STOPPED,
             max_num_seqs=adapter.max_num_seqs(), supports_priority=adapter.supports_priority,
             priority_sign=adapter.priority_sign, supports_sleep=adapter.supports_sleep,
+            devices=list(devices),
         )
         # a preloaded engine the scheduler stopped stays stopped across supervisor restarts,
         # and one the operator unloaded says so (a restarted scheduler learns it from here)

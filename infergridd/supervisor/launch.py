@@ -37,6 +37,7 @@ from ..engines.base import (
 )
 from ..runlock import holder
 from . import assist, procs, statefile
+from .devices import place_env
 from .statefile import EngineRecord
 
 log = logging.getLogger("infergrid.supervisor")
@@ -93,6 +94,7 @@ class Launcher:
     dirs: Dirs
     http: aiohttp.ClientSession
     config_hash: str
+    devices: tuple[int, ...]
     status: p.EngineStatus
     assist_path: Path
     rec: EngineRecord | None
@@ -189,6 +191,7 @@ class Launcher:
             self._fail(f"cannot be launched: {exc}", with_log=False)
             return
         assist.prepare_launch(spec, self.status, self.assist_path)
+        place_env(self.devices, spec.env)  # exactly its GPUs (supervisor/devices.py)
         self.launches += 1
         self.status.generation = generation
         self.status.restarts = max(0, generation - 1)  # counts across supervisors

@@ -1,4 +1,9 @@
-"""The supervisor's GPU memory ledger (DESIGN §6): who holds what, and what is free.
+"""The supervisor's GPU memory ledgers (DESIGN §6): who holds what, and what is free.
+
+One ledger per GPU (``devices.py`` finds them): an engine placed on GPUs 0
+and 1 (tensor parallel) holds its ``memory`` on each, and a start or wake is
+admitted only if it fits on every GPU it is placed on, so making room on
+GPU 1 never depends on, or disturbs, what GPU 0 holds.
 
 The scheduler decides what to load and evict; this ledger is the last word on
 whether it fits, because only the supervisor knows what each engine really
@@ -28,7 +33,9 @@ import logging
 from collections.abc import Iterable
 from typing import Protocol
 
+from .. import protocol as p
 from ..config import Config, fmt_bytes, parse_size
+from ..config.placement import Device
 
 log = logging.getLogger("infergrid.supervisor")
 
@@ -90,28 +97,70 @@ def gpu_total(cfg: Config) -> tuple[int, str]:
     return 0, "unlimited (no NVML, gpu.total_memory 0)"
 
 
+def _on(h: Holder, default: tuple[int, ...]) -> tuple[int, ...]:
+    """The GPUs an engine holds its memory on (an unplaced one: the first GPU)."""
+    return getattr(h, "devices", ()) or default
+
+
 class Ledger:
-    def __init__(self, total: int, source: str = "") -> None:
-        self.total = total
-        self.source = source
+    """One ledger per GPU, each derived from the engines placed on it."""
 
-    def used(self, holders: Iterable[Holder]) -> int:
-        return sum(h.held_bytes() for h in holders)
+    def __init__(self, total: int | list[Device], source: str = "") -> None:
+        self.devices = [Device(0, total, source=source)] if isinstance(total, int) \
+            else list(total)
+        self.source = source or ", ".join(sorted({d.source for d in self.devices}))
+        self._first = (self.devices[0].index,) if self.devices else ()
 
-    def free(self, holders: Iterable[Holder]) -> int:
-        """Bytes not held by any engine; 0 when unlimited (``total`` 0)."""
-        return max(0, self.total - self.used(holders)) if self.total > 0 else 0
+    @property
+    def total(self) -> int:
+        """Bytes on every GPU together; 0 when any is unlimited (not accounted)."""
+        if any(d.total <= 0 for d in self.devices):
+            return 0
+        return sum(d.total for d in self.devices)
+
+    def device(self, index: int) -> Device | None:
+        return next((d for d in self.devices if d.index == index), None)
+
+    def used(self, holders: Iterable[Holder], device: int | None = None) -> int:
+        """Bytes held on ``device`` (None: on every GPU together)."""
+        return sum(h.held_bytes() * (len(on) if device is None else (device in on))
+                   for h in holders for on in (_on(h, self._first),))
+
+    def free(self, holders: Iterable[Holder], device: int | None = None) -> int:
+        """Bytes not held on ``device`` (None: all GPUs); 0 when unlimited."""
+        if device is None:
+            hs = list(holders)
+            return sum(self.free(hs, d.index) for d in self.devices) if self.total else 0
+        d = self.device(device)
+        if d is None or d.total <= 0:
+            return 0
+        return max(0, d.total - self.used(holders, device))
 
     def shortfall(self, engine: Holder, holders: list[Holder]) -> str:
-        """Why ``engine`` cannot be brought up now, with the numbers; "" when it fits."""
-        if self.total <= 0:
-            return ""
+        """Why ``engine`` cannot be brought up now, with the numbers of each GPU it is
+        placed on that lacks room; "" when it fits on all of them."""
         need = max(0, engine.memory_bytes - engine.held_bytes())
-        free = self.total - self.used(holders)
-        if need <= free:
+        short = []
+        for idx in _on(engine, self._first):
+            d = self.device(idx)
+            if d is None or d.total <= 0:
+                continue
+            free = d.total - self.used(holders, idx)
+            if need <= free:
+                continue
+            others = ", ".join(f"{h.engine_id} {fmt_bytes(h.held_bytes())}" for h in holders
+                               if h is not engine and h.held_bytes() > 0
+                               and idx in _on(h, self._first)) or "nothing"
+            short.append(f"{fmt_bytes(max(0, free))} free of {fmt_bytes(d.total)}"
+                         f"{f' on GPU {idx}' if len(self.devices) > 1 else ''} "
+                         f"(held: {others})")
+        if not short:
             return ""
-        others = ", ".join(f"{h.engine_id} {fmt_bytes(h.held_bytes())}" for h in holders
-                           if h is not engine and h.held_bytes() > 0) or "nothing"
         return (f"not enough GPU memory for {engine.engine_id}: needs {fmt_bytes(need)}, "
-                f"{fmt_bytes(max(0, free))} free of {fmt_bytes(self.total)} "
-                f"(held: {others})")
+                + "; ".join(short))
+
+    def report(self, holders: list[Holder]) -> list[p.GpuDevice]:
+        """Each GPU's ledger for the scheduler (``EngineUpdate.gpus``)."""
+        return [p.GpuDevice(index=d.index, uuid=d.uuid, name=d.name, total_bytes=d.total,
+                            free_bytes=self.free(holders, d.index), source=d.source)
+                for d in self.devices]

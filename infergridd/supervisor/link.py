@@ -65,7 +65,8 @@ class SupervisorLink(PeerLink):
         self.send(result)
 
     # ------------------------------------------------------------------ engine states
-    def send_update(self, gpu_total_bytes: int = 0, gpu_free_bytes: int | None = None) -> None:
+    def send_update(self, gpu_total_bytes: int = 0, gpu_free_bytes: int | None = None,
+                    gpus: list[p.GpuDevice] | None = None) -> None:
         """The full engine list and the ledger's GPU figures; only once welcomed (before
         that the Hello carries the engines).  ``gpu_free_bytes`` None: the total less
         what the engines report holding."""
@@ -76,4 +77,5 @@ class SupervisorLink(PeerLink):
             gpu_free_bytes = max(0, gpu_total_bytes - sum(e.memory_bytes for e in engines))
         self.send(p.EngineUpdate(instance=self.instance, engines=engines,
                                  gpu_total_bytes=gpu_total_bytes,
-                                 gpu_free_bytes=gpu_free_bytes if gpu_total_bytes else 0))
+                                 gpu_free_bytes=gpu_free_bytes if gpu_total_bytes else 0,
+                                 gpus=gpus or []))

@@ -23,14 +23,16 @@ import zmq.asyncio
 
 from .. import aio
 from .. import protocol as p
-from ..config import Config, ConfigError, Dirs, check_fit, model_memory, model_sleep_memory
+from ..config import Config, ConfigError, Dirs, check_fit, fmt_bytes
+from ..config.placement import memory_on, place, sleep_memory_on
 from ..engines import AdapterConfigError, adapter_for
 from ..engines.base import astop_process_group, is_alive
 from ..runlock import EX_IN_USE, LockHeld, RunLock
 from ..systemd import Notifier
 from . import procs, statefile
+from .devices import discover
 from .engine import POLL_S, EngineRunner
-from .ledger import Ledger, gpu_total
+from .ledger import Ledger
 from .link import SupervisorLink
 
 log = logging.getLogger("infergrid.supervisor")
@@ -53,8 +55,7 @@ class Supervisor:
         self.runners: list[EngineRunner] = []
         self._stop = asyncio.Event()
         self.link: SupervisorLink | None = None
-        total, source = gpu_total(cfg)
-        self.ledger = Ledger(total, source)
+        self.ledger = Ledger(discover(cfg))
 
     @property
     def gpu_total(self) -> int:
@@ -69,17 +70,24 @@ class Supervisor:
     def gpu_free(self) -> int:
         return self.ledger.free(self.runners)
 
+    def send_update(self) -> None:
+        """Every engine and every GPU's ledger to the scheduler."""
+        if self.link is not None:
+            self.link.send_update(self.gpu_total, self.gpu_free(),
+                                  self.ledger.report(list(self.runners)))
+
     def _make_runners(self, http: aiohttp.ClientSession) -> None:
+        """One runner per engine, on the GPUs placement gives it (config/placement.py):
+        fixed for this supervisor's life, and what its ``CUDA_VISIBLE_DEVICES`` says."""
+        devices = self.ledger.devices
+        placed = place(self.cfg, devices)
         for m in self.cfg.models:
             adapter = adapter_for(m)  # AdapterConfigError: caller reports it
-            try:
-                mem = model_memory(m, self.gpu_total)
-                asleep = model_sleep_memory(m, self.gpu_total)
-            except ValueError:
-                mem = asleep = 0
             for i in range(m.replicas):
-                self.runners.append(
-                    EngineRunner(f"{m.name}-{i}", m, adapter, self.dirs, http, mem, asleep))
+                on = placed.get(f"{m.name}-{i}", ())
+                self.runners.append(EngineRunner(
+                    f"{m.name}-{i}", m, adapter, self.dirs, http,
+                    memory_on(m, devices, on), sleep_memory_on(m, devices, on), devices=on))
 
     def _hold_back_what_does_not_fit(self) -> None:
         """After adoption: a preloaded engine that would not fit beside what is already
@@ -116,8 +124,7 @@ class Supervisor:
         for r in self.runners:
             if r.engine_id == cmd.engine_id:
                 result = await self._admitted(r, cmd)
-                if self.link is not None:
-                    self.link.send_update(self.gpu_total, self.gpu_free())
+                self.send_update()
                 return result
         return p.EngineCommandResult(command_id=cmd.command_id, engine_id=cmd.engine_id,
                                      ok=False, error=f"unknown engine {cmd.engine_id!r}")
@@ -150,7 +157,7 @@ class Supervisor:
         last_line = ""
         while True:
             await asyncio.sleep(POLL_S)
-            link.send_update(self.gpu_total, self.gpu_free())
+            self.send_update()
             now = time.monotonic()
             if now - last_status >= STATUS_EVERY_S:
                 line = self._status_line()
@@ -184,13 +191,19 @@ class Supervisor:
             connector=aiohttp.TCPConnector(limit=64), trust_env=False,
         ) as http:
             try:
-                check_fit(self.cfg, self.gpu_total)  # again, with NVML's figure
+                check_fit(self.cfg, self.ledger.devices)  # again, with NVML's GPUs
                 self._make_runners(http)
             except (AdapterConfigError, ConfigError) as exc:
                 log.error("configuration error: %s", exc)
                 return EX_CONFIG
-            log.info("GPU memory ledger: %s from %s", self.gpu_total or "unlimited",
-                     self.ledger.source)
+            for d in self.ledger.devices:
+                log.info("GPU %d memory ledger: %s from %s%s", d.index,
+                         fmt_bytes(d.total) if d.total else "unlimited", d.source,
+                         f" ({d.name})" if d.name else "")
+            for r in self.runners:
+                if r.devices:
+                    log.info("engine %s placed on GPU %s", r.engine_id,
+                             ",".join(map(str, r.devices)))
             ctx = zmq.asyncio.Context()
             link = self.link = SupervisorLink(ctx, self.dirs.scheduler_sock, self.instance,
                                               self.statuses, self._command)
