@@ -9,8 +9,11 @@ what other tenants do.
 * ``tpm``: a bucket of one minute's worth of tokens (``tpm``), refilled at
   ``tpm/60`` per second.  At admission a request takes its prompt estimate
   plus ``max_tokens`` (the most it can cost, so a burst of long requests
-  cannot overshoot); at ``Done`` the unused part is given back
-  (``refund``), and a request that never ran gets all of it back.
+  cannot overshoot); at ``Done`` the bucket is settled to the engine's
+  reported usage (``refund``): the unused part is given back, and a request
+  that used *more* than it reserved (its prompt was larger than the
+  estimate) is debited the difference, into debt if need be, so the next
+  request waits.  A request that never ran gets all of it back.
 * A request that costs more than a whole bucket is admitted when the bucket
   is full and leaves it in debt, rather than being refused forever.
 
@@ -127,9 +130,17 @@ class Quotas:
             self._tok[tenant].take(tokens, now)
 
     def refund(self, tenant: str, tokens: int, now: float) -> None:
-        """Give back tokens charged at admission but not used (never below zero)."""
-        if tokens > 0 and tenant in self._tok:
-            self._tok[tenant].give(tokens, now)
+        """Settle the tpm bucket: give back ``tokens`` charged at admission but not used,
+        or, when ``tokens`` is negative (the engine counted more than was reserved), take
+        the difference, into debt if need be.  Dropping a negative correction was the
+        hole a prompt the estimate undercounted went through for free."""
+        b = self._tok.get(tenant)
+        if b is None or not tokens:
+            return
+        if tokens > 0:
+            b.give(tokens, now)
+        else:
+            b.take(-tokens, now)
 
     def forget(self, tenant: str) -> None:
         self._req.pop(tenant, None)
