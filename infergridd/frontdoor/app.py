@@ -11,6 +11,7 @@ import msgspec
 from aiohttp import web
 
 from .. import protocol as p
+from ..engines import fields as engine_fields
 from ..logs import fields
 from .errors import ApiError, error_middleware
 from .relay import EngineUnavailable, RelayResult, relay
@@ -39,6 +40,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     try:
         raw = await read_body(request, fd.cfg.limits)
         req = parse(request.path, raw, fd.cfg.limits, fd.model_names)
+        # only the allowlisted fields reach the engine (engines/fields.py, DESIGN §10)
+        req.body = engine_fields.shape(fd.cfg.model(req.model), req.path, req.body)
         # too long for the model: refused here, so neither queued nor charged
         check_context(req, *fd.context[req.model])
     except ApiError as exc:
