@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from ...config import Config, Dirs
     from ...core.core import SchedulerCore, Send
+    from ..observe import Observer
     from ..peers import PeerTable
 
 
@@ -55,6 +56,8 @@ class CommandContext:
     #: and its directories, for ``status`` (``infergridctl doctor`` reads them there)
     config_path: str = ""
     dirs: Dirs | None = None
+    #: usage accounting and request traces (``usage``, ``trace``); None in bare tests
+    observe: Observer | None = None
 
 
 class Arg:
