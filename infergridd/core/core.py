@@ -131,13 +131,16 @@ class SchedulerCore:
 
     # ================================================================== peers
     def engines_update(self, peer: str, engines: list[p.EngineStatus], gpu_total_bytes: int = 0,
-                       gpu_free_bytes: int = 0) -> list[Send]:
+                       gpu_free_bytes: int = 0,
+                       gpus: list[p.GpuDevice] | None = None) -> list[Send]:
         """A supervisor's full list of engines (the ones it no longer lists are gone) and
-        its ledger's GPU figures (0: unchanged)."""
+        its ledgers' GPU figures (0 / None: unchanged), one per GPU."""
         now = self.clock()
         if gpu_total_bytes:
             self.residency.gpu_total = gpu_total_bytes
             self.residency.gpu_free = gpu_free_bytes
+        if gpus:
+            self.residency.memory.gpus = list(gpus)
         self.engine_table.update(peer, engines, now)
         return self._settle(now)
 

@@ -200,7 +200,7 @@ class SchedulerDaemon:
             self._apply(self.core.cancel(name, msg.request_id))
         elif isinstance(msg, p.EngineUpdate):
             self._apply(self.core.engines_update(name, msg.engines, msg.gpu_total_bytes,
-                                                 msg.gpu_free_bytes))
+                                                 msg.gpu_free_bytes, msg.gpus))
         elif isinstance(msg, p.EngineCommandResult):
             log.log(logging.INFO if msg.ok else logging.WARNING,
                     "engine %s command %s: %s (%.2fs)", msg.engine_id, msg.command_id,
@@ -291,6 +291,7 @@ class SchedulerDaemon:
             tenants=self.core.tenant_stats(),
             engines=[_redacted(e) for e in self.core.engine_statuses()],
             policy=self.cfg.scheduler.policy,
+            gpus=self.core.residency.memory.gpus,
         )
         self._send(peer.name, snap)
         if send_auth:
