@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--slow-start", action="store_true", help="do not bind the port until ready")
     a("--crash-after-requests", type=int, default=0,
       help="exit(1) when request N+1 arrives (N requests are served)")
+    a("--crash-on-prompt-tokens", type=int, default=0,
+      help="exit(1) when a request with a prompt of at least N tokens arrives (a request "
+           "that crashes its engine)")
     a("--crash-after-s", type=float, default=0.0, help="exit(1) this many seconds after start")
     a("--hang-after-s", type=float, default=0.0,
       help="block the whole process (health included) this many seconds after start")
@@ -101,6 +104,7 @@ def options_from_args(argv: list[str] | None = None) -> SimOptions:
         eos_prob=ns.eos_prob, seed=ns.seed, personality=ns.personality,
         scheduling_policy=ns.scheduling_policy, startup_delay=ns.startup_delay,
         slow_start=ns.slow_start, crash_after_requests=ns.crash_after_requests,
+        crash_on_prompt_tokens=ns.crash_on_prompt_tokens,
         crash_after_s=ns.crash_after_s, hang_after_s=ns.hang_after_s, error_rate=ns.error_rate,
         stall_mid_stream_s=ns.stall_mid_stream_s, stall_prob=ns.stall_prob,
         time_scale=ns.time_scale,

@@ -7,6 +7,7 @@ would be the sim's largest per-token cost.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ import msgspec
 
 from infergridd import tokens
 from infergridd.sim.model import VOCAB
+
+log = logging.getLogger("infergridd.sim")
 
 _enc = msgspec.json.encode
 _JSON_TEXT: dict[str, bytes] = {t: _enc(t) for t in (*VOCAB, "")}
@@ -73,6 +76,9 @@ def parse_request(raw: bytes, *, chat: bool, served_model: str, max_model_len: i
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
+    # what reached the engine, by name (--log-level debug): tests check that InferGrid
+    # forwards only its allowlist (engines/fields.py)
+    log.debug("request fields: %s", " ".join(sorted(body)))
     model = body.get("model")
     if model is not None and model != served_model:
         raise ApiError(404, f"The model `{model}` does not exist.", "model")

@@ -55,6 +55,7 @@ class SimOptions:
     startup_delay: float | None = None
     slow_start: bool = False  # do not even bind until the start-up delay has passed
     crash_after_requests: int = 0  # 0: never; else exit(1) when request N+1 arrives
+    crash_on_prompt_tokens: int = 0  # 0: never; else exit(1) on a prompt this long (poison)
     crash_after_s: float = 0.0
     hang_after_s: float = 0.0
     error_rate: float = 0.0

@@ -174,6 +174,8 @@ class SimEngine:
         self.requests_seen += 1
         if o.crash_after_requests and self.requests_seen > o.crash_after_requests:
             _crash(f"crash-after-requests {o.crash_after_requests}")
+        if o.crash_on_prompt_tokens and parsed.prompt_tokens >= o.crash_on_prompt_tokens:
+            _crash(f"crash-on-prompt-tokens {o.crash_on_prompt_tokens}")
         if o.error_rate and self.rng.random() < o.error_rate:
             raise api.ApiError(500, "simulated engine error (--error-rate)")
         total = parsed.prompt_tokens + parsed.max_tokens
