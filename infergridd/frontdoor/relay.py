@@ -25,6 +25,7 @@ import msgspec
 from aiohttp import web
 
 from .. import protocol as p
+from ..engines.unixhttp import engine_url  # a "unix:" endpoint: the engine's Unix socket
 from .errors import ApiError, engine_error
 from .sse import StreamAccount, body_whole, set_created
 from .validate import ParsedRequest
@@ -84,6 +85,15 @@ def engine_headers(d: p.Dispatch, request_id: str) -> dict[str, str]:
     return headers
 
 
+def _charge_if_taken(exc: BaseException, req: ParsedRequest, res: RelayResult) -> None:
+    """A failure after the engine took the request (the connection broke while it
+    computed: it may have crashed on this very request) is charged the prompt estimate,
+    so a request that crashes engines is not free to retry; only one that never reached
+    an engine (refused, connect timeout) costs nothing (issue 14.8)."""
+    if not isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        res.prompt_tokens = res.prompt_tokens or req.prompt_tokens
+
+
 async def _write(resp: web.StreamResponse, data: bytes) -> None:
     try:
         await resp.write(data)
@@ -103,10 +113,11 @@ async def relay(http: aiohttp.ClientSession, request: web.Request, req: ParsedRe
     """
     try:
         upstream = await http.post(
-            d.endpoint + req.path, data=_encode(engine_body(req, d)),
+            engine_url(d.endpoint + req.path), data=_encode(engine_body(req, d)),
             headers=engine_headers(d, request_id),
             timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=_CONNECT_TIMEOUT_S))
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        _charge_if_taken(exc, req, res)
         raise EngineUnavailable(f"engine {d.engine_id} unreachable: {exc!r}") from None
     clean = False  # read to the end: the connection may go back to the pool
     try:
@@ -128,6 +139,7 @@ async def relay(http: aiohttp.ClientSession, request: web.Request, req: ParsedRe
             res.outcome, res.error = p.Outcome.TIMEOUT, err.message
             res.response = err.response(headers=client_headers(request_id, res))
             return res
+        _charge_if_taken(exc, req, res)
         raise EngineUnavailable(f"engine {d.engine_id} failed: {exc!r}") from None
     finally:
         if clean:
@@ -207,5 +219,7 @@ async def _stream(upstream: aiohttp.ClientResponse, request: web.Request, req: P
     finally:  # also when cancelled: what streamed so far is charged
         res.ttft_s = acct.ttft_s
         res.itl_s = acct.itl_s
-        res.prompt_tokens = acct.usage_prompt or 0
+        # the engine took the request (it answered 200): without its usage (cut off,
+        # crashed), the prompt estimate is what it did at least
+        res.prompt_tokens = acct.usage_prompt or req.prompt_tokens
         res.completion_tokens = acct.completion_tokens
