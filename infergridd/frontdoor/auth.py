@@ -1,28 +1,49 @@
 """API key → tenant.  Keys are compared as sha256 digests; plain keys are never kept.
 
-The table comes from the scheduler (runtime changes made with infergridctl
-reach every front door with the next Snapshot); until the first Snapshot
-arrives, the configuration's keys are used so the front door can answer
-401 correctly from its first second.
+The table comes from the scheduler only: it holds the tenants and their hashed
+keys, configured and added at runtime alike, and it alone knows which keys
+``infergridctl tenant rotate-key`` or ``tenant remove`` took away (they live in
+its state file, not in the configuration).  So the front door never serves on
+its own reading of the configuration's keys: until the first Snapshot brings
+the table it answers 503 (retry shortly), never 200 with a key that may have
+been rotated away, and every later Snapshot that changes the table replaces it.
+
+``auth: none`` opens the appliance to anyone who can reach the port, so it
+takes both views: the scheduler's (the Snapshot names the tenant every request
+then belongs to) *and* this front door's own configuration.  If they disagree
+(one unit was given another file, or the file changed under one of them), the
+front door keeps asking for keys and says why in its log.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 
-from ..config import Config, hash_key
+from ..config import Config
 from ..protocol import AuthEntry
 from .errors import ApiError
+
+log = logging.getLogger("infergrid.frontdoor")
+
+#: seconds a client is asked to wait before the first key table arrives
+NO_TABLE_RETRY_S = 1.0
 
 
 class Authenticator:
     """Maps ``Authorization: Bearer <key>`` to a tenant name, or refuses with 401."""
 
     def __init__(self, cfg: Config) -> None:
-        self._config_none = "default" if cfg.auth == "none" else ""
-        self.none_tenant = self._config_none
-        self.version = -1  # no table from the scheduler yet: the config's keys
-        self._table = {hash_key(k): t.name for t in cfg.tenants for k in t.keys}
+        self._config_open = cfg.auth == "none"  # this unit's own view
+        self.none_tenant = ""  # open only once the scheduler agrees
+        self.version = -1  # no table from the scheduler yet: nobody is let in
+        self._table: dict[str, str] = {}
+        self._disagreement = ""
+
+    @property
+    def ready(self) -> bool:
+        """Whether the scheduler's table has arrived (before that, every request gets 503)."""
+        return self.version >= 0 or bool(self.none_tenant)
 
     def update(self, version: int, entries: list[AuthEntry]) -> None:
         """Replace the table with the scheduler's (it includes keys added at runtime)."""
@@ -30,12 +51,27 @@ class Authenticator:
         self.version = version
 
     def set_none_tenant(self, name: str) -> None:
-        """With ``auth: none`` every request belongs to this tenant (scheduler's choice)."""
-        self.none_tenant = name or self._config_none
+        """The scheduler's ``auth: none`` tenant ("" under ``auth: keys``); taken only when
+        this front door's own configuration says ``auth: none`` too."""
+        if bool(name) != self._config_open:
+            why = ("the scheduler runs with auth: none but this front door's configuration "
+                   "says auth: keys" if name else
+                   "this front door's configuration says auth: none but the scheduler's "
+                   "says auth: keys")
+            if why != self._disagreement:
+                log.error("%s: API keys stay required until both say auth: none", why)
+            self._disagreement = why
+        else:
+            self._disagreement = ""
+        self.none_tenant = name if self._config_open else ""
 
     def tenant(self, authorization: str | None) -> str:
         if self.none_tenant:
             return self.none_tenant
+        if self.version < 0:
+            raise ApiError(503, "scheduler_unavailable",
+                           "the front door has no API key table from the scheduler yet; "
+                           "retry shortly", retry_after_s=NO_TABLE_RETRY_S)
         if not authorization:
             raise ApiError(401, "invalid_api_key",
                            "missing API key: send it as 'Authorization: Bearer <key>'")

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import msgspec
 import pytest
 
 from infergridd import config
-from infergridd.frontdoor.auth import Authenticator
 from infergridd.frontdoor.errors import ApiError
 from infergridd.frontdoor.relay import engine_body
 from infergridd.frontdoor.validate import CHAT, COMPLETIONS, parse
-from infergridd.protocol import AuthEntry, Dispatch
+from infergridd.protocol import Dispatch
 
 LIMITS = config.Limits(max_tokens_cap=1000, default_max_tokens=64)
 MODELS = {"demo"}
@@ -85,28 +83,4 @@ def test_retry_after_is_whole_seconds_rounded_up() -> None:
     assert resp.headers["Retry-After"] == "2"
 
 
-def _cfg(auth: str = "keys") -> config.Config:
-    return config.loads(f"version: 1\nauth: {auth}\ntenants: [{{name: a, keys: [sk-a]}}, "
-                        f"{{name: b, keys: ['sha256:{hashlib.sha256(b'sk-b').hexdigest()}']}}]")
-
-
-def test_auth_from_config_before_the_first_snapshot() -> None:
-    a = Authenticator(_cfg())
-    assert a.tenant("Bearer sk-a") == "a"
-    assert a.tenant("bearer sk-b") == "b"
-    for bad in (None, "", "Bearer", "Basic sk-a", "Bearer sk-c"):
-        with pytest.raises(ApiError) as err:
-            a.tenant(bad)
-        assert err.value.status == 401 and err.value.code == "invalid_api_key"
-
-
-def test_auth_table_from_the_scheduler_replaces_config_keys() -> None:
-    a = Authenticator(_cfg())
-    a.update(3, [AuthEntry(hashlib.sha256(b"sk-new").hexdigest(), "c")])
-    assert a.tenant("Bearer sk-new") == "c"
-    with pytest.raises(ApiError):
-        a.tenant("Bearer sk-a")
-
-
-def test_auth_none_uses_the_default_tenant() -> None:
-    assert Authenticator(_cfg("none")).tenant(None) == "default"
+# Authentication: tests/unit/frontdoor/test_frontdoor_auth.py
