@@ -10,7 +10,7 @@ or operator is told.  Pure: ``now`` comes in with every call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import protocol as p
 from .memory import UP, EngineView
@@ -34,6 +34,8 @@ class ModelState:
     evicting: str = ""  # "" | "sleep" | "stop": draining, then that
     evict_level: int = 1
     evict_for: str = ""  # the model it makes room for ("": idle or operator)
+    #: the engines the eviction takes down (those on the GPUs needed); empty: every one
+    evict_engines: set[str] = field(default_factory=set)
     evict_reason: str = ""
     down_reason: str = ""  # why it is asleep or stopped, once it is
     down_since: float | None = None
@@ -92,12 +94,15 @@ class ModelState:
             self.load_failed = first.removesuffix("; last log lines:").strip()
             self.load_started = None
 
-    def evicted(self, now: float) -> None:
-        """Every engine of it is asleep or stopped, as its eviction wanted."""
-        self.down_reason = self.evict_reason
-        self.down_since = now
-        self.resident_since = None
+    def evicted(self, now: float, partial: bool = False) -> None:
+        """Every engine its eviction wanted down is asleep or stopped (``partial``: only
+        some of its replicas, those on the GPUs needed; the others serve on)."""
+        if not partial:
+            self.down_reason = self.evict_reason
+            self.down_since = now
+            self.resident_since = None
         self.evicting, self.evict_for = "", ""
+        self.evict_engines = set()
         if self.load_failed:  # stopped: the next request may try afresh
             self.load_failed = ""
 

@@ -170,14 +170,16 @@ class Residency:
     def dispatchable(self, model: str, engine_id: str) -> bool:
         """False while the model drains for eviction or a down-command for it is out."""
         m = self.models.get(model)
-        if m is not None and m.evicting:
+        if m is not None and m.evicting and (not m.evict_engines
+                                             or engine_id in m.evict_engines):
             return False
         return not self.commands.down_out(engine_id)
 
     def draining(self, model: str) -> bool:
-        """Chosen for a sleep or stop and not there yet: no new dispatches to it."""
+        """Chosen for a sleep or stop and not there yet: no new dispatches to it (only
+        some replicas chosen, those on the GPUs needed: the model still serves)."""
         m = self.models.get(model)
-        return m is not None and bool(m.evicting)
+        return m is not None and bool(m.evicting) and not m.evict_engines
 
     def unloaded(self, model: str) -> bool:
         """Kept down by the operator's ``model unload`` (until ``model load``)."""
@@ -225,12 +227,14 @@ class Residency:
         m.last_used = now
         if m.evicting:
             m.evicting = ""
+            m.evict_engines = set()
 
     def request_down(self, model: str, action: str, level: int, now: float) -> None:
         """``model unload`` (``stop``, stays down) or ``model sleep`` (``sleep``)."""
         m = self._model(model, now)
         m.want_up = False
         m.evicting, m.evict_level, m.evict_for = action, level, ""
+        m.evict_engines = set()
         m.evict_reason = "unloaded by the operator" if action == "stop" \
             else "put to sleep by the operator"
         m.admin_down = action == "stop"
