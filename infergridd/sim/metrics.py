@@ -12,6 +12,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 
+from infergridd.sim import devices
 from infergridd.sim.model import EngineModel, StepResult
 
 #: vLLM's buckets for vllm:time_to_first_token_seconds.
@@ -105,6 +106,7 @@ class SimMetrics:
             out.append(f"# HELP {name} {help_}")
             out.append(f"# TYPE {name} histogram")
             hist.render(name, lab, out)
+        devices.render(out)
         out.append("")
         return "\n".join(out)
 
@@ -129,6 +131,7 @@ class SimMetrics:
         self.ttft.render("sglang:time_to_first_token_seconds", lab, out)
         out.append("# TYPE sglang:e2e_request_latency_seconds histogram")
         self.e2e.render("sglang:e2e_request_latency_seconds", lab, out)
+        devices.render(out)
         out.append("")
         return "\n".join(out)
 

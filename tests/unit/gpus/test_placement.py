@@ -155,3 +155,17 @@ def test_tensor_parallel_flags() -> None:
     own = adapter_for(ModelConfig(name="t", engine="sglang",
                                   args={"model_path": "/m", "tp_size": 2}, gpus=2))
     assert own.launch_spec(1, "k").argv.count("--tp-size") == 1
+
+
+def test_the_sim_reports_the_gpus_it_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infergridd.sim import devices as simdev
+    from infergridd.sim.metrics import SimMetrics
+    from infergridd.sim.model import EngineModel
+    from infergridd.sim.profile import load_profile
+
+    assert simdev.visible_devices({"CUDA_VISIBLE_DEVICES": "0, 1"}) == ["0", "1"]
+    assert simdev.visible_devices({}) == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    text = SimMetrics().render_vllm(EngineModel(load_profile("fast-test"), clock=lambda: 0.0), "m")
+    assert 'infergrid_sim_visible_device{device="2"} 1' in text
+    assert 'infergrid_sim_visible_device{device="3"} 1' in text
