@@ -35,6 +35,20 @@ class Limits(_Strict):
     default_max_tokens: int = 256
     request_timeout_s: float = 600.0  # whole-request bound at the engine
     drain_timeout_s: float = 30.0  # front door drain on SIGTERM
+    # -- what may wait in the front door (frontdoor/room.py): bodies read or queued, not
+    # yet dispatched.  A tenant over its own bound gets 429 tenant_queue_full; only the
+    # whole front door being full gives 503 overloaded.
+    max_queued_bytes: str | int = "256MiB"
+    max_queued_bytes_per_tenant: str | int = "64MiB"
+    max_queued_requests: int = 20_000
+    # -- the HTTP edge under abuse (frontdoor/edge.py)
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
+    body_timeout_s: float = 30.0  # and its body within this, once the headers are in
+    keepalive_timeout_s: float = 30.0  # an idle keep-alive connection is closed after this
+    max_requests_per_connection: int = 1000  # then the answer closes the connection
+    #: open client connections; when full, the oldest connection with no request in
+    #: progress (slow headers first) makes room, so slow clients cannot lock others out
+    max_connections: int = 4096
 
 
 class TokenBucketConfig(_Strict):
@@ -74,7 +88,7 @@ class SchedulerConfig(_Strict):
     #: prompt tokens of requests not yet at their first token, per engine, beyond which
     #: only light tenants dispatch (core/headroom.py); 0: no bound
     prefill_window_tokens: int = 4096
-    max_queued_per_tenant: int = 10_000
+    max_queued_per_tenant: int = 1_000
     queue_deadline_s: float = 0.0  # 0: none
     max_tenants: int = 1_000  # bounds tenants, and so metric label values
     snapshot_interval_s: float = 1.0
@@ -181,6 +195,8 @@ class LoggingConfig(_Strict):
 class Config(_Strict):
     version: Literal[1]
     listen: str = "127.0.0.1:8000"
+    #: /metrics, the detailed /health (engine log lines) and operator pages; "": none
+    admin_listen: str = ""
     runtime_dir: str = ""
     state_dir: str = ""
     auth: Literal["keys", "none"] = "keys"

@@ -54,6 +54,7 @@ def _validate(cfg: Config) -> None:
     host, _, port = cfg.listen.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise bad("$.listen", f"expected HOST:PORT, got {cfg.listen!r}")
+    _check_edge(cfg)
     _check_devices(cfg)
     smallest = min((d.total for d in configured_devices(cfg) if d.total > 0), default=0)
     seen: set[str] = set()
@@ -129,3 +130,31 @@ def _validate(cfg: Config) -> None:
             raise bad(f"$.scheduler.residency.{key}", "must be greater than 0")
     if r.stop_after_s < 0:
         raise bad("$.scheduler.residency.stop_after_s", "cannot be negative")
+
+
+def _check_edge(cfg: Config) -> None:
+    """``admin_listen`` and the front door's bounds (``limits``: frontdoor/room.py, edge.py)."""
+    if cfg.admin_listen:
+        host, _, port = cfg.admin_listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"$.admin_listen: expected HOST:PORT or \"\", "
+                              f"got {cfg.admin_listen!r}")
+        if cfg.admin_listen == cfg.listen:
+            raise ConfigError("$.admin_listen: must differ from listen")
+    lim = cfg.limits
+    for key in ("max_queued_bytes", "max_queued_bytes_per_tenant"):
+        try:
+            if parse_size(getattr(lim, key)) < 1:
+                raise ValueError("must be at least 1 byte")
+        except ValueError as exc:
+            raise ConfigError(f"$.limits.{key}: {exc}") from None
+        if parse_size(getattr(lim, key)) < lim.max_body_bytes:
+            raise ConfigError(f"$.limits.{key}: smaller than limits.max_body_bytes "
+                              f"({lim.max_body_bytes}): no body of that size could wait")
+    for key in ("max_body_bytes", "max_queued_requests", "max_requests_per_connection",
+                "max_connections"):
+        if getattr(lim, key) < 1:
+            raise ConfigError(f"$.limits.{key}: must be at least 1")
+    for key in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+        if not getattr(lim, key) > 0:
+            raise ConfigError(f"$.limits.{key}: must be greater than 0")

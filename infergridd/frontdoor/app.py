@@ -1,4 +1,9 @@
-"""Routes of the OpenAI-compatible API, ``/health`` and ``/metrics``."""
+"""Routes of the OpenAI-compatible API, ``/health`` and ``/metrics``.
+
+The public ``/health`` says only the status and which models are missing; the
+reasons (engines' log lines) and, when ``admin_listen`` is set, ``/metrics``
+are on the admin listener only (``admin.py``).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,15 @@ from aiohttp import web
 from .. import protocol as p
 from ..engines import fields as engine_fields
 from ..logs import fields
+from .body import read_body
+from .edge import EdgeGuard
 from .errors import ApiError, error_middleware
 from .relay import EngineUnavailable, RelayResult, relay
-from .validate import CHAT, COMPLETIONS, ParsedRequest, check_context, parse, read_body
+from .validate import CHAT, COMPLETIONS, ParsedRequest, check_context, parse
 
 if TYPE_CHECKING:
     from .main import Frontdoor
+    from .room import Ticket
 
 log = logging.getLogger("infergrid.frontdoor")
 
@@ -38,8 +46,20 @@ async def completions(request: web.Request) -> web.StreamResponse:
     tenant = fd.auth.tenant(request.headers.get("Authorization"))
     arrived = time.time()  # a retry keeps the request's place in line
     try:
-        raw = await read_body(request, fd.cfg.limits)
-        req = parse(request.path, raw, fd.cfg.limits, fd.model_names)
+        # counted in the waiting room from its first byte until dispatched (room.py)
+        ticket = fd.room.enter(tenant)
+    except ApiError as exc:
+        fd.metrics.rejections.labels(tenant, exc.code).inc()
+        raise
+    with ticket:
+        return await _completions(fd, request, tenant, arrived, t0, ticket)
+
+
+async def _completions(fd: Frontdoor, request: web.Request, tenant: str, arrived: float,
+                       t0: float, ticket: Ticket) -> web.StreamResponse:
+    try:
+        req = parse(request.path, await read_body(request, fd.cfg.limits, ticket),
+                    fd.cfg.limits, fd.model_names)  # req keeps the body's one copy
         # only the allowlisted fields reach the engine (engines/fields.py, DESIGN §10)
         req.body = engine_fields.shape(fd.cfg.model(req.model), req.path, req.body)
         # too long for the model: refused here, so neither queued nor charged
@@ -55,6 +75,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                              prompt_tokens=req.prompt_tokens, max_tokens=req.max_tokens,
                              priority=req.priority, submitted_at=arrived)
         answer = await fd.link.submit(rec)  # cancelled here (client left) → Cancel
+        ticket.leave()  # answered: no longer waiting (a dispatched body is the engine's seat's)
         if isinstance(answer, p.Reject):
             fd.metrics.rejections.labels(tenant, answer.code).inc()
             fd.metrics.requests.labels(tenant, req.model, "rejected").inc()
@@ -177,6 +198,19 @@ def missing_models(fd: Frontdoor) -> list[str]:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Public: the status and the missing models' names, nothing an outsider could use."""
+    fd = request.app[FD]
+    if fd.draining:
+        return _json({"status": "draining"}, 503)
+    missing = missing_models(fd)
+    if missing:
+        return _json({"status": "loading", "missing_models": missing}, 503)
+    return _json({"status": "ok"})
+
+
+async def health_detail(request: web.Request) -> web.Response:
+    """The admin listener's ``/health``: model states, the link, and each missing model's
+    reason (the engine's last log lines)."""
     fd = request.app[FD]
     states = {m.name: m.state for m in (fd.snapshot.models if fd.snapshot else [])}
     missing = missing_models(fd)
@@ -193,7 +227,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     fd = request.app[FD]
-    return web.Response(body=fd.metrics.render(),
+    return web.Response(body=await fd.metrics.render_cached(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
@@ -217,8 +251,10 @@ async def track_active(request: web.Request, handler):  # type: ignore[no-untype
             fd.idle.set()
 
 
-def build_app(fd: Frontdoor) -> web.Application:
-    app = web.Application(middlewares=[track_active, error_middleware],
+def build_app(fd: Frontdoor, guard: EdgeGuard | None = None) -> web.Application:
+    """The public app; ``guard`` (edge.py) sees each request begin and end."""
+    outer = [guard.middleware] if guard is not None else []
+    app = web.Application(middlewares=[*outer, track_active, error_middleware],
                           client_max_size=fd.cfg.limits.max_body_bytes + 1)
     app[FD] = fd
     app.on_response_prepare.append(_on_prepare)
@@ -226,8 +262,9 @@ def build_app(fd: Frontdoor) -> web.Application:
     app.router.add_post(COMPLETIONS, completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
+    if not fd.cfg.admin_listen:  # else only on the admin listener (admin.py)
+        app.router.add_get("/metrics", metrics)
     return app
 
 
-__all__ = ["FD", "build_app", "missing_models"]
+__all__ = ["FD", "build_app", "health_detail", "metrics", "missing_models"]

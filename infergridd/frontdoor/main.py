@@ -24,10 +24,13 @@ from .. import protocol as p
 from ..config import Config, Dirs
 from ..engines.context import exact_count, max_model_len
 from ..systemd import Notifier, listen_fds
+from .admin import start_admin
 from .app import build_app
 from .auth import Authenticator
+from .edge import EdgeGuard, EdgeRunner, raise_fd_limit
 from .link import FrontdoorLink
 from .metrics import FrontdoorMetrics
+from .room import Room
 
 log = logging.getLogger("infergrid.frontdoor")
 
@@ -43,6 +46,13 @@ class Frontdoor:
         self.context = {m.name: (max_model_len(m), exact_count(m)) for m in cfg.models}
         self.auth = Authenticator(cfg)
         self.metrics = FrontdoorMetrics()
+        self.room = Room(cfg.limits, self._tenant_count_limit)
+        lim = cfg.limits
+        self.guard = EdgeGuard(max_connections=lim.max_connections,
+                               header_timeout_s=lim.header_timeout_s,
+                               keepalive_timeout_s=lim.keepalive_timeout_s,
+                               max_requests_per_connection=lim.max_requests_per_connection)
+        self._watch_edge()
         self.snapshot: p.Snapshot | None = None
         self.ever_ready: set[str] = set()  # models seen loaded (see app.missing_models)
         self.active = 0
@@ -51,6 +61,27 @@ class Frontdoor:
         self.notifier = Notifier()
         self.http: aiohttp.ClientSession
         self.link: FrontdoorLink
+
+    def _tenant_count_limit(self, tenant: str) -> int:
+        """The per-tenant request bound the front door applies itself: only while the
+        scheduler is away (else the scheduler applies it, runtime changes included)."""
+        if self.link.connected:
+            return 0
+        t = next((t for t in self.cfg.tenants if t.name == tenant), None)
+        return (t.max_queued if t is not None else 0) or self.cfg.scheduler.max_queued_per_tenant
+
+    def _watch_edge(self) -> None:
+        m, room, guard = self.metrics, self.room, self.guard
+        m.watch("infergrid_frontdoor_waiting_bytes", "request bytes waiting in the front "
+                "door (read or queued, not dispatched)", lambda: room.bytes)
+        m.watch("infergrid_frontdoor_waiting_requests", "requests waiting in the front door",
+                lambda: room.requests)
+        m.watch("infergrid_frontdoor_connections", "open client connections",
+                lambda: len(guard.conns))
+        m.watch("infergrid_frontdoor_connections_evicted", "idle or slow connections closed "
+                "to make room for new ones", lambda: guard.evicted)
+        m.watch("infergrid_frontdoor_connections_timed_out", "connections closed for sending "
+                "no whole request in time", lambda: guard.timed_out)
 
     def on_snapshot(self, snap: p.Snapshot) -> None:
         if snap.auth is not None:
@@ -71,9 +102,12 @@ class Frontdoor:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
         self.link.start()
-        runner = web.AppRunner(build_app(self), handler_cancellation=True, access_log=None,
-                               shutdown_timeout=1.0)
+        raise_fd_limit(self.cfg.limits.max_connections)
+        runner = EdgeRunner(build_app(self, self.guard), self.guard, handler_cancellation=True,
+                            access_log=None, shutdown_timeout=1.0,
+                            keepalive_timeout=self.cfg.limits.keepalive_timeout_s)
         await runner.setup()
+        admin = await start_admin(self)
         fds = listen_fds()
         if fds:
             for fd in fds:
@@ -91,10 +125,14 @@ class Frontdoor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         watchdog = asyncio.create_task(self.notifier.watchdog_loop())
+        if admin is not None:
+            where += f" (admin: http://{self.cfg.admin_listen})"
         self.notifier.ready(f"serving on {where}")
         log.info("front door %s serving on %s", self.instance, where)
         await stop.wait()
         await self.drain(runner)
+        if admin is not None:
+            await admin.cleanup()
         watchdog.cancel()
         await self.link.wait_acked(2.0)
         await self.link.aclose()

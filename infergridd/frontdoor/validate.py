@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
 from .. import tokens
 from ..config import Limits
@@ -25,8 +24,13 @@ COMPLETIONS = "/v1/completions"
 
 @dataclass(slots=True)
 class ParsedRequest:
+    """A request that passed the checks.  Its body is kept once, as JSON bytes (``raw``),
+    not also decoded: while a request waits only those bytes stay in memory, and the
+    decoded form of a JSON body can be twenty times its size (``[{},{},…]``).
+    ``body`` decodes them again for the moment they are needed (dispatch)."""
+
     path: str
-    body: dict[str, Any]  # what goes to the engine (max_tokens filled in)
+    raw: bytes  # the body as it goes to the engine (max_tokens filled in), JSON
     model: str
     stream: bool
     client_wants_usage: bool  # the client asked for stream_options.include_usage
@@ -36,21 +40,19 @@ class ParsedRequest:
     prompt_exact: bool = False  # token ids: prompt_tokens is the engine's count too
     created: int = 0  # the request's time (Unix seconds): every response's ``created``
 
+    @property
+    def body(self) -> dict[str, Any]:
+        """A fresh decoded copy of the body (the caller may change it)."""
+        body: dict[str, Any] = msgspec.json.decode(self.raw)
+        return body
 
-async def read_body(request: web.Request, limits: Limits) -> bytes:
-    """Read at most ``max_body_bytes``; never buffer an unbounded body."""
-    limit = limits.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "request_too_large",
-                       f"request body is {request.content_length} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "request_too_large", f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    @body.setter
+    def body(self, value: dict[str, Any]) -> None:
+        self.raw = msgspec.json.encode(value)
+
+
+#: ``priority`` travels to the scheduler as a 64-bit integer; a client's is kept far inside
+PRIORITY_BOUND = 2**31
 
 
 def _int(body: dict[str, Any], name: str) -> int | None:
@@ -58,7 +60,8 @@ def _int(body: dict[str, Any], name: str) -> int | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ApiError(400, "invalid_value", f"{name} must be an integer, got {v!r}", name)
+        raise ApiError(400, "invalid_value", f"{name} must be an integer, got "
+                       f"{type(v).__name__}", name)
     return v
 
 
@@ -70,11 +73,29 @@ def _content_ok(m: dict[str, Any]) -> bool:
     return c is None and bool(m.get("tool_calls") or m.get("function_call"))
 
 
+def _check_parts(i: int, content: list[Any]) -> None:
+    """Each part of a multi-part ``content`` is an object; a text part's ``text`` is a
+    string (``{"text": null}`` would reach the engine's template and fail there, as a 500)."""
+    for j, part in enumerate(content):
+        where = f"messages[{i}].content[{j}]"
+        if not isinstance(part, dict):
+            raise ApiError(400, "invalid_value", f"{where} must be an object", where)
+        kind = part.get("type", "text")
+        if not isinstance(kind, str):
+            raise ApiError(400, "invalid_value", f"{where}.type must be a string",
+                           f"{where}.type")
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise ApiError(400, "invalid_value", f"{where}.text must be a string",
+                           f"{where}.text")
+
+
 def parse(path: str, raw: bytes, limits: Limits, models: set[str]) -> ParsedRequest:
     try:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec's own depth bound: a few hundred levels of [[[…
+        raise ApiError(400, "invalid_json", "request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_request", "request body must be a JSON object")
     model = body.get("model")
@@ -106,6 +127,8 @@ def parse(path: str, raw: bytes, limits: Limits, models: set[str]) -> ParsedRequ
                 raise ApiError(400, "invalid_value",
                                f"messages[{i}].content must be a string or a list of parts",
                                f"messages[{i}].content")
+            if isinstance(m["content"], list):
+                _check_parts(i, m["content"])
         prompt_tokens = tokens.estimate_chat(body)  # tools, tool calls, schemas too
         exact = False
         field = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
@@ -125,6 +148,7 @@ def parse(path: str, raw: bytes, limits: Limits, models: set[str]) -> ParsedRequ
             and not body.get("suffix")
 
     max_tokens = _int(body, field)
+    changed = max_tokens is None or "priority" in body
     if max_tokens is None:
         max_tokens = limits.default_max_tokens
         body[field] = max_tokens
@@ -134,9 +158,13 @@ def parse(path: str, raw: bytes, limits: Limits, models: set[str]) -> ParsedRequ
         raise ApiError(400, "invalid_value",
                        f"{field} {max_tokens} is over the limit of {limits.max_tokens_cap}", field)
     priority = _int(body, "priority") or 0
+    if not -PRIORITY_BOUND < priority < PRIORITY_BOUND:
+        raise ApiError(400, "invalid_value", f"priority must be between {-PRIORITY_BOUND} "
+                       f"and {PRIORITY_BOUND}", "priority")
     body.pop("priority", None)  # the scheduler sets the engine priority, not the client
     return ParsedRequest(
-        path=path, body=body, model=model, stream=stream,
+        path=path, raw=msgspec.json.encode(body) if changed else raw, model=model,
+        stream=stream,
         client_wants_usage=bool(opts and opts.get("include_usage")),
         prompt_tokens=prompt_tokens, max_tokens=max_tokens, priority=priority,
         prompt_exact=exact,

@@ -427,7 +427,8 @@ async def test_client_errors_are_openai_shaped(make: Make) -> None:
             yield b" " * 1000
 
     async with world.http.post(world.fd.url + "/v1/chat/completions", data=gen(),
-                               headers={"Authorization": f"Bearer {KEY}"}) as r:
+                               headers={"Authorization": f"Bearer {KEY}",
+                                        "Content-Type": "application/json"}) as r:
         assert r.status == 413 and _openai_error(await r.read())["code"] == "request_too_large"
     async with world.http.get(world.fd.url + "/nowhere") as r:
         assert r.status == 404 and _openai_error(await r.read())
