@@ -17,14 +17,20 @@ from typing import Any
 import zmq
 
 from .. import protocol as p
-from ..config import DEFAULT_CONFIG_PATH, ConfigError, load
+from ..config import DEFAULT_CONFIG_PATH, ConfigError, Dirs, load
 from ..scheduler.commands import Command, registry
+from ..transport.access import ROLE_GROUPS
 from .common import candidate_runtime_dirs
 
 EXIT_UNREACHABLE = 1
 #: what to check when nothing answers: the pip way and the packaged way, both
 NOT_RUNNING_HINT = ("is `infergrid serve` running? As a service: `systemctl status "
                     "infergrid-scheduler`; elsewhere: --runtime-dir DIR")
+
+
+#: who may read (``control-ro.sock``) and who may change things (``control.sock``)
+READ_GROUP = ROLE_GROUPS["control-ro"]
+ADMIN_GROUP = ROLE_GROUPS["control"]
 
 
 class Unreachable(Exception):
@@ -72,33 +78,71 @@ def build_parser(commands: dict[str, type[Command]]) -> argparse.ArgumentParser:
     return ap
 
 
-def find_control_socket(runtime_dir: str | None, config: str | None) -> Path:
+def _sockets(runtime: Path) -> tuple[Path, Path]:
+    """(admin socket, read-only socket) of the appliance on ``runtime``."""
+    d = Dirs(runtime=runtime, state=runtime)
+    return d.control_sock, d.control_ro_sock
+
+
+def find_control_socket(runtime_dir: str | None, config: str | None,
+                        read_only: bool = False) -> Path:
+    """The control socket to use: the admin one (``control.sock``) for a command that
+    changes something; for a read, that one where we may use it, else ``control-ro.sock``
+    (DESIGN §10: writes need the admin group, reads may be wider)."""
     if runtime_dir:
-        return Path(runtime_dir) / "control.sock"
-    if config:
+        runtime = Path(runtime_dir)
+    elif config:
         try:
             cfg = load(config)
         except ConfigError as exc:
             raise Unreachable(f"configuration error: {exc}") from None
-        if cfg.runtime_dir:
-            return Path(cfg.runtime_dir) / "control.sock"
-    candidates = [d / "control.sock" for d in candidate_runtime_dirs()]
-    for c in candidates:
-        if _exists(c):
-            return c
+        runtime = Path(cfg.runtime_dir) if cfg.runtime_dir else _running()
+    else:
+        runtime = _running()
+    rw, ro = _sockets(runtime)
+    if read_only and _exists(ro) and not _usable(rw):
+        return ro
+    return rw
+
+
+def _running() -> Path:
+    """The first candidate runtime dir with a control socket in it."""
+    candidates = candidate_runtime_dirs()
+    for d in candidates:
+        rw, ro = _sockets(d)
+        if _exists(rw) or _exists(ro):
+            return d
     raise Unreachable("InferGrid is not running: no control socket at "
-                      + ", ".join(str(c) for c in candidates) + f" ({NOT_RUNNING_HINT})")
+                      + ", ".join(str(_sockets(d)[0]) for d in candidates)
+                      + f" ({NOT_RUNNING_HINT})")
 
 
 def _exists(sock_path: Path) -> bool:
-    """Whether the socket is there; a runtime dir we may not enter (/run/infergrid is 0750
-    infergrid:infergrid) is said plainly, not as "not running" or a traceback."""
+    """Whether the socket is there; a runtime dir we may not enter is said plainly, not as
+    "not running" or a traceback."""
     try:
         return sock_path.exists()
     except PermissionError:
         raise Unreachable(f"permission denied on {sock_path.parent}: only root and members "
-                          "of the infergrid group may use infergridctl "
-                          "(adduser $USER infergrid, then log in again)") from None
+                          f"of the {READ_GROUP} group may use infergridctl "
+                          f"(adduser $USER {READ_GROUP}, then log in again)") from None
+
+
+def _usable(sock_path: Path) -> bool:
+    try:
+        return sock_path.exists() and os.access(sock_path, os.R_OK | os.W_OK)
+    except PermissionError:
+        return False
+
+
+def _denied(sock_path: Path) -> str:
+    """What to do about a control socket we may not use (which group it needs)."""
+    if sock_path.name == "control.sock":
+        return (f"permission denied on {sock_path}: commands that change the appliance need "
+                f"root or the {ADMIN_GROUP} group (adduser $USER {ADMIN_GROUP}, then log in "
+                "again); reads need the infergrid group")
+    return (f"permission denied on {sock_path}: only root and members of the {READ_GROUP} "
+            f"group may use infergridctl (adduser $USER {READ_GROUP}, then log in again)")
 
 
 def call(sock_path: Path, command: str, args: dict[str, Any], timeout_s: float) -> p.ControlReply:
@@ -106,8 +150,7 @@ def call(sock_path: Path, command: str, args: dict[str, Any], timeout_s: float) 
         raise Unreachable(f"InferGrid is not running: no control socket at {sock_path} "
                           f"({NOT_RUNNING_HINT})")
     if not os.access(sock_path, os.R_OK | os.W_OK):
-        raise Unreachable(f"permission denied on {sock_path}: "
-                          "only root and members of the infergrid group may use it")
+        raise Unreachable(_denied(sock_path))
     ctx = zmq.Context.instance()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
@@ -137,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return doctor(ns.config, ns.runtime_dir, ns.json)
     cls = commands[ns.command]
     try:
-        sock = find_control_socket(ns.runtime_dir, ns.config)
+        sock = find_control_socket(ns.runtime_dir, ns.config, cls.read_only)
         waits = cls.reply_timeout(ns)  # a command that waits inside the scheduler
         timeout = ns.timeout if waits is None else max(ns.timeout, waits)
         reply = call(sock, ns.command, cls.to_args(ns), timeout)

@@ -33,13 +33,23 @@ class Dirs(msgspec.Struct, frozen=True):
     runtime: Path
     state: Path
 
-    scheduler_sock = _InRuntime("scheduler.sock")
-    control_sock = _InRuntime("control.sock")
-    scheduler_lock = _InRuntime("scheduler.lock")
-    supervisor_lock = _InRuntime("supervisor.lock")  # held while adopting or running engines
-    serve_lock = _InRuntime("serve.lock")  # held by `infergrid serve` (infergridd/runlock.py)
+    # Each daemon writes only in its own subdirectory (under systemd each unit runs as
+    # its own user and owns ``RuntimeDirectory=infergrid/<role>``; the parent is root's).
+    # The scheduler binds one socket per peer role (DESIGN §10): the role of a peer is
+    # the socket it came in on, and each socket's mode and group admit only that role.
+    #: the scheduler's directory: its sockets and its lock
+    scheduler_dir = _InRuntime("scheduler")
+    frontdoor_sock = _InRuntime("scheduler/frontdoor.sock")  # front doors only
+    supervisor_sock = _InRuntime("scheduler/supervisor.sock")  # supervisors only
+    control_sock = _InRuntime("scheduler/control.sock")  # infergridctl, every command (admins)
+    control_ro_sock = _InRuntime("scheduler/control-ro.sock")  # infergridctl, read-only commands
+    scheduler_lock = _InRuntime("scheduler/scheduler.lock")
+    #: the supervisor's directory: its lock and its engines' records
+    supervisor_dir = _InRuntime("supervisor")
+    supervisor_lock = _InRuntime("supervisor/supervisor.lock")  # held while adopting or running engines
     #: per-engine state files the supervisor re-adopts from after a restart
-    engines_dir = _InRuntime("engines")
+    engines_dir = _InRuntime("supervisor/engines")
+    serve_lock = _InRuntime("serve.lock")  # held by `infergrid serve` (infergridd/runlock.py)
 
     @staticmethod
     def ipc(path: Path) -> str:

@@ -18,6 +18,9 @@ from .commands import CommandContext, CommandError, lookup
 
 log = logging.getLogger("infergrid.scheduler")
 
+#: exit status of a command refused for who sent it (as for an unreachable appliance)
+EXIT_DENIED = 1
+
 
 class ControlHandler:
     """Runs control commands in ``ctx``; ``after_write`` runs after every command that
@@ -28,8 +31,18 @@ class ControlHandler:
         self.ctx = ctx
         self.after_write = after_write
 
-    def handle(self, data: bytes) -> p.ControlReply | Awaitable[p.ControlReply]:
-        """A ``ControlReply``, or an awaitable of one for a command that waits."""
+    def handle(self, data: bytes, writable: bool = True, admitted: bool = True,
+               ) -> p.ControlReply | Awaitable[p.ControlReply]:
+        """A ``ControlReply``, or an awaitable of one for a command that waits.
+
+        ``writable``: the request came in on the admin socket (``control.sock``), so a
+        command that changes something may run; on ``control-ro.sock`` only read-only
+        ones do.  ``admitted``: the sender's credentials are ones the socket is meant
+        for (``transport/access.py``); a stranger gets nothing, not even a read.
+        """
+        if not admitted:
+            return _failed("permission denied: this control socket is for root and the "
+                           "infergrid groups only", EXIT_DENIED)
         try:
             msg = p.decode(data)
         except p.ProtocolError as exc:
@@ -42,6 +55,11 @@ class ControlHandler:
         cls = lookup(msg.command)
         if cls is None:
             return _failed(f"unknown command {msg.command!r}", 2)
+        if not writable and not cls.read_only:
+            log.warning("control: refused %s on the read-only socket", msg.command)
+            return _failed(f"permission denied: `{msg.command.replace('.', ' ')}` changes the "
+                           "appliance; it needs the admin socket (root or a member of "
+                           "infergrid-admin)", EXIT_DENIED)
         try:
             result = cls(msg.args).execute(self.ctx)
         except CommandError as exc:

@@ -31,10 +31,12 @@ from ..keys import new_key
 from ..logs import fields
 from ..runlock import EX_IN_USE, LockHeld
 from ..systemd import Notifier
-from ..transport.sockets import BindLock, bind_router, send_nowait
+from ..transport.access import PeerCred, peer_cred
+from ..transport.sockets import BindLock, send_nowait
 from . import statefile
 from .commands import CommandContext
 from .control import ControlHandler
+from .endpoints import ControlSockets, PeerSockets, Refused, screen
 from .observe import Observer
 from .peers import Peer, PeerTable
 
@@ -64,14 +66,15 @@ class SchedulerDaemon:
                            persist=functools.partial(self.persist, force=True),
                            config_path=config_path, dirs=dirs, observe=self.observe),
             after_write=self._snapshot_all)
-        self._peer_sock: zmq.asyncio.Socket | None = None
-        self._ctl_sock: zmq.asyncio.Socket | None = None
+        self._peer_io: PeerSockets | None = None
+        self._ctl_io: ControlSockets | None = None
         self._ctl_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> int:
         self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
-        self.dirs.state.mkdir(mode=0o750, parents=True, exist_ok=True)
+        self.dirs.scheduler_dir.mkdir(mode=0o750, exist_ok=True)  # sockets; see endpoints.py
+        self.dirs.state.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, counters
         lock = BindLock(self.dirs.scheduler_lock)
         lock.acquire()
         try:
@@ -86,14 +89,17 @@ class SchedulerDaemon:
                 log.info("restored state from %s", self.dirs.state / statefile.STATE_FILE)
             self._saved_state = json.dumps(self.core.export_state(), sort_keys=True)
             ctx = zmq.asyncio.Context()
-            self._peer_sock = bind_router(ctx, self.dirs.scheduler_sock, 0o660)
-            self._ctl_sock = bind_router(ctx, self.dirs.control_sock, 0o660)
+            self._peer_io = PeerSockets(ctx, self.dirs)  # one socket per role (DESIGN §10)
+            self._ctl_io = ControlSockets(ctx, self.dirs)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
             tasks = [
-                asyncio.create_task(self._peer_rx(), name="peer-rx"),
-                asyncio.create_task(self._ctl_rx(), name="ctl-rx"),
+                *(asyncio.create_task(self._peer_io.receive(role, functools.partial(
+                    self._on_peer_frames, role)), name=f"{role}-rx")
+                  for role in self._peer_io.socks),
+                *(asyncio.create_task(self._ctl_rx(role), name=f"{role}-rx")
+                  for role in self._ctl_io.socks),
                 asyncio.create_task(self._ticker(), name="tick"),
                 asyncio.create_task(self._housekeeping(), name="housekeeping"),
                 asyncio.create_task(self.notifier.watchdog_loop(), name="watchdog"),
@@ -101,7 +107,7 @@ class SchedulerDaemon:
             self.notifier.ready(f"policy={self.cfg.scheduler.policy} instance={self.instance}")
             log.info(
                 "scheduler %s listening on %s (policy %s)",
-                self.instance, self.dirs.scheduler_sock, self.cfg.scheduler.policy,
+                self.instance, self.dirs.scheduler_dir, self.cfg.scheduler.policy,
             )
             await self._stop.wait()
             self.notifier.stopping()
@@ -111,8 +117,8 @@ class SchedulerDaemon:
             await asyncio.gather(*tasks, *self._ctl_tasks, return_exceptions=True)
             self.persist(force=True)
             self.observe.close()
-            self._peer_sock.close(0)
-            self._ctl_sock.close(0)
+            self._peer_io.close()
+            self._ctl_io.close()
             ctx.term()
             return 0
         finally:
@@ -131,9 +137,8 @@ class SchedulerDaemon:
 
     # ------------------------------------------------------------------ sending
     def _send(self, peer: str, msg: p.Message) -> None:
-        assert self._peer_sock is not None
-        send_nowait(self._peer_sock, [peer.encode(), p.encode(msg)], type(msg).__name__, log,
-                    f"peer {peer} not reachable")
+        assert self._peer_io is not None
+        self._peer_io.send(peer, [p.encode(msg)], type(msg).__name__)
 
     def _apply(self, sends: list[Send]) -> None:
         self.observe.sent(sends)
@@ -152,23 +157,21 @@ class SchedulerDaemon:
                          s.msg.command_id, extra=fields(engine=s.msg.engine_id))
 
     # ------------------------------------------------------------------ receiving
-    async def _peer_rx(self) -> None:
-        assert self._peer_sock is not None
-        while True:
-            frames = await self._peer_sock.recv_multipart()
-            if len(frames) != 2:
-                log.warning("dropped a message with %d frames", len(frames))
-                continue
-            name = frames[0].decode("utf-8", "replace")
-            try:
-                msg = p.decode(frames[1])
-            except p.ProtocolError as exc:
-                log.warning("dropped undecodable message from %s: %s", name, exc)
-                continue
-            try:
-                self._on_peer_message(name, msg)
-            except Exception:  # noqa: BLE001 - one bad message must not stop the hub
-                log.exception("error handling %s from %s", type(msg).__name__, name)
+    def _on_peer_frames(self, role: str, name: str, msg: p.Message,
+                        cred: PeerCred | None) -> None:
+        """A message from ``role``'s socket: screened (``endpoints.screen``), then handled."""
+        assert self._peer_io is not None
+        try:
+            checked = screen(role, name, msg, cred, self._peer_io.access[role])
+        except Refused as exc:
+            log.error("refused a Hello from %s on the %s socket (pid %s): %s", name, role,
+                      cred.pid if cred else "?", exc)
+            self._send(name, p.Welcome(instance=self.instance,
+                                       protocol_version=p.PROTOCOL_VERSION,
+                                       accepted=False, reason=str(exc)))
+            return
+        if checked is not None:
+            self._on_peer_message(name, checked)
 
     def _on_peer_message(self, name: str, msg: p.Message) -> None:
         now = self.clock()
@@ -298,24 +301,33 @@ class SchedulerDaemon:
             peer.auth_version_sent = version
 
     # ------------------------------------------------------------------ control socket
-    async def _ctl_rx(self) -> None:
-        assert self._ctl_sock is not None
+    async def _ctl_rx(self, role: str) -> None:
+        """Requests on ``control.sock`` (every command) or ``control-ro.sock`` (reads)."""
+        assert self._ctl_io is not None
+        sock = self._ctl_io.socks[role]
+        access = self._ctl_io.access[role]
         while True:
-            frames = await self._ctl_sock.recv_multipart()
+            frames = await sock.recv_multipart(copy=False)
             if len(frames) != 2:
                 continue
-            reply = self.control.handle(frames[1])
+            ident, cred = frames[0].bytes, peer_cred(frames[1])
+            admitted = access.admits(cred)
+            if not admitted:
+                log.warning("control: refused a request from uid %s (pid %s) on %s",
+                            cred.uid if cred else "?", cred.pid if cred else "?", role)
+            reply = self.control.handle(frames[1].bytes, writable=ControlSockets.WRITABLE[role],
+                                        admitted=admitted)
             if inspect.isawaitable(reply):  # a command that waits (model unload): answer later
-                task = asyncio.create_task(self._reply_later(frames[0], reply), name="ctl-wait")
+                task = asyncio.create_task(self._reply_later(sock, ident, reply),
+                                           name="ctl-wait")
                 self._ctl_tasks.add(task)
                 task.add_done_callback(self._ctl_tasks.discard)
                 continue
-            send_nowait(self._ctl_sock, [frames[0], p.encode(reply)], "control reply", log)
+            send_nowait(sock, [ident, p.encode(reply)], "control reply", log)
 
-    async def _reply_later(self, ident: bytes, pending: Any) -> None:
-        assert self._ctl_sock is not None
+    async def _reply_later(self, sock: zmq.asyncio.Socket, ident: bytes, pending: Any) -> None:
         reply = await pending
-        send_nowait(self._ctl_sock, [ident, p.encode(reply)], "control reply", log)
+        send_nowait(sock, [ident, p.encode(reply)], "control reply", log)
 
 
 def _redacted(e: p.EngineStatus) -> p.EngineStatus:

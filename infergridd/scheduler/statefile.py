@@ -27,7 +27,9 @@ class StateFileError(RuntimeError):
 
 def save(state_dir: Path, state: dict[str, Any]) -> None:
     body = {"format": STATE_FORMAT, "state": state}
-    write_atomic(state_dir / STATE_FILE, json.dumps(body, sort_keys=True, indent=1).encode())
+    # 0600: runtime tenants' key hashes and settings are the scheduler's alone
+    write_atomic(state_dir / STATE_FILE, json.dumps(body, sort_keys=True, indent=1).encode(),
+                 mode=0o600)
 
 
 def load(state_dir: Path) -> dict[str, Any] | None:

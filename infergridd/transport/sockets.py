@@ -19,6 +19,7 @@ import zmq.asyncio
 
 from ..config import Dirs
 from ..runlock import RunLock
+from .access import SocketAccess
 
 HWM = 100_000
 ZMTP_HEARTBEAT_IVL_MS = 1000
@@ -45,8 +46,15 @@ class BindLock(RunLock):
         super().__init__(path, "scheduler")
 
 
-def bind_router(ctx: zmq.asyncio.Context, path: Path, mode: int = 0o660) -> zmq.asyncio.Socket:
-    """Bind a ROUTER on a Unix socket path (caller holds the BindLock)."""
+def bind_router(ctx: zmq.asyncio.Context, path: Path, role: str | None = None,
+                ) -> zmq.asyncio.Socket:
+    """Bind a ROUTER on a Unix socket path (caller holds the BindLock).
+
+    ``role`` (``access.ROLE_GROUPS``) gives the file the mode and group that admit
+    only that role; without one it is 0600, the binder's alone.  The file is created
+    0600 (umask) and only then opened to its group, so it is never wider, even briefly.
+    """
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     try:
         path.unlink()
     except FileNotFoundError:
@@ -55,12 +63,15 @@ def bind_router(ctx: zmq.asyncio.Context, path: Path, mode: int = 0o660) -> zmq.
     _common(sock)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    old = os.umask(0o777 & ~mode)
+    old = os.umask(0o177)
     try:
         sock.bind(Dirs.ipc(path))
     finally:
         os.umask(old)
-    os.chmod(path, mode)
+    if role is None:
+        os.chmod(path, 0o600)
+    else:
+        SocketAccess.for_role(role).apply(path)
     return sock
 
 

@@ -27,7 +27,7 @@ def scheduler():
             "--runtime-dir", str(root / "run"), "--state-dir", str(root / "state")]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 15
-    while not (root / "run" / "control.sock").exists():
+    while not (root / "run" / "scheduler" / "control.sock").exists():
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -40,7 +40,7 @@ def _ctl(root: Path, command: str = "status") -> p.ControlReply:
     ctx = zmq.Context.instance()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
-    s.connect(f"ipc://{root / 'run' / 'control.sock'}")
+    s.connect(f"ipc://{root / 'run' / 'scheduler' / 'control.sock'}")
     s.send(p.encode(p.ControlRequest(command=command, protocol_version=p.PROTOCOL_VERSION)))
     assert s.poll(5000), "scheduler did not answer"
     reply = p.decode(s.recv())
@@ -50,8 +50,8 @@ def _ctl(root: Path, command: str = "status") -> p.ControlReply:
 
 def test_sockets_are_not_world_accessible(scheduler) -> None:
     root, _, _ = scheduler
-    for name in ("control.sock", "scheduler.sock"):
-        mode = os.stat(root / "run" / name).st_mode & 0o777
+    for name in ("control.sock", "control-ro.sock", "frontdoor.sock", "supervisor.sock"):
+        mode = os.stat(root / "run" / "scheduler" / name).st_mode & 0o777
         assert mode & 0o007 == 0, f"{name} mode {oct(mode)}"
 
 
@@ -68,10 +68,10 @@ def test_second_scheduler_refuses_to_steal_the_socket(scheduler) -> None:
 def test_random_frames_never_crash_the_receive_loops(scheduler, frames) -> None:
     root, _, proc = scheduler
     ctx = zmq.Context.instance()
-    for sock_name in ("scheduler.sock", "control.sock"):
+    for sock_name in ("frontdoor.sock", "supervisor.sock", "control.sock", "control-ro.sock"):
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
-        s.connect(f"ipc://{root / 'run' / sock_name}")
+        s.connect(f"ipc://{root / 'run' / 'scheduler' / sock_name}")
         s.send_multipart(frames)
         s.close(0)
     assert proc.poll() is None
@@ -83,7 +83,7 @@ def test_alive_after_fuzzing_and_answers_hello_required(scheduler) -> None:
     s = zmq.Context.instance().socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.IDENTITY, b"fd-test")
-    s.connect(f"ipc://{root / 'run' / 'scheduler.sock'}")
+    s.connect(f"ipc://{root / 'run' / 'scheduler' / 'frontdoor.sock'}")
     s.send(p.encode(p.Heartbeat(instance="x")))
     assert s.poll(5000)
     assert isinstance(p.decode(s.recv()), p.HelloRequired)

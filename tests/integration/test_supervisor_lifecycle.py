@@ -77,14 +77,15 @@ def real_sim_available() -> bool:
 
 
 class FakeScheduler:
-    """A ROUTER at scheduler.sock that welcomes peers and answers heartbeats."""
+    """A ROUTER at supervisor.sock that welcomes peers and answers heartbeats."""
 
     def __init__(self, dirs: Dirs) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.sock.bind(Dirs.ipc(dirs.scheduler_sock))
+        dirs.scheduler_dir.mkdir(parents=True, exist_ok=True)
+        self.sock.bind(Dirs.ipc(dirs.supervisor_sock))
         self.instance = uuid.uuid4().hex[:12]
         self.hellos: list[tuple[bytes, p.Hello]] = []
         self.results: list[p.EngineCommandResult] = []

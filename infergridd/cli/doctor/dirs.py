@@ -7,17 +7,34 @@ each finding says the ``chmod``/``chgrp``/``chown`` that fixes it.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import stat
 from pathlib import Path
 
 from ...config import Dirs
+from ...transport.access import ROLE_GROUPS
 from .check import FAIL, OK, WARN, Check, group_name, mode_of, user_name
+
+#: the scheduler's sockets, each with the role whose group it admits (``transport/access``)
+SOCKETS = (("control.sock", "control"), ("control-ro.sock", "control-ro"),
+           ("frontdoor.sock", "frontdoor"), ("supervisor.sock", "supervisor"))
+_USERS = {"control": "infergridctl (changes)", "control-ro": "infergridctl (reads)",
+          "frontdoor": "the front door", "supervisor": "the supervisor"}
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def check_runtime_dir(dirs: Dirs, group: str | None) -> list[Check]:
-    """The runtime dir (0750) and the scheduler's sockets (0660, the daemons' group)."""
+    """The runtime dir and the scheduler's sockets: one per role, each 0660 to its role's
+    group where the packaged groups exist (DESIGN §10), else 0600 (``infergrid serve``)."""
     d = dirs.runtime
     try:
         st = d.stat()
@@ -29,52 +46,66 @@ def check_runtime_dir(dirs: Dirs, group: str | None) -> list[Check]:
                       "run as root or a member of the infergrid group")]
     out: list[Check] = []
     owner = f"{user_name(st.st_uid)}:{group_name(st.st_gid)}"
-    if group is not None and group_name(st.st_gid) != group:
-        out.append(Check(FAIL, "runtime-dir", f"{d} is {owner}, mode {mode_of(st)}: group "
-                         f"should be {group}", f"chgrp {group} {d} (or restart the units: "
-                         "systemd's RuntimeDirectory= sets it)"))
-    elif stat.S_IMODE(st.st_mode) & 0o007:
-        out.append(Check(WARN, "runtime-dir", f"{d} is mode {mode_of(st)}: other users can "
-                         "list it", f"chmod 0750 {d}"))
+    if stat.S_IMODE(st.st_mode) & 0o022:
+        out.append(Check(FAIL, "runtime-dir", f"{d} is {owner}, mode {mode_of(st)}: others "
+                         "may create files in it", f"chmod go-w {d}"))
     else:
         out.append(Check(OK, "runtime-dir", f"{d} {owner} {mode_of(st)}"))
-    if not os.access(d, os.X_OK):
-        out.append(Check(WARN, "sockets", f"cannot look into {d} ({owner}, mode {mode_of(st)})",
-                         f"run as root or a member of group {group_name(st.st_gid)}"))
+    sd = dirs.scheduler_dir
+    try:
+        sst = sd.stat()
+    except FileNotFoundError:
+        out.append(Check(FAIL, "sockets", f"{sd} missing: nothing can reach the scheduler",
+                         "check the scheduler: systemctl status infergrid-scheduler "
+                         "(journalctl -u infergrid-scheduler)"))
         return out
-    for sock, users in ((dirs.control_sock, "infergridctl"),
-                        (dirs.scheduler_sock, "the front door and the supervisor")):
-        name = sock.name
-        try:
-            sst = sock.stat()
-        except FileNotFoundError:
-            out.append(Check(FAIL, name, f"{sock} missing: {users} cannot reach the scheduler",
-                             "check the scheduler: systemctl status infergrid-scheduler "
-                             "(journalctl -u infergrid-scheduler)"))
-            continue
-        if not stat.S_ISSOCK(sst.st_mode):
-            out.append(Check(FAIL, name, f"{sock} is not a socket",
-                             "remove it and restart the scheduler"))
-            continue
-        mode = stat.S_IMODE(sst.st_mode)
-        sowner = f"{user_name(sst.st_uid)}:{group_name(sst.st_gid)}"
-        want_group = group or group_name(st.st_gid)
-        if mode & 0o007:
-            out.append(Check(FAIL, name, f"{sock} is mode {mode_of(sst)}: any local user can "
-                             "connect", f"chmod 0660 {sock}; the scheduler binds it 0660 — "
-                             "check its UMask="))
-        elif mode & 0o060 != 0o060:
-            out.append(Check(FAIL, name, f"{sock} is mode {mode_of(sst)}: members of "
-                             f"{want_group} cannot use it", f"chmod 0660 {sock}"))
-        elif group_name(sst.st_gid) != want_group:
-            out.append(Check(FAIL, name, f"{sock} is {sowner}: group should be {want_group}",
-                             f"chgrp {want_group} {sock}; check the scheduler's Group="))
-        elif name == "control.sock" and not os.access(sock, os.R_OK | os.W_OK):
-            out.append(Check(WARN, name, f"{sock} {sowner} {mode_of(sst)}: you may not use it",
-                             f"run as root, or add yourself: adduser $USER {want_group}"))
-        else:
-            out.append(Check(OK, name, f"{sock} {sowner} {mode_of(sst)}"))
+    except PermissionError:
+        out.append(Check(WARN, "sockets", f"cannot look into {d}",
+                         "run as root or a member of the infergrid group"))
+        return out
+    if stat.S_IMODE(sst.st_mode) & 0o022:
+        out.append(Check(FAIL, "sockets", f"{sd} is mode {mode_of(sst)}: others may plant "
+                         "sockets in it", f"chmod go-w {sd}"))
+    if not os.access(sd, os.X_OK):
+        out.append(Check(WARN, "sockets", f"cannot look into {sd} ({mode_of(sst)})",
+                         "run as root or a member of the infergrid group"))
+        return out
+    for name, role in SOCKETS:
+        out.append(_check_socket(sd / name, role, packaged=group is not None))
     return out
+
+
+def _check_socket(sock: Path, role: str, packaged: bool) -> Check:
+    name = sock.name
+    want = ROLE_GROUPS[role] if packaged and _group_exists(ROLE_GROUPS[role]) else None
+    try:
+        sst = sock.stat()
+    except FileNotFoundError:
+        return Check(FAIL, name, f"{sock} missing: {_USERS[role]} cannot reach the scheduler",
+                     "check the scheduler: systemctl status infergrid-scheduler "
+                     "(journalctl -u infergrid-scheduler)")
+    if not stat.S_ISSOCK(sst.st_mode):
+        return Check(FAIL, name, f"{sock} is not a socket", "remove it and restart the scheduler")
+    mode = stat.S_IMODE(sst.st_mode)
+    sowner = f"{user_name(sst.st_uid)}:{group_name(sst.st_gid)}"
+    if mode & 0o007:
+        return Check(FAIL, name, f"{sock} is mode {mode_of(sst)}: any local user can connect",
+                     f"chmod {'0660' if want else '0600'} {sock}; the scheduler binds it so "
+                     "itself: restart it")
+    if want is not None and group_name(sst.st_gid) != want:
+        return Check(FAIL, name, f"{sock} is {sowner}: group should be {want} (only "
+                     f"{_USERS[role]} may use it)", f"restart the scheduler; check that its "
+                     f"unit has SupplementaryGroups={want}")
+    if want is not None and mode & 0o060 != 0o060:
+        return Check(FAIL, name, f"{sock} is mode {mode_of(sst)}: members of {want} cannot "
+                     "use it", f"chmod 0660 {sock}")
+    if want is None and mode & 0o070:
+        return Check(WARN, name, f"{sock} is mode {mode_of(sst)}: group {group_name(sst.st_gid)}"
+                     " may use it (one user runs every daemon here)", f"chmod 0600 {sock}")
+    if role.startswith("control") and not os.access(sock, os.R_OK | os.W_OK):
+        return Check(WARN, name, f"{sock} {sowner} {mode_of(sst)}: you may not use it",
+                     f"run as root, or add yourself: adduser $USER {want or sowner}")
+    return Check(OK, name, f"{sock} {sowner} {mode_of(sst)}")
 
 
 def check_state_dir(state: Path, user: str | None) -> Check:

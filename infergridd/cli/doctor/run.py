@@ -57,7 +57,8 @@ def running_instance(runtime_dir: str | None, timeout_s: float = 2.0) -> dict[st
     from ..infergridctl import Unreachable, call, find_control_socket
 
     try:
-        reply = call(find_control_socket(runtime_dir, None), "status", {}, timeout_s)
+        reply = call(find_control_socket(runtime_dir, None, read_only=True), "status", {},
+                     timeout_s)
     except (Unreachable, OSError):
         return None
     sched = reply.result.get("scheduler") if reply.ok and isinstance(reply.result, dict) else None

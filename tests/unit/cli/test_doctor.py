@@ -94,61 +94,93 @@ def test_runtime_dir_missing(short_tmp: Path) -> None:
     assert c.status == d.WARN and "not running" in c.detail
 
 
+SOCKS = ("control.sock", "control-ro.sock", "frontdoor.sock", "supervisor.sock")
+
+
+def _bind_all(dirs: Dirs, mode: int = 0o600, **modes: int) -> list[socket.socket]:
+    """Every scheduler socket, ``mode`` unless ``modes`` names it (``control_ro=0o666``)."""
+    dirs.scheduler_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    return [_bind(dirs.scheduler_dir / n, modes.get(n[:-5].replace("-", "_"), mode))
+            for n in SOCKS]
+
+
 def test_runtime_dir_and_sockets_ok(short_tmp: Path) -> None:
     run = short_tmp / "run"
-    run.mkdir(mode=0o750)
-    run.chmod(0o750)
+    run.mkdir(mode=0o700)
     dirs = Dirs(runtime=run, state=short_tmp / "state")
-    socks = [_bind(dirs.control_sock, 0o660), _bind(dirs.scheduler_sock, 0o660)]
+    socks = _bind_all(dirs)
     try:
-        group = grp.getgrgid(run.stat().st_gid).gr_name
-        checks = d.check_runtime_dir(dirs, group)
-        assert statuses(checks) == {"runtime-dir": "OK", "control.sock": "OK",
-                                    "scheduler.sock": "OK"}, [c.line() for c in checks]
-        assert "0660" in checks[1].detail
+        checks = d.check_runtime_dir(dirs, None)  # one user runs everything: 0600 each
+        assert statuses(checks) == {"runtime-dir": "OK", **{n: "OK" for n in SOCKS}}, \
+            [c.line() for c in checks]
+        assert "0600" in checks[1].detail
     finally:
         for s in socks:
             s.close()
 
 
-@pytest.mark.parametrize(("mode", "why"), [(0o666, "any local user"), (0o600, "cannot use it")])
-def test_socket_modes_fail(short_tmp: Path, mode: int, why: str) -> None:
+@pytest.mark.parametrize(("mode", "status", "why"), [
+    (0o666, d.FAIL, "any local user"), (0o660, d.WARN, "may use it")])
+def test_socket_modes_without_role_groups(short_tmp: Path, mode: int, status: str,
+                                          why: str) -> None:
     run = short_tmp / "run"
     run.mkdir(mode=0o750)
     dirs = Dirs(runtime=run, state=short_tmp / "state")
-    socks = [_bind(dirs.control_sock, mode), _bind(dirs.scheduler_sock, 0o660)]
+    socks = _bind_all(dirs, control=mode)
     try:
         checks = d.check_runtime_dir(dirs, None)
         ctl = next(c for c in checks if c.check == "control.sock")
-        assert ctl.status == d.FAIL and why in ctl.detail and "chmod 0660" in ctl.fix
+        assert ctl.status == status and why in ctl.detail and "chmod 0600" in ctl.fix
+        assert statuses(checks)["frontdoor.sock"] == d.OK
     finally:
         for s in socks:
             s.close()
 
 
-def test_socket_missing_and_wrong_group(short_tmp: Path) -> None:
+def test_packaged_sockets_need_their_role_group(short_tmp: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the package's groups present, each socket must be 0660 to its role's group: a
+    socket left to another group is a FAIL (its members could pose as that role)."""
+    run = short_tmp / "run"
+    run.mkdir(mode=0o755)
+    dirs = Dirs(runtime=run, state=short_tmp / "state")
+    socks = _bind_all(dirs, 0o660)
+    monkeypatch.setattr(d.dirs, "_group_exists", lambda name: True)  # as after the .deb
+    try:
+        checks = {c.check: c for c in d.check_runtime_dir(dirs, "infergrid")}
+        for name, role in d.dirs.SOCKETS:
+            want = d.dirs.ROLE_GROUPS[role]
+            assert checks[name].status == d.FAIL and f"group should be {want}" in \
+                checks[name].detail and f"SupplementaryGroups={want}" in checks[name].fix
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_socket_missing(short_tmp: Path) -> None:
     run = short_tmp / "run"
     run.mkdir(mode=0o750)
     dirs = Dirs(runtime=run, state=short_tmp / "state")
-    other = next(g.gr_name for g in grp.getgrall() if g.gr_gid != run.stat().st_gid)
-    s = _bind(dirs.control_sock, 0o660)
+    dirs.scheduler_dir.mkdir()
+    s = _bind(dirs.control_sock, 0o600)
     try:
-        checks = d.check_runtime_dir(dirs, other)
-        by = {c.check: c for c in checks}
-        assert by["runtime-dir"].status == d.FAIL and f"should be {other}" in by["runtime-dir"].detail
-        assert by["control.sock"].status == d.FAIL and f"group should be {other}" in \
-            by["control.sock"].detail
-        assert by["scheduler.sock"].status == d.FAIL and "missing" in by["scheduler.sock"].detail
+        by = {c.check: c for c in d.check_runtime_dir(dirs, None)}
+        assert by["control.sock"].status == d.OK
+        assert by["frontdoor.sock"].status == d.FAIL and "missing" in by["frontdoor.sock"].detail
     finally:
         s.close()
+    dirs.control_sock.unlink()
+    dirs.scheduler_dir.rmdir()
+    by = {c.check: c for c in d.check_runtime_dir(dirs, None)}
+    assert by["sockets"].status == d.FAIL and "missing" in by["sockets"].detail
 
 
-def test_world_readable_runtime_dir_warns(short_tmp: Path) -> None:
+def test_world_writable_runtime_dir_fails(short_tmp: Path) -> None:
     run = short_tmp / "run"
     run.mkdir()
-    run.chmod(0o755)
+    run.chmod(0o777)
     checks = d.check_runtime_dir(Dirs(runtime=run, state=short_tmp), None)
-    assert checks[0].status == d.WARN and "chmod 0750" in checks[0].fix
+    assert checks[0].status == d.FAIL and "chmod go-w" in checks[0].fix
 
 
 # --------------------------------------------------------------------------- state
