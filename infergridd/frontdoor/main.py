@@ -96,7 +96,7 @@ class Frontdoor:
     async def run(self) -> int:
         self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
         ctx = zmq.asyncio.Context()
-        self.link = FrontdoorLink(ctx, self.dirs.scheduler_sock, self.instance, self.on_snapshot)
+        self.link = FrontdoorLink(ctx, self.dirs.frontdoor_sock, self.instance, self.on_snapshot)
         self.metrics.snapshot.connected = lambda: self.link.connected
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),

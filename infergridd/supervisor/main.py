@@ -169,6 +169,7 @@ class Supervisor:
 
     async def run(self) -> int:
         self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
+        self.dirs.supervisor_dir.mkdir(mode=0o700, exist_ok=True)  # its lock and engine records
         # Before any engine is adopted, launched or stopped: a second supervisor on this
         # runtime dir (a second `infergrid serve`) must never take the first one's engines.
         lock = RunLock(self.dirs.supervisor_lock, "supervisor")
@@ -205,7 +206,7 @@ class Supervisor:
                     log.info("engine %s placed on GPU %s", r.engine_id,
                              ",".join(map(str, r.devices)))
             ctx = zmq.asyncio.Context()
-            link = self.link = SupervisorLink(ctx, self.dirs.scheduler_sock, self.instance,
+            link = self.link = SupervisorLink(ctx, self.dirs.supervisor_sock, self.instance,
                                               self.statuses, self._command)
             await asyncio.gather(*(r.adopt() for r in self.runners))
             await self._forget_unconfigured()

@@ -162,7 +162,7 @@ def stop_all_engines(dirs: Dirs, timeout: float = 30.0) -> int:
     ``dirs``: it holds the supervisor lock meanwhile (``LockHeld`` otherwise),
     so it never stops the engines of a live instance.
     """
-    if not dirs.runtime.is_dir():
+    if not dirs.supervisor_dir.is_dir():
         return 0
     with RunLock(dirs.supervisor_lock, "supervisor"):
         return _stop_all(dirs, timeout)

@@ -145,7 +145,7 @@ class FakeScheduler:
         self.held: list[tuple[bytes, p.Submit | p.QueuedRecord]] = []
         self.engine_priority: int | None = -7
         self.fd_ident = b""
-        self.sock = bind_router(ctx, dirs.scheduler_sock)
+        self.sock = bind_router(ctx, dirs.frontdoor_sock)
         self.task = asyncio.create_task(self._rx())
 
     def of(self, kind: type) -> list[Any]:
