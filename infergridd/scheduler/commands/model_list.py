@@ -21,6 +21,7 @@ class ModelList(Command):
     def execute(self, ctx: CommandContext) -> dict[str, Any]:
         res = ctx.core.residency.describe(ctx.core.clock())
         per_model = res.pop("models")
+        placed = {e.engine_id: list(e.devices) for e in ctx.core.engine_statuses()}
         models = []
         for m in ctx.core.model_infos():
             mc = ctx.cfg.model(m.name)
@@ -28,7 +29,10 @@ class ModelList(Command):
             models.append({**msgspec.structs.asdict(m),
                            "pinned": bool(mc and mc.pinned), "priority": mc.priority if mc else 0,
                            "loads": extra.get("loads", 0), "evictions": extra.get("evictions", 0),
-                           "last_load_s": extra.get("last_load_s", 0.0)})
+                           "last_load_s": extra.get("last_load_s", 0.0),
+                           # each engine's GPUs (CUDA_VISIBLE_DEVICES): a replica per GPU,
+                           # or one tensor-parallel engine over several
+                           "devices": {eid: placed.get(eid, []) for eid in m.engines}})
         return {**res, "models": models}
 
     @classmethod
@@ -40,8 +44,13 @@ class ModelList(Command):
                  f"in the last {r.get('swap_window_s', 0):g}s, {r.get('swaps_total', 0)} in all")
         rows = [[m["name"], m["state"], m.get("ready_engines", 0),
                  fmt_bytes(m.get("memory_bytes", 0)), m.get("queued", 0), m.get("inflight", 0),
-                 m.get("loads", 0), m.get("evictions", 0),
+                 _gpus(m.get("devices", {})), m.get("loads", 0), m.get("evictions", 0),
                  ("pinned " if m.get("pinned") else "") + (m.get("reason") or "")]
                 for m in r.get("models", [])]
         return head + "\n\n" + table(["MODEL", "STATE", "READY", "MEMORY", "QUEUED", "INFLIGHT",
-                                      "LOADS", "EVICTIONS", "REASON"], rows)
+                                      "GPUS", "LOADS", "EVICTIONS", "REASON"], rows)
+
+
+def _gpus(devices: dict[str, list[int]]) -> str:
+    """``0,1`` for one engine over two GPUs; ``0 1 2 3`` for four replicas, one each."""
+    return " ".join(",".join(map(str, d)) for _e, d in sorted(devices.items()) if d) or "-"

@@ -44,9 +44,10 @@ class Status(Command):
             *([f"config {s['config']}  runtime {s.get('runtime_dir', '')}  state "
                f"{s.get('state_dir', '')}"] if s.get("config") else []),
             "",
-            table(["ENGINE", "MODEL", "STATE", "PID", "RUNNING", "WAITING", "KV%", "RESTARTS",
-                   "ASSIST"],
-                  [[e["engine_id"], e["model"], e.get("state", "-"), e.get("pid", 0),
+            table(["ENGINE", "MODEL", "STATE", "GPUS", "PID", "RUNNING", "WAITING", "KV%",
+                   "RESTARTS", "ASSIST"],
+                  [[e["engine_id"], e["model"], e.get("state", "-"),
+                    ",".join(map(str, e.get("devices", []))) or "-", e.get("pid", 0),
                     e.get("num_running", 0), e.get("num_waiting", 0),
                     round(100 * e.get("kv_usage", 0.0), 1), e.get("restarts", 0),
                     e.get("assist") or "-"]
