@@ -33,3 +33,16 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def read_nofollow(path: Path, limit: int = 1 << 20) -> bytes:
+    """The file's bytes (at most ``limit``), never through a symlink (``ELOOP`` instead).
+
+    For the records a daemon trusts from its runtime dir (DESIGN §10): a symlink
+    planted there must not make us read, and then act on, a file of someone else's.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)

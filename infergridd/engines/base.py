@@ -29,6 +29,7 @@ import aiohttp
 
 from ..config import ModelConfig
 from . import promtext
+from .unixhttp import MAX_SOCKET_PATH, engine_url, unix_endpoint
 
 #: Bound on one control-plane HTTP call to an engine; a poll must never hang the loop.
 HTTP_TIMEOUT_S = 2.0
@@ -46,11 +47,17 @@ class AdapterConfigError(ValueError):
 
 @dataclass
 class LaunchSpec:
-    """How to start one engine process; ``env`` is merged over the supervisor's own."""
+    """How to start one engine process; ``env`` is merged over the supervisor's own.
+
+    The engine's key is never in ``argv`` (``ps`` shows every process's command line
+    to every local user): it goes in ``env`` (read only by the same user and root) or
+    in one of ``files``, written 0600 by the supervisor before the launch."""
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
+    #: path → contents, written 0600 (to the engine user when it has one) before the launch
+    files: dict[str, bytes] = field(default_factory=dict)
     #: InferGrid's step policy in this engine: "on" (asked for; the engine's stats file
     #: proves it loaded), "off", or "" (the kind has none); ``assist_reason`` says why
     assist: str = ""
@@ -130,6 +137,8 @@ class EngineAdapter:
 
     kind = "base"
     managed = True  # the supervisor launches and stops the process
+    #: the engine can listen on a Unix socket instead of a loopback port (DESIGN §10)
+    supports_unix = False
     supports_sleep = False
     supports_priority = False
     priority_sign = 1  # +1: lower value runs first (vLLM); -1: higher first (SGLang)
@@ -143,6 +152,9 @@ class EngineAdapter:
         #: a private directory the supervisor gives the adapter for files an engine
         #: needs at launch (the vLLM scheduler's import path); None: a temporary one
         self.work_dir: Path | None = None
+        #: where the engine listens when the supervisor gives it a Unix socket (and
+        #: ``supports_unix``); None: a loopback port
+        self.socket_path: Path | None = None
 
     # ------------------------------------------------------------------ launching
     def python_argv(self) -> list[str]:
@@ -160,8 +172,17 @@ class EngineAdapter:
             spec.argv = ["taskset", "-c", cpu_list(self.model.cpu_affinity), *spec.argv]
         return spec
 
+    def listen_socket(self) -> Path | None:
+        """The Unix socket this launch listens on, or None (loopback TCP): one the kind
+        supports, given by the supervisor, and short enough for ``sun_path``."""
+        sock = self.socket_path
+        if not self.supports_unix or sock is None:
+            return None
+        return sock if len(str(sock).encode()) <= MAX_SOCKET_PATH else None
+
     def endpoint(self, port: int) -> str:
-        return f"http://127.0.0.1:{port}"
+        sock = self.listen_socket()
+        return unix_endpoint(sock) if sock is not None else f"http://127.0.0.1:{port}"
 
     def max_num_seqs(self) -> int:
         return self.model.max_num_seqs
@@ -179,10 +200,13 @@ class EngineAdapter:
         self, http: aiohttp.ClientSession, method: str, url: str, api_key: str,
         timeout_s: float = HTTP_TIMEOUT_S, json_body: Any = None, want: str = "none",
     ) -> Any:
-        """One call; ``want`` is ``json``, ``text`` or ``none``.  Non-2xx → ``EngineError``."""
+        """One call; ``want`` is ``json``, ``text`` or ``none``.  Non-2xx → ``EngineError``.
+
+        ``url`` may be a ``unix:`` engine URL (``unixhttp.py``); ``http`` must then use
+        ``unixhttp.EngineConnector``."""
         try:
             async with http.request(
-                method, url, headers=self._headers(api_key), json=json_body,
+                method, engine_url(url), headers=self._headers(api_key), json=json_body,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
                 if resp.status >= 300:

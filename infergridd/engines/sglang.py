@@ -6,6 +6,12 @@
 * ``enable_memory_saver: true``: needed for ``/release_memory_occupation`` (our sleep);
 * anything else is passed through as ``--key-with-dashes value``.
 
+The engine's key is never on its command line (``ps`` shows that to every local
+user): SGLang reads none from its environment, so it is in a 0600 ``--config``
+YAML file the supervisor writes in its runtime dir.  SGLang has no Unix-socket
+listener: it stays on loopback, where its key covers every route but ``/health``
+and ``/metrics`` (read-only), ``/release_memory_occupation`` included.
+
 SGLang runs the *higher* priority value first (unless started with
 ``--schedule-low-priority-values-first``), hence ``priority_sign = -1``.
 
@@ -20,6 +26,9 @@ engine's SGLang personality only (SGLang needs CUDA).
 """
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import aiohttp
 
@@ -83,10 +92,11 @@ class SglangAdapter(SglangProtocol):
     def launch_spec(self, port: int, api_key: str) -> LaunchSpec:
         m = self.model
         path = m.args.get("model_path") or m.args.get("model")
+        key_file = self.key_file(port)
         argv = [
             *self.python_argv(), "-m", "sglang.launch_server",
             "--model-path", str(path), "--served-model-name", m.name,
-            "--host", "127.0.0.1", "--port", str(port), "--api-key", api_key,
+            "--host", "127.0.0.1", "--port", str(port), "--config", str(key_file),
             "--max-running-requests", str(m.max_num_seqs), "--enable-metrics",
             "--enable-priority-scheduling",
         ]
@@ -98,8 +108,20 @@ class SglangAdapter(SglangProtocol):
         argv += flags
         argv += args_to_flags(m.args, skip=_CONSUMED)
         argv += m.extra_args
-        spec = LaunchSpec(argv=argv, env=dict(m.env), assist=on, assist_reason=why)
+        spec = LaunchSpec(argv=argv, env=dict(m.env), assist=on, assist_reason=why,
+                          files={str(key_file): key_yaml(api_key)})
         return self.with_affinity(spec)
+
+    def key_file(self, port: int) -> Path:
+        """SGLang reads no key from its environment, so the key goes in a 0600 YAML file
+        (``--config``: its flags as keys, merged by SGLang's ``ConfigArgumentMerger``)."""
+        where = self.work_dir if self.work_dir is not None else Path(tempfile.gettempdir())
+        return where / f"{self.name}-{port}.sglang-key.yaml"
+
+
+def key_yaml(api_key: str) -> bytes:
+    """``api-key: "KEY"`` (quoted: an all-digit hex key would otherwise read as a number)."""
+    return f'api-key: "{api_key}"\n'.encode()
 
 
 def sglang_assist_flags(m: ModelConfig) -> tuple[list[str], str, str]:

@@ -5,6 +5,11 @@ so the adapter reuses those two protocols and only builds its own command.
 Every ``args`` key becomes ``--key-with-dashes value`` (profile, seed, fault
 flags, ...), so new simulator options need no change here.
 
+Like the engines it stands in for, the vLLM personality listens on the
+supervisor's Unix socket (``--uds``) and the SGLang one on loopback; its key is
+in its environment (``INFERGRID_SIM_API_KEY``), never on its command line, and
+it checks it on every route (``sim/http_openai.auth``).
+
 Engine assist follows the engine it stands in for: the vLLM personality runs
 InferGrid's step policy (``--engine-assist``, as the vLLM plugin does), the
 SGLang personality batches as SGLang does and gets the very flags the SGLang
@@ -18,11 +23,19 @@ from .base import LaunchSpec, args_to_flags
 from .sglang import SglangProtocol, sglang_assist_flags
 from .vllm import VllmProtocol
 
+#: the simulated engine's key, from its environment (``--api-key`` would show in ``ps``)
+SIM_KEY_ENV = "INFERGRID_SIM_API_KEY"
+
 
 def _head(adapter: VllmProtocol | SglangProtocol, port: int, api_key: str) -> list[str]:
     m = adapter.model
-    return [*adapter.python_argv(), "-m", "infergridd.sim",
-            "--host", "127.0.0.1", "--port", str(port), "--model", m.name, "--api-key", api_key]
+    listen = (adapter.listen_flags(port) if isinstance(adapter, VllmProtocol)
+              else ["--host", "127.0.0.1", "--port", str(port)])
+    return [*adapter.python_argv(), "-m", "infergridd.sim", *listen, "--model", m.name]
+
+
+def _env(adapter: VllmProtocol | SglangProtocol, api_key: str) -> dict[str, str]:
+    return {**adapter.model.env, SIM_KEY_ENV: api_key}
 
 
 def sim_argv(adapter: VllmProtocol, port: int, api_key: str) -> list[str]:
@@ -39,7 +52,7 @@ def sim_argv(adapter: VllmProtocol, port: int, api_key: str) -> list[str]:
 def sim_spec(adapter: VllmProtocol, port: int, api_key: str) -> LaunchSpec:
     """The sim runs the very step policy the vLLM plugin runs (``--engine-assist``), with
     its settings in the environment as for vLLM."""
-    spec = LaunchSpec(sim_argv(adapter, port, api_key), dict(adapter.model.env))
+    spec = LaunchSpec(sim_argv(adapter, port, api_key), _env(adapter, api_key))
     a = adapter.model.assist()
     if a.enabled:  # sim_argv has added --engine-assist
         spec.env[SETTINGS_ENV] = settings_to_env(a.settings())
@@ -58,7 +71,7 @@ def sim_sglang_spec(adapter: SglangProtocol, port: int, api_key: str) -> LaunchS
     flags, on, why = sglang_assist_flags(m)
     argv = [*_head(adapter, port, api_key), "--max-running-requests", str(m.max_num_seqs),
             "--enable-priority-scheduling", *flags, *args_to_flags(m.args), *m.extra_args]
-    spec = LaunchSpec(argv, dict(m.env))
+    spec = LaunchSpec(argv, _env(adapter, api_key))
     if on == "off":
         spec.assist, spec.assist_reason = on, why
     else:

@@ -6,7 +6,9 @@
 * ``gpu_memory_utilization`` or ``kv_cache_memory`` (a size, ``--kv-cache-memory-bytes``);
   with neither, a fractional ``memory:`` (0..1] becomes ``--gpu-memory-utilization``;
 * ``enable_sleep_mode: true`` turns on ``/sleep`` and ``/wake_up`` (which vLLM only
-  serves with ``VLLM_SERVER_DEV_MODE=1``);
+  serves with ``VLLM_SERVER_DEV_MODE=1``, and never checks a key on: so the engine
+  listens on a Unix socket in the runtime dir, ``--uds``, that only InferGrid's
+  users can enter; its key is in ``VLLM_API_KEY``, never on the command line);
 * anything else is passed through as ``--key-with-dashes value``.
 
 The scheduler keeps the fairness queue itself; ``--scheduling-policy priority``
@@ -46,6 +48,14 @@ class VllmProtocol(EngineAdapter):
     """vLLM's HTTP dialect, shared with the simulated engine's vLLM personality."""
 
     supports_priority = True
+    supports_unix = True  # vllm serve --uds (vLLM >= 0.9; 0.32 verified in tests/engines)
+
+    def listen_flags(self, port: int) -> list[str]:
+        """``--uds PATH`` on the supervisor's socket, else loopback ``--host``/``--port``."""
+        sock = self.listen_socket()
+        if sock is not None:
+            return ["--uds", str(sock)]
+        return ["--host", "127.0.0.1", "--port", str(port)]
     priority_sign = 1
     metric_names = VLLM_METRICS
 
@@ -100,13 +110,14 @@ class VllmAdapter(VllmProtocol):
         argv = [
             *self.python_argv(), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(m.args["model"]), "--served-model-name", m.name,
-            "--host", "127.0.0.1", "--port", str(port), "--api-key", api_key,
+            *self.listen_flags(port),
             "--max-num-seqs", str(m.max_num_seqs), "--scheduling-policy", "priority",
             *self.memory_flags(),
         ]
         if m.gpus > 1 and "tensor_parallel_size" not in m.args:  # its GPUs: CUDA_VISIBLE_DEVICES
             argv += ["--tensor-parallel-size", str(m.gpus)]
         env = dict(m.env)
+        env["VLLM_API_KEY"] = api_key  # not --api-key: ps shows argv to every local user
         if self.supports_sleep:
             argv.append("--enable-sleep-mode")
             env["VLLM_SERVER_DEV_MODE"] = "1"

@@ -23,7 +23,9 @@ from .. import aio
 from .. import protocol as p
 from ..config import Config, Dirs
 from ..engines.context import exact_count, max_model_len
+from ..engines.unixhttp import EngineConnector
 from ..systemd import Notifier, listen_fds
+from . import status_page
 from .admin import start_admin
 from .app import build_app
 from .auth import Authenticator
@@ -92,6 +94,7 @@ class Frontdoor:
                                m.state in (p.EngineState.SLEEPING1, p.EngineState.SLEEPING2))
         self.metrics.snapshot.snapshot = snap
         self.metrics.snapshot.received_at = time.monotonic()
+        status_page.observe(self)  # the status page's throughput and TTFT history
 
     async def run(self) -> int:
         self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -99,7 +102,7 @@ class Frontdoor:
         self.link = FrontdoorLink(ctx, self.dirs.frontdoor_sock, self.instance, self.on_snapshot)
         self.metrics.snapshot.connected = lambda: self.link.connected
         self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            connector=EngineConnector(limit=0, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
         self.link.start()
         raise_fd_limit(self.cfg.limits.max_connections)

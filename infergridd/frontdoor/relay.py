@@ -25,6 +25,7 @@ import msgspec
 from aiohttp import web
 
 from .. import protocol as p
+from ..engines.unixhttp import engine_url  # a "unix:" endpoint: the engine's Unix socket
 from .errors import ApiError, engine_error
 from .sse import StreamAccount, body_whole, set_created
 from .validate import ParsedRequest
@@ -112,7 +113,7 @@ async def relay(http: aiohttp.ClientSession, request: web.Request, req: ParsedRe
     """
     try:
         upstream = await http.post(
-            d.endpoint + req.path, data=_encode(engine_body(req, d)),
+            engine_url(d.endpoint + req.path), data=_encode(engine_body(req, d)),
             headers=engine_headers(d, request_id),
             timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=_CONNECT_TIMEOUT_S))
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from infergridd import aio
@@ -22,6 +23,9 @@ from infergridd.sim.options import SimOptions
 from infergridd.sim.profile import ProfileError, parse_override
 from infergridd.sim.server import serve
 from infergridd.sim.sglang_batch import SCHEDULE_POLICIES
+
+#: where the engine's key comes from when ``--api-key`` is not given (the supervisor's way)
+KEY_ENV = "INFERGRID_SIM_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--port-file", help="write the bound port here once listening (atomic)")
     a("--model", default="sim", help="served model name")
     a("--served-model-name", dest="model", help="alias of --model, as in vLLM")
-    a("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
+    a("--uds", help="listen on this Unix socket instead of --host/--port (as vLLM's --uds)")
+    a("--api-key", help="require 'Authorization: Bearer KEY' on every route (default: env "
+                        f"{KEY_ENV}; prefer it: a command line shows in ps)")
     a("--profile", default="fast-test", help="packaged profile name or a YAML file path")
     a("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
       help="override one profile key (repeatable), e.g. --set base_s=0.01")
@@ -96,7 +102,8 @@ def options_from_args(argv: list[str] | None = None) -> SimOptions:
     ns = build_parser().parse_args(argv)
     overrides = dict(parse_override(s) for s in ns.overrides)
     return SimOptions(
-        model=ns.model, host=ns.host, port=ns.port, port_file=ns.port_file, api_key=ns.api_key,
+        model=ns.model, host=ns.host, port=ns.port, port_file=ns.port_file, uds=ns.uds,
+        api_key=ns.api_key or os.environ.get(KEY_ENV) or None,
         profile=ns.profile, profile_overrides=overrides, max_num_seqs=ns.max_num_seqs,
         max_num_batched_tokens=ns.max_num_batched_tokens, kv_blocks=ns.kv_blocks,
         long_prefill_token_threshold=ns.long_prefill_token_threshold,

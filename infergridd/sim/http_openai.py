@@ -13,6 +13,7 @@ map in ``server.build_app``.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from typing import Any
@@ -39,10 +40,13 @@ def error_response(exc: api.ApiError) -> web.Response:
 
 @web.middleware
 async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    """With a key, every route needs it: ``/health``, ``/metrics`` and the control routes
+    (``/sleep``, ``/wake_up``, SGLang's memory calls) too, not only ``/v1`` as vLLM does —
+    an engine reachable by others must not be put to sleep by them (DESIGN §10)."""
     key = request.app[ENGINE].options.api_key
-    if key and request.path.startswith("/v1/"):
-        if request.headers.get("Authorization", "") != f"Bearer {key}":
-            return error_response(api.ApiError(401, "Unauthorized"))
+    if key and not hmac.compare_digest(request.headers.get("Authorization", ""),
+                                       f"Bearer {key}"):
+        return error_response(api.ApiError(401, "Unauthorized"))
     return await handler(request)
 
 

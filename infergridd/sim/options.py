@@ -38,7 +38,9 @@ class SimOptions:
     host: str = "127.0.0.1"
     port: int = 0
     port_file: str | None = None
-    api_key: str | None = None
+    #: listen on this Unix socket instead of host:port (as vLLM's ``--uds``)
+    uds: str | None = None
+    api_key: str | None = None  # required on every route when set (``http_openai.auth``)
     profile: str = "fast-test"
     profile_overrides: dict[str, Any] = field(default_factory=dict)
     max_num_seqs: int | None = None

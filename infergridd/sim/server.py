@@ -1,4 +1,5 @@
-"""The simulated engine as an aiohttp server: the app, its TCP listener, ``serve``.
+"""The simulated engine as an aiohttp server: the app, its listener (TCP or a Unix socket),
+``serve``.
 
 The pieces live beside it, one concept each: ``steploop`` (``SimEngine``: the
 model, the step loop, sleep and faults), ``http_openai`` (the endpoints both
@@ -75,6 +76,9 @@ class SimServer:
 
     @property
     def url(self) -> str:
+        """Its base URL; ``unix:/path.sock`` on a Unix socket (``engines/unixhttp.py``)."""
+        if self.options.uds:
+            return f"unix:{self.options.uds}"
         return f"http://{self.options.host}:{self.port}"
 
     @property
@@ -91,9 +95,14 @@ class SimServer:
         self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None,
                                     shutdown_timeout=1.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, o.host, o.port, backlog=1024)
-        await site.start()
-        self.port = self._bound_port()
+        if o.uds:
+            # as vLLM: bind fails on a leftover socket file; the supervisor removes it first
+            site: web.BaseSite = web.UnixSite(self.runner, o.uds, backlog=1024)
+            await site.start()
+        else:
+            site = web.TCPSite(self.runner, o.host, o.port, backlog=1024)
+            await site.start()
+            self.port = self._bound_port()
         if o.port_file:
             tmp = Path(o.port_file + ".tmp")
             tmp.write_text(f"{self.port}\n")

@@ -36,6 +36,7 @@ from ..logs import fields
 from . import assist, procs, statefile
 from .health import BACKOFF_START_S, HealthWatch
 from .launch import Launcher, config_hash, kill_leftover_group
+from .runas import RunAs
 from .sleepwake import SleepWake
 from .statefile import EngineRecord
 
@@ -55,7 +56,9 @@ class EngineRunner(Launcher, HealthWatch, SleepWake):
         self.engine_id = engine_id
         self.model = model
         self.adapter = adapter
-        adapter.work_dir = dirs.engines_dir  # ours, 0700: never a shared temporary directory
+        adapter.work_dir = dirs.engines_dir  # ours, 0710: never a shared temporary directory
+        #: the user the engine runs as (``runas.py``); None: ours.  Set by the Supervisor.
+        self.run_as: RunAs | None = None
         self.dirs = dirs
         self.http = http
         self.memory_bytes = memory_bytes  # GPU bytes it holds awake (ledger.py)
@@ -100,8 +103,22 @@ class EngineRunner(Launcher, HealthWatch, SleepWake):
 
     @property
     def assist_path(self) -> Path:
-        """Where the engine writes its step policy's stats (supervisor/assist.py)."""
-        return assist.stats_path(self.dirs.engines_dir, self.engine_id)
+        """Where the engine writes its step policy's stats (supervisor/assist.py): in its
+        own directory when it runs as its own user (it could write nowhere else)."""
+        where = self.engine_dir if self.run_as is not None else self.dirs.engines_dir
+        return assist.stats_path(where, self.engine_id)
+
+    @property
+    def engine_dir(self) -> Path:
+        """The engine's own directory (its user's, group-passable) when it runs as the
+        engine user: its socket and stats file are there (``procs.prepare_listen``)."""
+        return self.dirs.engines_dir / f"{self.engine_id}.d"
+
+    @property
+    def socket_path(self) -> Path:
+        """Where the engine listens if its kind can (``EngineAdapter.listen_socket``)."""
+        where = self.engine_dir if self.run_as is not None else self.dirs.engines_dir
+        return where / f"{self.engine_id}.sock"
 
     def _fields(self) -> dict:
         return fields(engine=self.engine_id, model=self.model.name)

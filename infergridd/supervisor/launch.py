@@ -3,7 +3,10 @@
 Part of ``EngineRunner`` (``engine.py``), which holds the state used here.
 Rules this part keeps (each is a failure seen elsewhere):
 
-* never signal a process we cannot prove is ours (pid *and* start time);
+* never signal a process we cannot prove is ours (pid *and* start time, and for a pid
+  read from a record its command line and owner: ``identity.py``);
+* the engine's key is in its environment or a 0600 file, never its command line, and
+  it listens on a Unix socket in the runtime dir where its kind can (DESIGN §10);
 * adopt only while this process holds the runtime dir's supervisor lock (``runlock.py``):
   a second instance on the same directory must never take the first one's engines;
 * nothing awaits between ``Popen`` and writing the state file, so a
@@ -36,7 +39,7 @@ from ..engines.base import (
     proc_start_time,
 )
 from ..runlock import holder
-from . import assist, procs, statefile
+from . import assist, identity, procs, runas, statefile
 from .devices import place_env
 from .statefile import EngineRecord
 
@@ -71,9 +74,14 @@ def kill_leftover_group(pid: int) -> None:
     vLLM and SGLang run worker processes that can outlive their API server and
     keep GPU memory.  Safe: while its leader (pid == pgid) is a zombie or gone,
     Linux does not hand that pid to a new process as long as the group has
-    members, so the group can only be ours.
+    members, so the group can only be ours — if the pid came from us, which a
+    record in the runtime dir does not prove: so only a group whose every member
+    is ours or the engine user's is killed (``identity.group_is_ours``).
     """
     if proc_start_time(pid) is not None:  # the pid is a live process again: not ours
+        return
+    if not identity.group_is_ours(pid):
+        log.warning("not killing process group %d: it has members that are not ours", pid)
         return
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -97,6 +105,8 @@ class Launcher:
     devices: tuple[int, ...]
     status: p.EngineStatus
     assist_path: Path
+    socket_path: Path
+    run_as: runas.RunAs | None
     rec: EngineRecord | None
     proc: subprocess.Popen[bytes] | None
     resume: str
@@ -119,6 +129,13 @@ class Launcher:
             raise RuntimeError(f"engine {self.engine_id} not adopted: this process does not "
                                f"hold {self.dirs.supervisor_lock}")
         self.status.generation = rec.generation
+        if is_alive(rec.pid, rec.start_time) and (why := identity.why_not_ours(rec)):
+            # DESIGN §10: a pid from a file is never trusted; this one is not signalled
+            log.warning("engine record %s names a process that is not our engine (%s): "
+                        "ignoring it, starting afresh", self.engine_id, why,
+                        extra=self._fields())
+            statefile.remove(self.dirs.engines_dir, self.engine_id)
+            return
         if not self.adapter.managed or rec.kind != self.adapter.kind:
             await self._discard(rec, "its engine kind changed")
             return
@@ -131,7 +148,8 @@ class Launcher:
         if rec.config_hash != self.config_hash:
             await self._discard(rec, "its model configuration changed")
             return
-        endpoint = self.adapter.endpoint(rec.port)
+        # a record from before engines had sockets: they all listened on loopback
+        endpoint = rec.endpoint or f"http://127.0.0.1:{rec.port}"
         state = S.UNHEALTHY
         sleeping = await self.adapter.is_sleeping(self.http, endpoint, rec.api_key)
         if sleeping is None:
@@ -166,13 +184,13 @@ class Launcher:
             self.ready_since = now
         elif state == S.UNHEALTHY:
             self.unhealthy_since = now
-        log.info("adopted engine %s (pid %d, port %d, generation %d) as %s%s", self.engine_id,
-                 rec.pid, rec.port, rec.generation, state,
+        log.info("adopted engine %s (pid %d, %s, generation %d) as %s%s", self.engine_id,
+                 rec.pid, endpoint, rec.generation, state,
                  f" (finishing its {rec.transition})" if rec.transition else "",
                  extra=self._fields())
 
     async def _discard(self, rec: EngineRecord, why: str) -> None:
-        if is_alive(rec.pid, rec.start_time):
+        if identity.is_our_engine(rec):
             log.warning("replacing engine %s (pid %d): %s", self.engine_id, rec.pid, why,
                         extra=self._fields())
             await astop_process_group(rec.pid, rec.start_time, STOP_TIMEOUT_S)
@@ -184,6 +202,9 @@ class Launcher:
         port = procs.free_port()
         api_key = procs.new_api_key()
         generation = self.status.generation + 1
+        # one adapter serves every replica: this launch's socket, set with no await until
+        # launch_spec, endpoint and listen_socket have read it
+        self.adapter.socket_path = self.socket_path
         try:
             spec = self.adapter.launch_spec(port, api_key)
         except AdapterConfigError as exc:
@@ -191,12 +212,14 @@ class Launcher:
             self._fail(f"cannot be launched: {exc}", with_log=False)
             return
         assist.prepare_launch(spec, self.status, self.assist_path)
+        endpoint = self.adapter.endpoint(port)
         place_env(self.devices, spec.env)  # exactly its GPUs (supervisor/devices.py)
         self.launches += 1
         self.status.generation = generation
         self.status.restarts = max(0, generation - 1)  # counts across supervisors
         try:
-            proc = procs.launch(spec, self.log_file)
+            procs.prepare_listen(self.adapter.listen_socket(), self.run_as)
+            proc = procs.launch(spec, self.log_file, self.run_as)
         except OSError as exc:
             self._fail(f"could not start {spec.argv[0]!r}: {exc}", with_log=False)
             self._schedule_restart()
@@ -206,7 +229,7 @@ class Launcher:
             engine_id=self.engine_id, model=self.model.name, kind=self.adapter.kind,
             pid=proc.pid, start_time=procs.start_time_of(proc.pid), port=port, api_key=api_key,
             generation=generation, argv=spec.argv, started_at=started_at,
-            config_hash=self.config_hash,
+            config_hash=self.config_hash, endpoint=endpoint,
         )
         self.proc, self.rec = proc, rec
         try:
@@ -219,14 +242,14 @@ class Launcher:
             self._schedule_restart()
             return
         self.status.pid = proc.pid
-        self.status.endpoint = self.adapter.endpoint(port)
+        self.status.endpoint = endpoint
         self.status.api_key = api_key
         self.status.started_at = started_at
         self.ready_deadline = time.monotonic() + self.model.startup_timeout_s
         self.poll_failures = 0
         self._set_state(S.STARTING)
-        log.info("started engine %s (pid %d, port %d, generation %d): %s", self.engine_id,
-                 proc.pid, port, generation, " ".join(spec.argv).replace(api_key, "***"),
+        log.info("started engine %s (pid %d, %s, generation %d): %s", self.engine_id,
+                 proc.pid, endpoint, generation, " ".join(spec.argv).replace(api_key, "***"),
                  extra=self._fields())
 
     def _check_exit(self) -> tuple[bool, int | None]:

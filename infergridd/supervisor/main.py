@@ -27,9 +27,10 @@ from ..config import Config, ConfigError, Dirs, check_fit, fmt_bytes
 from ..config.placement import memory_on, place, sleep_memory_on
 from ..engines import AdapterConfigError, adapter_for
 from ..engines.base import astop_process_group, is_alive
+from ..engines.unixhttp import EngineConnector
 from ..runlock import EX_IN_USE, LockHeld, RunLock
 from ..systemd import Notifier
-from . import procs, statefile
+from . import identity, procs, runas, statefile
 from .devices import discover
 from .engine import POLL_S, EngineRunner
 from .ledger import Ledger
@@ -111,10 +112,13 @@ class Supervisor:
         for rec in statefile.load_all(self.dirs.engines_dir):
             if rec.engine_id in known:
                 continue
-            if is_alive(rec.pid, rec.start_time):
+            why = identity.why_not_ours(rec)
+            if not why:
                 log.warning("stopping engine %s (pid %d): no longer in the configuration",
                             rec.engine_id, rec.pid)
                 await astop_process_group(rec.pid, rec.start_time, 30.0)
+            elif is_alive(rec.pid, rec.start_time):
+                log.warning("not stopping pid %d of record %s: %s", rec.pid, rec.engine_id, why)
             statefile.remove(self.dirs.engines_dir, rec.engine_id)
 
     async def _command(self, cmd: p.EngineCommand) -> p.EngineCommandResult:
@@ -184,16 +188,23 @@ class Supervisor:
             lock.release()
 
     async def _run(self) -> int:
-        self.dirs.engines_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        # engine records (0600), logs and sockets: group may pass (a front door of its own
+        # user reaches the engines' sockets, 0770), may not list; others nothing
+        self.dirs.engines_dir.mkdir(mode=0o710, parents=True, exist_ok=True)
+        os.chmod(self.dirs.engines_dir, 0o710)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64), trust_env=False,
+            connector=EngineConnector(limit=64), trust_env=False,  # TCP or Unix socket
         ) as http:
             try:
                 check_fit(self.cfg, self.ledger.devices)  # again, with NVML's GPUs
                 self._make_runners(http)
+                # engines as their own user where we can (runas.py)
+                who = runas.run_as(self.dirs.engines_dir)
+                for r in self.runners:
+                    r.run_as = who
             except (AdapterConfigError, ConfigError) as exc:
                 log.error("configuration error: %s", exc)
                 return EX_CONFIG

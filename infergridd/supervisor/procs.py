@@ -15,15 +15,18 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
 
 from .. import logs
 from ..config import Dirs
-from ..engines.base import LaunchSpec, is_alive, proc_start_time, stop_process_group
+from ..engines.base import LaunchSpec, proc_start_time, stop_process_group
+from ..fsutil import write_atomic
 from ..runlock import RunLock
-from . import statefile
+from . import identity, statefile
+from .runas import RunAs
 
 log = logging.getLogger("infergrid.supervisor")
 
@@ -41,18 +44,23 @@ def free_port() -> int:
 
 
 def new_api_key() -> str:
-    """A random key for one engine.  Hex, not URL-safe base64: it goes on the engine's
-    command line as ``--api-key KEY``, and a key starting with ``-`` (one launch in
-    64 with base64) is taken by argparse for an option: the engine exits with status 2."""
+    """A random key for one engine.  Hex, not URL-safe base64: it once went on the
+    engine's command line, where a key starting with ``-`` is taken by argparse for an
+    option; now it goes in the environment or a 0600 file, and hex is safe in both."""
     return secrets.token_hex(24)
 
 
 def rotate_log(path: Path) -> None:
     """Move the previous run's output to ``.log.1`` (trimmed), so the new log starts empty."""
     try:
-        size = path.stat().st_size
+        st = path.lstat()
     except FileNotFoundError:
         return
+    if not stat.S_ISREG(st.st_mode):  # a symlink or worse: not ours to move or read
+        log.warning("not rotating %s: not a regular file", path)
+        path.unlink(missing_ok=True)
+        return
+    size = st.st_size
     old = path.with_name(path.name + ".1")
     try:
         if size > LOG_KEEP_BYTES:
@@ -121,10 +129,50 @@ def tail(path: Path, lines: int = 15, max_bytes: int = 8192) -> str:
 JOURNAL_STDOUT = "/run/systemd/journal/stdout"
 
 
-def launch(spec: LaunchSpec, log_file: Path) -> subprocess.Popen[bytes]:
-    """Start a detached engine writing to ``log_file``; raises OSError if it cannot exec."""
-    log_file.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+#: engines create their files (a Unix socket above all) group-accessible: the front door
+#: may run as another user of the runtime dir's group, and needs write access to connect
+ENGINE_UMASK = 0o007
+
+
+def prepare_listen(sock: Path | None, who: RunAs | None) -> None:
+    """Make way for an engine's Unix socket: its directory when it runs as its own user
+    (``who``: owned by it, 02750 with the engines dir's group, so the socket it creates
+    has that group and the daemons of that group may connect), and no leftover socket
+    file (vLLM's bind fails on one).  Never through a symlink."""
+    if sock is None:
+        return
+    if who is not None:
+        d = sock.parent
+        d.mkdir(mode=0o750, exist_ok=True)
+        if stat.S_ISLNK(os.lstat(d).st_mode):
+            raise OSError(f"{d} is a symlink")
+        os.chown(d, who.uid, os.stat(d.parent).st_gid, follow_symlinks=False)
+        os.chmod(d, 0o2750)
+    try:
+        st = os.lstat(sock)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{sock} is a directory, not a socket")
+    sock.unlink()
+
+
+def write_files(spec: LaunchSpec, who: RunAs | None) -> None:
+    """The spec's files (an engine's key for SGLang), 0600, the engine user's if it has one."""
+    for name, data in spec.files.items():
+        write_atomic(Path(name), data, mode=0o600)
+        if who is not None:
+            os.chown(name, who.uid, who.gid, follow_symlinks=False)
+
+
+def launch(spec: LaunchSpec, log_file: Path, who: RunAs | None = None) -> subprocess.Popen[bytes]:
+    """Start a detached engine writing to ``log_file``; raises OSError if it cannot exec.
+
+    ``who``: run it as that user with its primary group only (``runas.py``: never the
+    journal group or ours); else as ourselves."""
+    log_file.parent.mkdir(mode=0o710, parents=True, exist_ok=True)
     rotate_log(log_file)
+    write_files(spec, who)
     env = {**os.environ, **spec.env}
     # Our own systemd notify/watchdog/socket-activation variables belong to us, not it.
     for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
@@ -134,11 +182,18 @@ def launch(spec: LaunchSpec, log_file: Path) -> subprocess.Popen[bytes]:
     if fd is not None:
         log_file.unlink(missing_ok=True)  # the journal has it; tail() reads it from there
     else:
-        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        # never through a symlink planted in the runtime dir (it would append to, or with
+        # O_CREAT create, a file of the planter's choosing with our privileges)
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o640)
     try:
+        user: dict[str, object] = {}
+        if who is not None:
+            user = {"user": who.uid, "group": who.gid, "extra_groups": []}
         return subprocess.Popen(
             spec.argv, env=env, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=fd,
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            umask=ENGINE_UMASK, **user,  # type: ignore[arg-type]
         )
     except OSError as exc:
         os.write(fd, f"infergrid: cannot start {spec.argv[0]!r}: {exc}\n".encode())
@@ -170,7 +225,13 @@ def stop_all_engines(dirs: Dirs, timeout: float = 30.0) -> int:
 
 def _stop_all(dirs: Dirs, timeout: float) -> int:
     records = statefile.load_all(dirs.engines_dir)
-    running = [r for r in records if is_alive(r.pid, r.start_time)]
+    running = []
+    for r in records:  # a record is a claim: signal only what is provably our engine
+        why = identity.why_not_ours(r)
+        if not why:
+            running.append(r)
+        elif proc_start_time(r.pid) is not None:
+            log.warning("not stopping pid %d of engine record %s: %s", r.pid, r.engine_id, why)
     for r in running:
         log.info("stopping engine %s (pid %d)", r.engine_id, r.pid)
         try:

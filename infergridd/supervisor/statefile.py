@@ -4,7 +4,7 @@ They are how a restarted supervisor finds the engines the previous one left
 running (DESIGN §3) and how ``stop_all_engines`` finds what to stop.  Each is
 written atomically (temp file, fsync, rename) so a crash leaves the old or the
 new record, never half of one, and with mode 0600 because it holds the
-engine's API key.  ``start_time`` (clock ticks since boot, /proc/PID/stat
+engine's API key; each is read without following a symlink (``read_nofollow``).  ``start_time`` (clock ticks since boot, /proc/PID/stat
 field 22) is what proves a live pid is still *our* process.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from ..fsutil import write_atomic
+from ..fsutil import read_nofollow, write_atomic
 
 log = logging.getLogger("infergrid.supervisor")
 
@@ -38,6 +38,9 @@ class EngineRecord(msgspec.Struct, omit_defaults=True):
     #: a sleep or wake under way ("sleep1", "sleep2", "wake"), written before the call:
     #: a supervisor that dies mid-way leaves the next one the engine's true direction
     transition: str = ""
+    #: where it listens: ``unix:/path.sock`` or ``http://127.0.0.1:PORT``; "" (older
+    #: records): the adapter's loopback endpoint on ``port``
+    endpoint: str = ""
     format: int = RECORD_FORMAT
 
 
@@ -58,7 +61,7 @@ def load(engines_dir: Path, engine_id: str) -> EngineRecord | None:
     fresh, which at worst leaves an orphan we cannot prove is ours — safer than guessing)."""
     path = record_path(engines_dir, engine_id)
     try:
-        return msgspec.json.decode(path.read_bytes(), type=EngineRecord)
+        return msgspec.json.decode(read_nofollow(path), type=EngineRecord)
     except FileNotFoundError:
         return None
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -108,7 +111,8 @@ def stopped_intent(engines_dir: Path, engine_id: str) -> str:
     """"" (not stopped by command), ``EVICTED`` or ``UNLOADED``; a file from an older
     version (or unreadable) counts as an eviction, the cautious reading."""
     try:
-        text = intent_path(engines_dir, engine_id).read_text().strip()
+        raw = read_nofollow(intent_path(engines_dir, engine_id), 64)
+        text = raw.decode(errors="replace").strip()
     except FileNotFoundError:
         return ""
     except OSError:

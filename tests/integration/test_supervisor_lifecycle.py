@@ -226,7 +226,8 @@ def test_ready_adopt_after_sigkill_and_restart_after_engine_death(
     except AssertionError:
         raise AssertionError(h.log()) from None
     assert first.generation == 1 and first.pid > 0 and first.kind == "sim"
-    assert first.endpoint.startswith("http://127.0.0.1:") and first.api_key
+    # on a Unix socket in the supervisor's engines dir (issue 14.3), not a loopback port
+    assert first.endpoint == f"unix:{h.dirs.engines_dir}/demo-0.sock" and first.api_key
     assert first.supports_sleep and first.supports_priority and first.max_num_seqs == 2
     rec = statefile.load(h.dirs.engines_dir, "demo-0")
     assert rec is not None and rec.pid == first.pid and rec.generation == 1
@@ -330,3 +331,45 @@ def test_stop_engines_on_exit_and_stop_all(h: Harness, sched: FakeScheduler) -> 
     assert rec3 is not None and stop_all_engines(h.dirs, 5.0) == 1
     assert not is_alive(third.pid, rec3.start_time)
     assert statefile.load_all(h.dirs.engines_dir) == []
+
+
+def test_engine_key_not_in_ps_and_its_routes_refuse_a_stranger(
+        h: Harness, sched: FakeScheduler) -> None:
+    """Issue 14.3: the engine's key is nowhere in its command line (``ps`` shows that to
+    every local user), and a request to its ``/sleep`` without the key is refused — the
+    real ``vllm serve`` leaves ``/sleep`` open with ``VLLM_SERVER_DEV_MODE=1``, which is
+    why it is put on a Unix socket in a directory only InferGrid may enter."""
+    import asyncio
+
+    import aiohttp
+
+    from infergridd.engines.unixhttp import EngineConnector, engine_url
+
+    h.start(h.config())
+    _hello_from(sched, set())
+    eng = sched.engine(p.EngineState.READY)
+    cmdline = Path(f"/proc/{eng.pid}/cmdline").read_bytes()
+    assert eng.api_key and eng.api_key.encode() not in cmdline, cmdline
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+    assert eng.api_key not in ps and "infergridd.sim" in ps
+    rec = statefile.load(h.dirs.engines_dir, "demo-0")
+    assert rec is not None and not any(eng.api_key in a for a in rec.argv)
+    sock = Path(eng.endpoint.removeprefix("unix:"))
+    assert sock.is_socket() and (h.dirs.engines_dir.stat().st_mode & 0o007) == 0
+
+    async def probe() -> list[int]:
+        got = []
+        async with aiohttp.ClientSession(connector=EngineConnector()) as s:
+            for key in (None, "wrong", eng.api_key):
+                hdr = {"Authorization": f"Bearer {key}"} if key else {}
+                async with s.get(engine_url(eng.endpoint + "/metrics"), headers=hdr) as r:
+                    got.append(r.status)
+                if key != eng.api_key:
+                    async with s.post(engine_url(eng.endpoint + "/sleep?level=1"),
+                                      headers=hdr) as r:
+                        got.append(r.status)
+        return got
+
+    assert asyncio.run(probe()) == [401, 401, 401, 401, 200]
+    sched.watch(0.5)  # still awake: the stranger's /sleep did nothing
+    assert sched.engine(p.EngineState.READY, 5).pid == eng.pid

@@ -98,7 +98,8 @@ def test_serve_refuses_a_runtime_dir_a_unit_runs_on(tmp_path: Path, capsys) -> N
     from infergridd.config import Dirs, loads
 
     dirs = Dirs(runtime=tmp_path / "run", state=tmp_path / "state")
-    dirs.runtime.mkdir()
+    dirs.runtime.mkdir(mode=0o700)
+    dirs.supervisor_dir.mkdir()
     proc = _hold_in_child(dirs.supervisor_lock)
     try:
         rc = Serve(loads("version: 1"), str(tmp_path / "x.yaml"), dirs, None).run()

@@ -31,13 +31,13 @@ def test_vllm_command_exact() -> None:
     assert spec.argv == [
         "/opt/py/bin/python", "-m", "vllm.entrypoints.openai.api_server",
         "--model", "/models/tiny", "--served-model-name", "tiny",
-        "--host", "127.0.0.1", "--port", "41000", "--api-key", "KEY",
+        "--host", "127.0.0.1", "--port", "41000",
         "--max-num-seqs", "4", "--scheduling-policy", "priority",
         "--gpu-memory-utilization", "0.5",
         "--max-model-len", "2048", "--enforce-eager", "--dtype", "float32",
         "--seed", "1",
     ]
-    assert spec.env == {"HF_HUB_OFFLINE": "1"}
+    assert spec.env == {"HF_HUB_OFFLINE": "1", "VLLM_API_KEY": "KEY"}  # never in argv
     assert a.supports_priority and a.priority_sign == 1 and not a.supports_sleep
     assert a.engine_priority(3) == 3
     assert a.endpoint(41000) == "http://127.0.0.1:41000"
@@ -55,7 +55,8 @@ def test_vllm_sleep_mode_kv_bytes_and_affinity() -> None:
     i = spec.argv.index("--kv-cache-memory-bytes")
     assert spec.argv[i + 1] == str(1024**3)
     assert "--gpu-memory-utilization" not in spec.argv
-    assert spec.env == {"VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0"}
+    assert spec.env == {"VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0",
+                        "VLLM_API_KEY": "k"}
 
 
 def test_vllm_needs_model_dir() -> None:
@@ -70,10 +71,14 @@ def test_sglang_command_exact() -> None:
                     max_num_seqs=16)
     a = adapter_for(m)
     assert isinstance(a, SglangAdapter)
-    assert a.launch_spec(30000, "K").argv == [
+    a.work_dir = Path("/run/infergrid/supervisor/engines")
+    spec = a.launch_spec(30000, "K")
+    key_file = "/run/infergrid/supervisor/engines/big-30000.sglang-key.yaml"
+    assert spec.files == {key_file: b'api-key: "K"\n'}  # 0600, written by the supervisor
+    assert spec.argv == [
         "python3", "-m", "sglang.launch_server", "--model-path", "/models/big",
         "--served-model-name", "big", "--host", "127.0.0.1", "--port", "30000",
-        "--api-key", "K", "--max-running-requests", "16", "--enable-metrics",
+        "--config", key_file, "--max-running-requests", "16", "--enable-metrics",
         "--enable-priority-scheduling", "--enable-memory-saver",
         # engine assist (the default): SGLang's own flags for light-first steps
         "--schedule-policy", "fcfs", "--priority-scheduling-preemption-threshold", "1",
@@ -95,9 +100,11 @@ def test_sim_command_exact() -> None:
     a = adapter_for(m)
     assert isinstance(a, SimVllmAdapter)
     assert a.kind == "sim" and a.supports_sleep and a.supports_priority
-    assert a.launch_spec(5000, "K").argv == [
+    spec = a.launch_spec(5000, "K")
+    assert spec.env["INFERGRID_SIM_API_KEY"] == "K"
+    assert spec.argv == [
         sys.executable, "-m", "infergridd.sim", "--host", "127.0.0.1", "--port", "5000",
-        "--model", "demo", "--api-key", "K", "--max-num-seqs", "3",
+        "--model", "demo", "--max-num-seqs", "3",
         "--scheduling-policy", "priority", "--engine-assist",
         "--profile", "fast", "--seed", "7", "--fail-after", "10",
     ]
@@ -134,7 +141,7 @@ def test_sim_sglang_personality() -> None:
     spec = a.launch_spec(1, "k")
     assert spec.argv == [
         sys.executable, "-m", "infergridd.sim", "--host", "127.0.0.1", "--port", "1",
-        "--model", "d", "--api-key", "k", "--max-running-requests", "2",
+        "--model", "d", "--max-running-requests", "2",
         "--enable-priority-scheduling",
         "--schedule-policy", "fcfs", "--priority-scheduling-preemption-threshold", "1",
         "--chunked-prefill-size", "1024",
@@ -172,3 +179,51 @@ def test_flag_helpers() -> None:
     assert cpu_list([1]) == "1"
     assert args_to_flags({"a_b": True, "c": False, "d": None, "e": [1, 2], "f": 1.5}) == [
         "--a-b", "--e", "1", "2", "--f", "1.5"]
+
+
+# --------------------------------------------------------------------------- issue 14, item 3
+# An engine key on the command line is readable by every local user (ps, /proc/PID/cmdline);
+# where the engine can, it listens on a Unix socket in the runtime dir instead of a port.
+
+@pytest.mark.parametrize("cfg", [
+    {"engine": "vllm", "args": {"model": "/m", "enable_sleep_mode": True}},
+    {"engine": "sglang", "args": {"model_path": "/m", "enable_memory_saver": True}},
+    {"engine": "sim"},
+    {"engine": "sim", "args": {"personality": "sglang"}},
+    {"engine": "vllm", "args": {"model": "/m"}, "cpu_affinity": [0]},
+])
+def test_no_engine_key_on_any_command_line(cfg: dict, tmp_path: Path) -> None:
+    key = "0123456789abcdef" * 3
+    a = adapter_for(ModelConfig(name="m", **cfg))
+    a.work_dir = tmp_path
+    for sock in (None, tmp_path / "m-0.sock"):
+        a.socket_path = sock
+        spec = a.launch_spec(4000, key)
+        assert not any(key in word for word in spec.argv), spec.argv
+        assert "--api-key" not in spec.argv
+        secret_in = [v for v in spec.env.values() if v == key] + [
+            f for f, data in spec.files.items() if key.encode() in data]
+        assert len(secret_in) == 1  # it still reaches the engine, one way
+
+
+def test_vllm_and_sim_listen_on_the_supervisors_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "m-0.sock"
+    for cfg in ({"engine": "vllm", "args": {"model": "/m"}}, {"engine": "sim"}):
+        a = adapter_for(ModelConfig(name="m", **cfg))
+        a.socket_path = sock
+        argv = a.launch_spec(4000, "k").argv
+        assert argv[argv.index("--uds") + 1] == str(sock)
+        assert "--port" not in argv and "--host" not in argv
+        assert a.endpoint(4000) == f"unix:{sock}"
+    # SGLang (and the sim standing in for it) has no Unix listener: loopback, key on every
+    # control route; a socket path too long for sun_path falls back to loopback too
+    for cfg in ({"engine": "sglang", "args": {"model_path": "/m"}},
+                {"engine": "sim", "args": {"personality": "sglang"}}):
+        a = adapter_for(ModelConfig(name="m", **cfg))
+        a.work_dir, a.socket_path = tmp_path, sock
+        assert "--uds" not in a.launch_spec(4000, "k").argv
+        assert a.endpoint(4000) == "http://127.0.0.1:4000"
+    a = adapter_for(ModelConfig(name="m", engine="sim"))
+    a.socket_path = Path("/" + "d" * 120) / "m-0.sock"
+    assert "--uds" not in a.launch_spec(4000, "k").argv
+    assert a.endpoint(4000) == "http://127.0.0.1:4000"

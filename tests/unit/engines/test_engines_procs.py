@@ -14,8 +14,12 @@ from infergridd.supervisor import procs, statefile
 from infergridd.supervisor.statefile import EngineRecord
 
 
+def _argv(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
 def _spawn(code: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    proc = subprocess.Popen(_argv(code), start_new_session=True)
     time.sleep(0.3)  # let it install its handlers
     return proc
 
@@ -68,10 +72,11 @@ def test_never_signals_a_stranger() -> None:
 def test_statefile_roundtrip_mode_and_stop_all(tmp_path: Path) -> None:
     root = tmp_path
     dirs = Dirs(runtime=root, state=root)
-    proc = _spawn("import time; time.sleep(30)")
+    code = "import time; time.sleep(30)"
+    proc = _spawn(code)
     rec = EngineRecord(engine_id="m-0", model="m", kind="sim", pid=proc.pid,
                        start_time=proc_start_time(proc.pid) or 0, port=1, api_key="k",
-                       generation=3, argv=["x"])
+                       generation=3, argv=_argv(code))
     statefile.save(dirs.engines_dir, rec)
     path = statefile.record_path(dirs.engines_dir, "m-0")
     assert path.stat().st_mode & 0o777 == 0o600

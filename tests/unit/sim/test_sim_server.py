@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from sse import chat_body, stream_chat  # noqa: E402
 
 KEY = "sk-sim-test"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 class SimProc:
@@ -132,14 +133,23 @@ async def test_auth_errors_and_models(sim: SimProc) -> None:
             assert r.status == 400, bad
         async with s.get(sim.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}) as resp:
             assert [m["id"] for m in (await resp.json())["data"]] == ["demo"]
-        async with s.get(sim.url + "/health") as resp:  # open without a key
+        # with a key, every route needs it (issue 14.3: vLLM checks only /v1, so its
+        # /sleep is open to anyone who can reach it; the sim, and InferGrid's engines, not)
+        for method, path in (("GET", "/health"), ("GET", "/metrics"), ("POST", "/sleep?level=1"),
+                             ("POST", "/wake_up"), ("GET", "/is_sleeping")):
+            async with s.request(method, sim.url + path) as resp:
+                assert resp.status == 401, path
+            async with s.request(method, sim.url + path,
+                                 headers={"Authorization": "Bearer wrong"}) as resp:
+                assert resp.status == 401, path
+        async with s.get(sim.url + "/health", headers=AUTH) as resp:
             assert resp.status == 200
 
 
 async def test_metrics_names(sim: SimProc) -> None:
     async with _session() as s:
         await stream_chat(s, sim.url, KEY, chat_body(max_tokens=3))
-        async with s.get(sim.url + "/metrics") as resp:
+        async with s.get(sim.url + "/metrics", headers=AUTH) as resp:
             text = await resp.text()
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
                  "vllm:kv_cache_usage_perc", "vllm:prompt_tokens_total",
@@ -157,7 +167,7 @@ async def test_client_disconnect_aborts_within_a_second(sim: SimProc) -> None:
         assert r.status == 200 and len(r.chunks) == 3
         t0 = time.monotonic()
         while True:
-            async with s.get(sim.url + "/metrics") as resp:
+            async with s.get(sim.url + "/metrics", headers=AUTH) as resp:
                 text = await resp.text()
             if _metric(text, "vllm:num_requests_running") == 0:
                 break
@@ -171,7 +181,7 @@ async def test_queueing_beyond_max_num_seqs(sim: SimProc) -> None:
         tasks = [asyncio.create_task(stream_chat(s, sim.url, KEY, chat_body(max_tokens=60)))
                  for _ in range(12)]
         await asyncio.sleep(0.05)
-        async with s.get(sim.url + "/metrics") as resp:
+        async with s.get(sim.url + "/metrics", headers=AUTH) as resp:
             text = await resp.text()
         results = await asyncio.gather(*tasks)
     assert _metric(text, "vllm:num_requests_running") == 8
@@ -181,17 +191,17 @@ async def test_queueing_beyond_max_num_seqs(sim: SimProc) -> None:
 
 async def test_sleep_and_wake(sim: SimProc) -> None:
     async with _session() as s:
-        async with s.post(sim.url + "/sleep?level=1") as resp:
+        async with s.post(sim.url + "/sleep?level=1", headers=AUTH) as resp:
             assert resp.status == 200
-        async with s.get(sim.url + "/is_sleeping") as resp:
+        async with s.get(sim.url + "/is_sleeping", headers=AUTH) as resp:
             assert (await resp.json()) == {"is_sleeping": True}
         r = await stream_chat(s, sim.url, KEY, chat_body(max_tokens=2))
         assert r.status == 503
         t0 = time.monotonic()
-        async with s.post(sim.url + "/wake_up") as resp:
+        async with s.post(sim.url + "/wake_up", headers=AUTH) as resp:
             assert resp.status == 200
         assert time.monotonic() - t0 >= 0.04  # fast-test wake_l1_s = 0.05
-        async with s.get(sim.url + "/is_sleeping") as resp:
+        async with s.get(sim.url + "/is_sleeping", headers=AUTH) as resp:
             assert (await resp.json()) == {"is_sleeping": False}
         r = await stream_chat(s, sim.url, KEY, chat_body(max_tokens=2))
         assert r.status == 200 and r.content_chunks == 2

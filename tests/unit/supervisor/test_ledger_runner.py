@@ -21,7 +21,7 @@ S = p.EngineState
 
 def runner(tmp_path: Path, preload: bool = True) -> EngineRunner:
     dirs = Dirs(runtime=tmp_path, state=tmp_path)
-    dirs.engines_dir.mkdir(exist_ok=True)
+    dirs.engines_dir.mkdir(parents=True, exist_ok=True)
     model = ModelConfig(name="m", preload=preload)
     return EngineRunner("m-0", model, adapter_for(model), dirs, None, 100, 10)  # type: ignore[arg-type]
 
