@@ -27,6 +27,7 @@ from aiohttp import web
 from .app import FD, health_detail, metrics
 from .edge import EdgeGuard, EdgeRunner
 from .errors import error_middleware
+from .status_page import status
 
 if TYPE_CHECKING:
     from .main import Frontdoor
@@ -37,6 +38,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/metrics", metrics),
     ("GET", "/health", health_detail),
+    ("GET", "/status", status),  # status_page.py: the live status page
 ]
 
 #: the admin listener is for a few operators and scrapers, not for tenants
