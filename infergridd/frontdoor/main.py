@@ -23,6 +23,7 @@ from .. import aio
 from .. import protocol as p
 from ..config import Config, Dirs
 from ..engines.context import exact_count, max_model_len
+from ..engines.unixhttp import EngineConnector
 from ..systemd import Notifier, listen_fds
 from . import status_page
 from .admin import start_admin
@@ -101,7 +102,7 @@ class Frontdoor:
         self.link = FrontdoorLink(ctx, self.dirs.frontdoor_sock, self.instance, self.on_snapshot)
         self.metrics.snapshot.connected = lambda: self.link.connected
         self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            connector=EngineConnector(limit=0, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
         self.link.start()
         raise_fd_limit(self.cfg.limits.max_connections)
