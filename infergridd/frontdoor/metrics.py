@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .. import protocol as p
+from .gpu_metrics import gpu_families
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5,
                    2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
@@ -112,6 +113,7 @@ class SnapshotCollector(Collector):
         for m in snap.models:
             ready.add_metric([m.name], float(m.ready_engines))
         yield ready
+        yield from gpu_families(snap)  # per GPU: infergrid_gpu_memory_bytes{device,state}
 
 
 class FrontdoorMetrics:

@@ -60,3 +60,28 @@ def test_llmd_export_is_one_objective_per_band_and_the_tenants_headers() -> None
     assert h["objective_header"] == "x-gateway-inference-objective"
     assert h["tenants"][1] == {"fairness_id": "batch", "objective": "infergrid-band-2",
                                "weight": 3, "rpm": 60, "tpm": 0}
+
+
+def test_metrics_have_per_gpu_memory_gauges() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from infergridd.frontdoor.metrics import SnapshotCollector
+
+    col = SnapshotCollector()
+    col.snapshot = p.Snapshot(
+        instance="x",
+        gpus=[p.GpuDevice(index=0, total_bytes=24 * GiB, free_bytes=8 * GiB),
+              p.GpuDevice(index=1, total_bytes=24 * GiB, free_bytes=11 * GiB)],
+        engines=[p.EngineStatus(engine_id="big-0", model="big", kind="sim", state="ready",
+                                memory_bytes=12 * GiB, devices=[0, 1]),
+                 p.EngineStatus(engine_id="chat-0", model="chat", kind="sim",
+                                state="sleeping1", memory_bytes=GiB, devices=[1])])
+    reg = CollectorRegistry()
+    reg.register(col)
+    text = generate_latest(reg).decode()
+    values = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines()
+              if ln.startswith("infergrid_gpu_memory_bytes{")}
+    assert values['infergrid_gpu_memory_bytes{device="0",state="resident"}'] == 12 * GiB
+    assert values['infergrid_gpu_memory_bytes{device="1",state="sleeping"}'] == GiB
+    assert values['infergrid_gpu_memory_bytes{device="1",state="free"}'] == 11 * GiB
+    assert values['infergrid_gpu_memory_bytes{device="0",state="total"}'] == 24 * GiB
