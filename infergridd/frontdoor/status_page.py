@@ -139,6 +139,18 @@ def rates_per_minute(h: History, now: float, minutes: int = MINUTES,
     return out
 
 
+def rate_now(h: History, now: float, window_s: float = 30.0) -> dict[str, float] | None:
+    """Output tokens/s per tenant over the last ``window_s`` (or since the first sample):
+    the page has a number from its second sample on, before a minute has passed."""
+    if len(h.samples) < 2:
+        return None
+    a, b = h.at_or_before(now - window_s) or h.samples[0], h.samples[-1]
+    if b.t <= a.t:
+        return None
+    return {t: max(0.0, b.tokens_out.get(t, 0.0) - a.tokens_out.get(t, 0.0)) / (b.t - a.t)
+            for t in set(a.tokens_out) | set(b.tokens_out)}
+
+
 def quantile(buckets: dict[float, float], q: float) -> float | None:
     """``histogram_quantile`` over cumulative buckets (linear within a bucket)."""
     items = sorted(buckets.items())
@@ -237,11 +249,13 @@ def render(i: StatusInput) -> str:
                        sum(t.rejected.values())] for t in (snap.tenants if snap else [])],
                      "no tenants")
     per_min = rates_per_minute(i.history, i.now_mono)
-    names = sorted({n for _, r in per_min if r for n in r})
-    thr = _table("throughput", ["minutes ago", *names, "total"],
-                 [[f"{k}-{k + 1}", *(f"{r.get(n, 0.0):.1f}" for n in names),
-                   f"{sum(r.values()):.1f}"] for k, r in reversed(per_min) if r is not None],
-                 "collecting: throughput appears after the first minute")
+    now_rates = rate_now(i.history, i.now_mono)
+    names = sorted({n for _, r in per_min if r for n in r} | set(now_rates or {}))
+    rows = [[label, *(f"{r.get(n, 0.0):.1f}" for n in names), f"{sum(r.values()):.1f}"]
+            for label, r in [("last 30 s", now_rates)]
+            + [(f"{k}-{k + 1} min ago", r) for k, r in reversed(per_min)] if r is not None]
+    thr = _table("throughput", ["window", *names, "total"], rows,
+                 "collecting: throughput appears a few seconds after the front door starts")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{REFRESH_S}">

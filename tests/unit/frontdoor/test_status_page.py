@@ -107,8 +107,9 @@ def test_render_shows_engines_models_tenants_and_throughput() -> None:
     assert 100 <= p50 <= p90 <= 250  # inside the bucket every answer fell in
     assert acme[-1] == "2"  # rejected
     thr = t.tables["throughput"]
-    assert thr[0] == ["minutes ago", "acme", "bob", "total"]
-    assert len(thr) == 11 and thr[1] == ["0-1", "10.0", "2.0", "12.0"]
+    assert thr[0] == ["window", "acme", "bob", "total"]
+    assert thr[1] == ["last 30 s", "10.0", "2.0", "12.0"]
+    assert len(thr) == 12 and thr[2] == ["0-1 min ago", "10.0", "2.0", "12.0"]
     assert "<svg" in page and page.count("<rect") >= 11
 
 
