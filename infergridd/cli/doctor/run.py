@@ -14,6 +14,7 @@ from .config import check_config
 from .dirs import check_runtime_dir, check_state_dir
 from .engines import check_engines
 from .gpu import GpuProbe, check_gpu, nvml_probe
+from .gpus import check_gpus
 from .port import check_port
 from .units import check_units, under_systemd
 
@@ -87,6 +88,7 @@ def run_checks(config_path: str | None = None, runtime_dir: str | None = None,
         checks.append(check_state_dir(dirs.state, group))
         checks += check_engines(cfg, user=group)
         checks.append(check_gpu(cfg, gpu_probe, engines_running(dirs)))
+        checks += check_gpus(cfg, gpu_probe, engines_running(dirs))  # each GPU, placement
         checks.append(check_port(cfg))
     if under_systemd():
         checks += check_units()

@@ -169,3 +169,25 @@ def test_the_sim_reports_the_gpus_it_was_given(monkeypatch: pytest.MonkeyPatch) 
     text = SimMetrics().render_vllm(EngineModel(load_profile("fast-test"), clock=lambda: 0.0), "m")
     assert 'infergrid_sim_visible_device{device="2"} 1' in text
     assert 'infergrid_sim_visible_device{device="3"} 1' in text
+
+
+def test_doctor_explains_a_placement_that_cannot_fit() -> None:
+    from infergridd.cli.doctor.check import FAIL, OK
+    from infergridd.cli.doctor.gpus import check_gpus
+
+    cfg = config.load("configs/two_gpus.yaml")
+    devices = config.placement.configured_devices(cfg)
+    [c] = check_gpus(cfg, None, devices=devices)
+    assert c.status == OK
+    assert c.detail.startswith("GPU 0 (24.0 GiB): big-0* 12.0 GiB, embed-0 4.0 GiB; GPU 1 "
+                               "(24.0 GiB): big-0* 12.0 GiB, chat-0 16.0 GiB, coder-0* 16.0 GiB")
+    checks = check_gpus(cfg, lambda i: ("H100", 24 * GiB, (24 if i == 0 else 10) * GiB),
+                        devices=devices)
+    assert [c.status for c in checks] == [OK, OK, FAIL]
+    assert "the preloaded engines placed on it need 16.0 GiB" in checks[2].detail
+    # on a machine with one GPU (NVML found one), the TP model cannot be placed
+    [c] = check_gpus(cfg, None, devices=[Device(0, 80 * GiB)])
+    assert c.status == FAIL and "model 'big' needs 2 GPUs per engine" in c.detail
+    [c] = check_gpus(cfg, None, devices=[Device(0, 80 * GiB), Device(2, 80 * GiB)])
+    assert c.status == FAIL and "model 'embed' is pinned to GPU 0" not in c.detail
+    assert "model 'chat' is pinned to GPU 1, which this machine does not have" in c.detail
