@@ -4,7 +4,12 @@ Three steps (see ``vtc.py`` for why): the prompt estimate is charged at
 dispatch (``Books.start``), output as it streams (``progress``), and at
 ``Done`` both are corrected to what the engine reported (``finish``).  The
 same correction goes to the tenant's quota (the tokens reserved at admission
-are settled) and to its stats.
+are settled to the engine's count: refunded when it used less, debited, into
+debt, when it used more) and to its stats.  A request is charged what the
+engine did even when it did not finish: a cancelled one its prompt and what
+streamed, one the engine took and failed on its prompt (the front door reports
+the estimate then, ``frontdoor/relay.py``); only one that never reached an
+engine comes back free.
 
 ``finish`` is also where the odd endings are settled: a duplicate ``Done``
 (nothing), a ``Done`` for a request that ended ``LOST`` (correct its charges
@@ -115,5 +120,10 @@ class Charging:
         c.tokens_in += prompt - rec.charged_prompt if lost else prompt
         c.tokens_out += completion - rec.charged_completion if lost else completion
         rec.charged_prompt, rec.charged_completion = prompt, completion
-        self.quotas.refund(rec.tenant, rec.quota_tokens - prompt - completion, now)
+        if rec.quota_tokens:
+            # settle the reservation to the real usage, both ways (``Quotas.refund``).
+            # Only one this core made: a request a previous scheduler admitted (adopted
+            # from a Hello) had its reservation in the restored bucket already, and
+            # debiting its whole usage again would charge it twice
+            self.quotas.refund(rec.tenant, rec.quota_tokens - prompt - completion, now)
         rec.quota_tokens = 0

@@ -116,3 +116,22 @@ def test_a_lost_requests_late_done_settles_the_bucket_both_ways() -> None:
     core.done(FD, p.Done(request_id="l", prompt_tokens=2000, completion_tokens=10))
     assert _level(core) == 6000 - 2010
     assert _tokens(core) == (2000, 10)
+
+
+def test_a_request_adopted_after_a_scheduler_restart_is_not_charged_twice() -> None:
+    """Its reservation is in the restored bucket (the state file); the new core made none,
+    so its Done must not debit the whole usage a second time."""
+    clock = FakeClock()
+    first = _core(tpm=6000, clock=clock)
+    assert dispatched(first.submit(FD, submit("r", prompt=100, out=100)))
+    state = first.export_state()
+    again = _core(tpm=6000, clock=clock)
+    again.import_state(state)
+    assert _level(again) == 6000 - 200
+    again.peer_hello(FD, p.Hello(
+        role="frontdoor", instance="i", protocol_version=p.PROTOCOL_VERSION,
+        inflight=[p.InflightRecord(request_id="r", tenant="a", model="m", engine_id="m-0",
+                                   prompt_tokens=100, max_tokens=100)]))
+    again.done(FD, p.Done(request_id="r", prompt_tokens=150, completion_tokens=50))
+    assert _level(again) == 6000 - 200
+    assert _tokens(again) == (150, 50)
