@@ -23,6 +23,7 @@ from vllm_tier import KEY, MODEL, engine, root_conftest, sleep_mode_support, vll
 
 from infergridd.config import ModelConfig
 from infergridd.engines import adapter_for
+from infergridd.engines.unixhttp import EngineConnector, engine_url
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -35,6 +36,7 @@ async def direct_engine(vllm_python: Path, tiny_model: Path,
     adapter = adapter_for(cfg)
     port = root_conftest().free_port()
     api_key = "sk-engine-direct"
+    adapter.socket_path = tmp_path / "tiny-0.sock"  # as the supervisor does: vllm --uds
     spec = adapter.launch_spec(port, api_key)
     log_path = tmp_path / "vllm.log"
     with open(log_path, "wb") as log:
@@ -42,8 +44,9 @@ async def direct_engine(vllm_python: Path, tiny_model: Path,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     endpoint = adapter.endpoint(port)
+    assert endpoint == f"unix:{tmp_path}/tiny-0.sock"
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(connector=EngineConnector()) as http:
             t0 = time.monotonic()
             while not await adapter.ready(http, endpoint, api_key):
                 if proc.poll() is not None:
@@ -53,6 +56,8 @@ async def direct_engine(vllm_python: Path, tiny_model: Path,
                     pytest.fail(f"vLLM not ready after 300s:\n{log_path.read_text()[-4000:]}")
                 await asyncio.sleep(0.5)
             print(f"vLLM ready in {time.monotonic() - t0:.1f}s")
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert api_key.encode() not in cmdline and b"--uds" in cmdline
         yield adapter, endpoint, api_key
     finally:
         try:
@@ -67,18 +72,19 @@ async def direct_engine(vllm_python: Path, tiny_model: Path,
 
 async def test_adapter_launch_spec_metrics_and_priority(direct_engine: Any) -> None:
     adapter, endpoint, api_key = direct_engine
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(connector=EngineConnector()) as http:
         m0 = await adapter.metrics(http, endpoint, api_key)
         assert (m0.num_running, m0.num_waiting) == (0, 0)
         assert 0.0 <= m0.kv_usage <= 1.0
         # the engine's key is enforced on the API ...
-        async with http.post(f"{endpoint}/v1/completions",
+        # (issue 14.3: on its Unix socket, its key from VLLM_API_KEY, not the command line)
+        async with http.post(engine_url(f"{endpoint}/v1/completions"),
                              json={"model": MODEL, "prompt": "hi", "max_tokens": 1}) as r:
             assert r.status == 401
         # ... and a priority is accepted (the adapter starts vLLM with the priority policy)
         body = {"model": MODEL, "prompt": "The quick brown fox", "max_tokens": 20,
                 "ignore_eos": True, "priority": adapter.engine_priority(3)}
-        async with http.post(f"{endpoint}/v1/completions", json=body,
+        async with http.post(engine_url(f"{endpoint}/v1/completions"), json=body,
                              headers={"Authorization": f"Bearer {api_key}"}) as r:
             assert r.status == 200, await r.text()
             out = await r.json()
