@@ -43,6 +43,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions and /v1/completions: auth, bound, queue, relay, account."""
     fd = request.app[FD]
     t0 = time.monotonic()
+    await fd.auth.wait_ready()  # a restarted front door: the scheduler's key table
     tenant = fd.auth.tenant(request.headers.get("Authorization"))
     arrived = time.time()  # a retry keeps the request's place in line
     try:
@@ -163,6 +164,7 @@ def _account(fd: Frontdoor, rid: str, tenant: str, req: ParsedRequest, t0: float
 
 async def models(request: web.Request) -> web.Response:
     fd = request.app[FD]
+    await fd.auth.wait_ready()
     fd.auth.tenant(request.headers.get("Authorization"))
     infos = {m.name: m for m in (fd.snapshot.models if fd.snapshot else [])}
     data = []

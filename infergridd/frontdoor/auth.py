@@ -5,8 +5,10 @@ keys, configured and added at runtime alike, and it alone knows which keys
 ``infergridctl tenant rotate-key`` or ``tenant remove`` took away (they live in
 its state file, not in the configuration).  So the front door never serves on
 its own reading of the configuration's keys: until the first Snapshot brings
-the table it answers 503 (retry shortly), never 200 with a key that may have
-been rotated away, and every later Snapshot that changes the table replaces it.
+the table a request waits for it (``wait_ready``, a few seconds: a restarted
+front door hears from the scheduler within milliseconds) and then gets 503
+(retry shortly), never 200 with a key that may have been rotated away; every
+later Snapshot that changes the table replaces it.
 
 ``auth: none`` opens the appliance to anyone who can reach the port, so it
 takes both views: the scheduler's (the Snapshot names the tenant every request
@@ -17,6 +19,7 @@ front door keeps asking for keys and says why in its log.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 
@@ -28,6 +31,8 @@ log = logging.getLogger("infergrid.frontdoor")
 
 #: seconds a client is asked to wait before the first key table arrives
 NO_TABLE_RETRY_S = 1.0
+#: how long a request waits for the first key table before that 503
+NO_TABLE_WAIT_S = 5.0
 
 
 class Authenticator:
@@ -39,6 +44,7 @@ class Authenticator:
         self.version = -1  # no table from the scheduler yet: nobody is let in
         self._table: dict[str, str] = {}
         self._disagreement = ""
+        self._arrived = asyncio.Event()
 
     @property
     def ready(self) -> bool:
@@ -49,6 +55,17 @@ class Authenticator:
         """Replace the table with the scheduler's (it includes keys added at runtime)."""
         self._table = {e.key_sha256: e.tenant for e in entries}
         self.version = version
+        self._arrived.set()
+
+    async def wait_ready(self, timeout_s: float = NO_TABLE_WAIT_S) -> None:
+        """Until the scheduler's first table is here (at most ``timeout_s``); ``tenant``
+        then says 503 if it is still missing."""
+        if self.ready:
+            return
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass
 
     def set_none_tenant(self, name: str) -> None:
         """The scheduler's ``auth: none`` tenant ("" under ``auth: keys``); taken only when
@@ -64,6 +81,8 @@ class Authenticator:
         else:
             self._disagreement = ""
         self.none_tenant = name if self._config_open else ""
+        if self.none_tenant:
+            self._arrived.set()
 
     def tenant(self, authorization: str | None) -> str:
         if self.none_tenant:

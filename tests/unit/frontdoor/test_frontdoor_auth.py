@@ -3,8 +3,10 @@ the scheduler's alone, and ``auth: none`` needs both the scheduler's view and it
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import time
 
 import pytest
 
@@ -78,3 +80,21 @@ def test_auth_none_needs_both_views(caplog: pytest.LogCaptureFixture) -> None:
     # a scheduler that closes again closes this front door too
     a.set_none_tenant("")
     assert _refused(a, None).status == 503
+
+
+def test_a_request_waits_for_the_first_table_then_503() -> None:
+    """A restarted front door serves before its first Snapshot: a request waits for the
+    table (briefly) rather than fail at once, and is let in as soon as it comes."""
+    async def scenario() -> None:
+        a = Authenticator(_cfg())
+        t0 = time.monotonic()
+        await a.wait_ready(0.2)
+        assert 0.15 < time.monotonic() - t0 < 2
+        assert _refused(a, "Bearer sk-a").status == 503
+        asyncio.get_running_loop().call_later(0.05, a.update, 1, [AuthEntry(_h(b"sk-a"), "a")])
+        t0 = time.monotonic()
+        await a.wait_ready(5)
+        assert time.monotonic() - t0 < 2
+        assert a.tenant("Bearer sk-a") == "a"
+
+    asyncio.run(scenario())
