@@ -161,3 +161,30 @@ async def test_supervisor_killed_mid_swap_ledgers_consistent(appliance_factory) 
     assert g[1]["free_bytes"] == 8 * GiB and g[0]["free_bytes"] == 20 * GiB, g
     assert models(app)["chat"]["state"] == "sleeping1"
     assert "finishing its sleep1" in app.logs()  # killed mid-sleep, re-adopted as such
+
+
+async def test_four_replicas_one_per_gpu_share_the_load(appliance_factory) -> None:
+    """``replicas: 4`` over four GPUs: one engine each (its own CUDA_VISIBLE_DEVICES),
+    requests spread over all four by room, one tenant's counters whichever serves it.
+    The throughput figure (>= 3.6x one replica) is bench/replicas.py's."""
+    app = appliance_factory({
+        "gpu": {"devices": [{"index": i, "total_memory": "24GiB"} for i in range(4)]},
+        "models": [sim("chat", memory="16GiB", replicas=4, step_s=0.02, max_num_seqs=4)],
+        "tenants": DEMO_TENANTS})
+    placed = models(app)["chat"]["devices"]
+    assert sorted(map(tuple, placed.values())) == [(0,), (1,), (2,), (3,)], placed
+    env = {eid: engine_env(app, eid)["CUDA_VISIBLE_DEVICES"] for eid in placed}
+    assert env == {eid: str(d[0]) for eid, d in placed.items()}, env
+    async with session() as s:
+        results = await asyncio.gather(*[
+            stream_chat(s, app.url, KEYS[i % 2], chat_body(max_tokens=10, model="chat"))
+            for i in range(32)])
+    for r in results:
+        assert_complete(r, 10, app)
+    st = ctl_json(app, "status")
+    served = {e["engine_id"]: e.get("generation_tokens_total", 0) for e in st["engines"]}
+    assert len(served) == 4 and all(n > 0 for n in served.values()), served
+    tenants = {t["name"]: t for t in st["tenants"]}
+    assert tenants["quiet"]["tokens_out"] == 16 * 10 == tenants["flooder"]["tokens_out"]
+    g = check_ledgers(app)
+    assert [len(g[i]["resident"]) for i in range(4)] == [1, 1, 1, 1], g
