@@ -188,10 +188,9 @@ class Supervisor:
             lock.release()
 
     async def _run(self) -> int:
-        # engine records (0600), logs and sockets: group may pass (a front door of its own
-        # user reaches the engines' sockets, 0770), may not list; others nothing
-        self.dirs.engines_dir.mkdir(mode=0o710, parents=True, exist_ok=True)
-        os.chmod(self.dirs.engines_dir, 0o710)
+        # engine records (0600), logs and sockets: the front door's group may pass (it
+        # reaches the engines' sockets, 0770), may not list; others nothing (runas.py)
+        runas.prepare_engines_dir(self.dirs.engines_dir)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)

@@ -24,6 +24,7 @@ reason is logged once.  ``decide`` is the whole decision, pure, for the tests.
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import pwd
@@ -118,6 +119,36 @@ def decide(euid: int, caps: int, name: str, user: tuple[int, int] | None,
     return RunAs(name, uid, gid), f"engines run as user {name!r} (uid {uid}), no extra groups"
 
 
+#: the group given the engines dir (so its sockets), first one we are a member of: the
+#: front door's own group, else the daemons' shared group (under ``infergrid serve`` none:
+#: every daemon is the same user)
+SOCKET_GROUPS = ("infergrid-frontdoor", "infergrid")
+
+
+def socket_group(groups: list[int] | None = None) -> int | None:
+    """The gid the engines' sockets get so that the front door (maybe its own user) may
+    connect, or None: keep our own (``SOCKET_GROUPS``, only groups we are in)."""
+    mine = set(os.getgroups() if groups is None else groups)
+    for name in SOCKET_GROUPS:
+        try:
+            gid = grp.getgrnam(name).gr_gid
+        except KeyError:
+            continue
+        if gid in mine:
+            return gid
+    return None
+
+
+def prepare_engines_dir(engines_dir: Path) -> None:
+    """The engines dir, 02710: the socket group may pass (never list), others nothing;
+    setgid, so an engine's socket (0770 under its umask) is the socket group's too."""
+    engines_dir.mkdir(mode=0o710, parents=True, exist_ok=True)
+    gid = socket_group()
+    if gid is not None:
+        os.chown(engines_dir, -1, gid, follow_symlinks=False)
+    os.chmod(engines_dir, 0o2710)
+
+
 def run_as(engines_dir: Path) -> RunAs | None:
     """The decision for this process, logged once per supervisor.  ``engines_dir`` is made
     passable (0711) for the engine user then: it holds each engine's own directory."""
@@ -126,5 +157,5 @@ def run_as(engines_dir: Path) -> RunAs | None:
     who, why = decide(os.geteuid(), effective_caps(), engine_user_name(), user, reach)
     log.info("%s", why)
     if who is not None:
-        os.chmod(engines_dir, 0o711)
+        os.chmod(engines_dir, 0o2711)
     return who

@@ -182,3 +182,17 @@ def test_launch_as_the_engine_user_drops_every_group(tmp_path: Path) -> None:
     assert umask.strip() == "0007" and secret == "secret"
     assert key.stat().st_mode & 0o777 == 0o600 and key.stat().st_uid == nobody.pw_uid
     shutil.rmtree(eng)
+
+
+def test_engines_dir_admits_the_front_doors_group_only(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under systemd the front door is its own user: it reaches the engines' sockets
+    through the engines dir's group (setgid: the sockets get it too), never by listing."""
+    monkeypatch.setattr(runas, "SOCKET_GROUPS", ("no-such-group-ig", "root"))
+    assert runas.socket_group([0, 5]) == 0
+    assert runas.socket_group([5]) is None  # not ours to give: keep our own
+    d = tmp_path / "supervisor" / "engines"
+    runas.prepare_engines_dir(d)
+    st = d.stat()
+    assert st.st_mode & 0o7777 == 0o2710
+    assert st.st_gid == (0 if 0 in os.getgroups() else os.getegid())
