@@ -11,7 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
-DAEMON_USER = "infergrid"  # the packaged units' User= and Group=
+DAEMON_USER = "infergrid"  # the packaged daemons' shared group (reads the config)
+#: the packaged units' users (DESIGN §10: each unit its own); engines run as the supervisor's
+SCHEDULER_USER = "infergrid-scheduler"
+SUPERVISOR_USER = "infergrid-supervisor"
 
 #: ``subprocess.run`` or a test's fake: every check that runs a command takes one.
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]

@@ -137,7 +137,7 @@ def check_state_dir(state: Path, user: str | None) -> Check:
         if not writable:
             return Check(FAIL, "state-dir", f"{state} is {owner} {mode_of(st)}: {user} cannot "
                          "write it (runtime tenant settings would be lost)",
-                         f"chown -R {user}:{user} {state}")
+                         f"chown -R {user} {state}")
         return Check(OK, "state-dir", f"{state} {owner} {mode_of(st)}, writable by {user}")
     if not os.access(state, os.W_OK | os.X_OK):
         return Check(FAIL, "state-dir", f"{state} is {owner} {mode_of(st)}: not writable",

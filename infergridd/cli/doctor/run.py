@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ...config import DEFAULT_CONFIG_PATH, Config, Dirs, resolve_dirs
-from .check import FAIL, OK, WARN, Check, daemon_group
+from .check import FAIL, OK, SCHEDULER_USER, SUPERVISOR_USER, WARN, Check, daemon_group
 from .config import check_config
 from .dirs import check_runtime_dir, check_state_dir
 from .engines import check_engines
 from .gpu import GpuProbe, check_gpu, nvml_probe
 from .gpus import check_gpus
+from .keys import check_keys
 from .port import check_port
 from .units import check_units, under_systemd
 
@@ -81,12 +82,15 @@ def run_checks(config_path: str | None = None, runtime_dir: str | None = None,
     path = config_path or DEFAULT_CONFIG_PATH
     c, cfg = check_config(path)
     checks.append(c)
+    if cfg is not None:
+        checks += check_keys(cfg)  # published or weak API keys (issue 14.9)
     group = daemon_group()
     if cfg is not None:
         dirs = doctor_dirs(cfg, runtime_dir, state_dir)
         checks += check_runtime_dir(dirs, group)
-        checks.append(check_state_dir(dirs.state, group))
-        checks += check_engines(cfg, user=group)
+        # the scheduler writes the state; engines run as the supervisor's user
+        checks.append(check_state_dir(dirs.state, group and SCHEDULER_USER))
+        checks += check_engines(cfg, user=group and SUPERVISOR_USER)
         checks.append(check_gpu(cfg, gpu_probe, engines_running(dirs)))
         checks += check_gpus(cfg, gpu_probe, engines_running(dirs))  # each GPU, placement
         checks.append(check_port(cfg))
