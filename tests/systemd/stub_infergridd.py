@@ -4,9 +4,11 @@
 Installed at /usr/bin/infergridd inside the namespace (stdlib only: it runs on the
 root file system's Python).  Each role sends READY=1 and WATCHDOG=1 over
 NOTIFY_SOCKET; the supervisor starts a detached "engine" (sleep, own session)
-recorded in <runtime>/engines/stub.json the way the real one does, and adopts a
-living one instead; `stop-engines` stops the recorded engines.  Every call is
-appended to <runtime>/calls.log so tests can see what systemd ran.
+recorded in <runtime>/supervisor/engines/stub.json the way the real one does, and
+adopts a living one instead; `stop-engines` stops the recorded engines.  Every call
+goes to the journal (syslog identifier ``infergrid-stub``) so tests can see what
+systemd ran: each unit runs as its own user with its own runtime subdirectory, so
+there is no file all of them may write.
 """
 
 import json
@@ -15,16 +17,19 @@ import signal
 import socket
 import subprocess
 import sys
+import syslog
 import time
 
 role = sys.argv[1]
-runtime = os.environ.get("RUNTIME_DIRECTORY", "/run/infergrid").split(":")[0]
-engines = os.path.join(runtime, "engines")
+runtime = "/run/infergrid"
+if "--runtime-dir" in sys.argv:
+    runtime = sys.argv[sys.argv.index("--runtime-dir") + 1]
+engines = os.path.join(runtime, "supervisor", "engines")
+syslog.openlog("infergrid-stub")
 
 
 def log(line: str) -> None:
-    with open(os.path.join(runtime, "calls.log"), "a") as f:
-        f.write(f"{line}\n")
+    syslog.syslog(syslog.LOG_NOTICE, line)
 
 
 def notify(msg: str) -> None:

@@ -67,7 +67,8 @@ def main_pids(box: NsSystemd) -> dict[str, int]:
 
 
 def engine_pids(box: NsSystemd) -> set[int]:
-    r = box.run_in("for f in /run/infergrid/engines/*.json; do cat \"$f\"; echo; done",
+    r = box.run_in("for f in /run/infergrid/supervisor/engines/*.json; do cat \"$f\"; echo; "
+                   "done",
                    check=True)
     return {int(json.loads(line)["pid"]) for line in r.stdout.splitlines() if line.strip()}
 
@@ -138,10 +139,24 @@ def box(rootfs: Path, deb: Path) -> Iterator[NsSystemd]:
 def test_installed_units_active_and_doctor_clean(box: NsSystemd) -> None:
     for unit in UNITS:
         assert active(box, unit) == "active", unit
-    r = box.run_in(["stat", "-c", "%U:%G:%a", "/run/infergrid", "/run/infergrid/control.sock",
-                    "/run/infergrid/scheduler.sock", "/var/lib/infergrid"], check=True)
-    assert r.stdout.split() == ["infergrid:infergrid:750", "infergrid:infergrid:660",
-                                "infergrid:infergrid:660", "infergrid:infergrid:750"]
+    expected = {  # issue 14.4: one socket per role, each 0660 to that role's group only
+        "/run/infergrid": "root:root:755",
+        "/run/infergrid/scheduler": "infergrid-scheduler:infergrid:755",
+        "/run/infergrid/scheduler/frontdoor.sock": "infergrid-scheduler:infergrid-frontdoor:660",
+        "/run/infergrid/scheduler/supervisor.sock":
+            "infergrid-scheduler:infergrid-supervisor:660",
+        "/run/infergrid/scheduler/control.sock": "infergrid-scheduler:infergrid-admin:660",
+        "/run/infergrid/scheduler/control-ro.sock": "infergrid-scheduler:infergrid:660",
+        "/run/infergrid/supervisor": "infergrid-supervisor:infergrid-supervisor:711",
+        "/run/infergrid/frontdoor": "infergrid-frontdoor:infergrid-frontdoor:700",
+        "/var/lib/infergrid": "infergrid-scheduler:infergrid:700",
+    }
+    r = box.run_in(["stat", "-c", "%n %U:%G:%a", *expected], check=True)
+    got = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    print(f"systemd tier: runtime layout {got}")
+    assert got == expected
+    state = box.run_in("stat -c %a /var/lib/infergrid/*.json", check=True).stdout.split()
+    assert state and set(state) == {"600"}, state
     r = box.run_in(["infergridctl", "doctor"], timeout=120)
     print(f"systemd tier: infergridctl doctor (rc {r.returncode}):\n{r.stdout}")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -202,10 +217,74 @@ def test_sigkill_restarts_only_that_daemon(box: NsSystemd, daemon: str) -> None:
     assert not failures(results), failures(results)
 
 
-def test_control_socket_is_for_the_group_only(box: NsSystemd) -> None:
+def test_each_unit_runs_as_its_own_user(box: NsSystemd) -> None:
+    users = {}
+    for d, pid in main_pids(box).items():
+        users[d] = box.run_in(["ps", "-o", "user=", "-p", str(pid)], check=True).stdout.strip()
+    print(f"systemd tier: unit users {users}")
+    assert users == {"scheduler": "infergrid-scheduler", "supervisor": "infergrid-supervisor",
+                     "frontdoor": "infergrid-frontdoor"}
+
+
+CONNECT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(sys.argv[1])
+    print("connected")
+except PermissionError:
+    print("denied")
+"""
+POSE = """
+import zmq, infergridd.protocol as p
+s = zmq.Context().socket(zmq.DEALER); s.setsockopt(zmq.LINGER, 0)
+s.setsockopt(zmq.IDENTITY, b"fd-mallory")
+s.connect("ipc:///run/infergrid/scheduler/frontdoor.sock")
+s.send(p.encode(p.Hello(role="supervisor", instance="m", protocol_version=p.PROTOCOL_VERSION)))
+w = p.decode(s.recv()) if s.poll(5000) else None
+print("accepted" if w is not None and w.accepted else f"refused: {w.reason if w else 'no answer'}")
+"""
+
+
+def as_frontdoor(box: NsSystemd, argv: list[str]) -> tuple[int, str]:
+    """Run ``argv`` as the front door's user, with the groups its unit gives it."""
+    r = box.run_in(["setpriv", "--reuid=infergrid-frontdoor", "--regid=infergrid-frontdoor",
+                    "--groups=infergrid", *argv], timeout=60)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_the_front_doors_user_cannot_control_or_pose(box: NsSystemd) -> None:
+    """Issue 14.4: the internet-facing front door, if taken over, can neither add a tenant,
+    nor reach the supervisor's or the admin's socket, nor pose as a supervisor."""
+    rc, out = as_frontdoor(box, ["infergridctl", "tenant", "add", "mallory"])
+    print(f"systemd tier: tenant add as infergrid-frontdoor: rc {rc}: {out.strip()}")
+    assert rc == 1 and "permission denied" in out, out
+    py = "/opt/venvs/infergrid/bin/python"
+    for name, want in (("supervisor.sock", "denied"), ("control.sock", "denied"),
+                       ("frontdoor.sock", "connected")):
+        rc, out = as_frontdoor(box, [py, "-c", CONNECT, f"/run/infergrid/scheduler/{name}"])
+        assert out.strip() == want, (name, out)
+    rc, out = as_frontdoor(box, [py, "-c", POSE])
+    print(f"systemd tier: a supervisor's Hello on frontdoor.sock: {out.strip()}")
+    assert out.startswith("refused") and "for frontdoors" in out, out
+    names = box.run_in(["infergridctl", "--json", "tenant", "list"], check=True).stdout
+    assert "mallory" not in names
+
+
+def test_control_socket_writes_need_the_admin_group(box: NsSystemd) -> None:
     box.run_in("adduser --quiet --disabled-password --gecos '' alice && "
-               "adduser --quiet alice infergrid", check=True)
+               "adduser --quiet alice infergrid && "
+               "adduser --quiet --disabled-password --gecos '' bob && "
+               "adduser --quiet bob infergrid-admin", check=True)
+    # infergrid: reads (control-ro.sock), no writes
+    r = box.run_in(["runuser", "-u", "alice", "--", "infergridctl", "--json", "tenant", "show",
+                    "quiet"], check=True)
+    assert '"quiet"' in r.stdout, r.stdout
     r = box.run_in(["runuser", "-u", "alice", "--", "infergridctl", "tenant", "set-rate",
+                    "--rpm", "6000", "quiet"])
+    assert r.returncode == 1 and "infergrid-admin" in r.stderr, r.stderr
+    # infergrid-admin: writes (control.sock)
+    r = box.run_in(["runuser", "-u", "bob", "--", "infergridctl", "tenant", "set-rate",
                     "--rpm", "6000", "quiet"])
     assert r.returncode == 0, r.stdout + r.stderr
     r = box.run_in(["runuser", "-u", "alice", "--", "infergridctl", "--json", "tenant", "show",
@@ -216,9 +295,9 @@ def test_control_socket_is_for_the_group_only(box: NsSystemd) -> None:
                         "--rpm", "1", "quiet"])
         print(f"systemd tier: infergridctl as {user}: rc {r.returncode}: {r.stderr.strip()}")
         assert r.returncode == 1
-        assert "permission denied" in r.stderr and "infergrid group" in r.stderr, r.stderr
-    r = box.run_in(["runuser", "-u", "alice", "--", "infergridctl", "tenant", "set-rate",
-                    "--unlimited", "quiet"], check=True)
+        assert "permission denied" in r.stderr and "infergrid-admin" in r.stderr, r.stderr
+    box.run_in(["runuser", "-u", "bob", "--", "infergridctl", "tenant", "set-rate",
+                "--unlimited", "quiet"], check=True)
 
 
 def test_journal_has_request_fields(box: NsSystemd) -> None:
