@@ -36,6 +36,9 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from .errors import ApiError
 
 log = logging.getLogger("infergrid.frontdoor.edge")
 
@@ -79,7 +82,7 @@ class EdgeGuard:
     # ------------------------------------------------------------------ connections
     def guarded(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for ``loop.create_server`` that puts ``factory``'s behind us."""
-        return lambda: _Guarded(self, factory())
+        return lambda: _Guarded(self, _openai_errors(factory()))
 
     def opened(self, transport: asyncio.Transport) -> bool:
         """A new connection: admit it (making room if need be) or answer 503 and close."""
@@ -169,6 +172,40 @@ class EdgeGuard:
         finally:
             if conn is not None:
                 self.end(conn)
+
+
+class _OpenAIErrors(RequestHandler):
+    """aiohttp's handler, answering what it cannot parse (a malformed request line or
+    header, a header too long) in OpenAI's error shape like every other error, and
+    logging it at debug level: on an internet-facing port garbage is routine, and an
+    ERROR line with a traceback for each would let anyone fill the journal."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: too late for another answer
+            raise ConnectionError("response already started; cannot send an error")
+        log.debug("unparsable request from %s: %s", request.remote, exc or message)
+        if status >= 500:
+            err = ApiError(500, "internal_error", "internal error in the front door")
+        else:
+            code = {400: "bad_request", 413: "request_too_large",
+                    431: "headers_too_large"}.get(status, "http_error")
+            text = str(message or exc or "bad request").splitlines()[0][:200]
+            err = ApiError(status, code, f"the request could not be parsed: {text}")
+        resp = err.response()
+        resp.force_close()
+        return resp
+
+
+def _openai_errors(proto: Any) -> Any:
+    """``proto`` (aiohttp's RequestHandler) with ``_OpenAIErrors.handle_error``; the class
+    adds no state (empty ``__slots__``), so swapping the class is safe.  Anything else
+    (another aiohttp's layout) is left as it is."""
+    if type(proto) is RequestHandler:
+        proto.__class__ = _OpenAIErrors
+    return proto
 
 
 class _Guarded(asyncio.Protocol):
