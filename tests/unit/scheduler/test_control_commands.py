@@ -25,7 +25,8 @@ def test_every_module_of_the_package_is_found() -> None:
     assert set(registry()) == {
         "status", "model.list", "model.load", "model.unload", "model.sleep", "model.wake",
         "tenant.list", "tenant.show", "tenant.add", "tenant.remove", "tenant.set-rate",
-        "tenant.set-weight", "tenant.rotate-key", "usage", "trace"}
+        "tenant.set-weight", "tenant.rotate-key", "usage", "trace", "gpu.list",
+        "export.llm-d"}
     assert all(issubclass(c, Command) and c.help for c in registry().values())
 
 
@@ -36,7 +37,8 @@ def test_models_is_model_list() -> None:
 
 def test_only_the_reads_are_read_only() -> None:
     reads = {n for n, c in registry().items() if c.read_only}
-    assert reads == {"status", "model.list", "tenant.list", "tenant.show", "usage", "trace"}
+    assert reads == {"status", "model.list", "tenant.list", "tenant.show", "usage", "trace",
+                     "gpu.list", "export.llm-d"}
 
 
 def test_cli_arguments_are_the_wire_arguments() -> None:
