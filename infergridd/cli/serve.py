@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,11 +51,20 @@ class Child:
     restarts: int = 0
     exits: list[int] = field(default_factory=list)
 
+    #: the front door's listening socket, held by serve (``bind_listen``)
+    listen_sock: socket.socket | None = None
+
     def start(self) -> None:
         # Own process group: a terminal's Ctrl-C reaches only us, and we stop the
         # children in order.  PDEATHSIG: if we are SIGKILLed, they do not linger.
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+        if self.listen_sock is not None:  # socket activation, as systemd does it
+            fd = self.listen_sock.fileno()
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, close_fds=False,
+                                         preexec_fn=lambda: _pass_listen_socket(fd))
+        else:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, preexec_fn=_die_with_parent)
         self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.role, self.proc.pid)
 
@@ -68,6 +78,44 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # pragma: no cover - not Linux
         pass
+
+
+def _pass_listen_socket(fd: int) -> None:
+    """In the front door's child, before exec: its listening socket as fd 3 with
+    LISTEN_FDS/LISTEN_PID (sd_listen_fds), what ``systemd.listen_fds`` reads.  Every
+    other fd of ours is close-on-exec (PEP 446), so ``close_fds=False`` passes only it."""
+    _die_with_parent()
+    if fd == 3:
+        os.set_inheritable(3, True)
+    else:
+        os.dup2(fd, 3)
+    os.environ["LISTEN_FDS"] = "1"
+    os.environ["LISTEN_PID"] = str(os.getpid())
+
+
+def bind_listen(listen: str) -> socket.socket | None:
+    """The front door's listening socket, bound and held by serve for the whole run.
+
+    As systemd's socket activation does for the packaged units (DESIGN §3): while the
+    front door drains after a SIGTERM, or is restarted after a crash, new connections
+    wait in this socket's backlog instead of being refused.  None when it cannot be
+    bound here: the front door then binds itself and reports why it cannot."""
+    host, _, port = listen.rpartition(":")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, ValueError):
+        return None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 def running_pid(dirs: Dirs, serve: bool = True) -> int | None:
@@ -142,6 +190,7 @@ class Serve:
         signal.signal(signal.SIGINT, self._on_signal)
         log.info("InferGrid on http://%s (runtime %s, state %s)", self.listen or self.cfg.listen,
                  self.dirs.runtime, self.dirs.state)
+        self.children["frontdoor"].listen_sock = bind_listen(self.listen or self.cfg.listen)
         for role in START_ORDER:
             self.children[role].start()
             if role == "scheduler":
@@ -191,6 +240,9 @@ class Serve:
             else:
                 bound = 10.0
             self._stop_child(c, bound)
+            if c.listen_sock is not None:  # no front door will take its backlog any more
+                c.listen_sock.close()
+                c.listen_sock = None
             if role == "supervisor" and self._taken is None:  # else they are not ours
                 try:
                     from ..supervisor.procs import stop_all_engines
