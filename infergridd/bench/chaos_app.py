@@ -100,7 +100,7 @@ class ChaosAppliance:
     """One ``infergrid serve`` with chaos hooks in its environment."""
 
     def __init__(self, step_s: float = 0.02, bug: str = "", tmpfs: bool = True) -> None:
-        self.root = Path(tempfile.mkdtemp(dir="/tmp", prefix="igc"))  # IPC paths < 107 bytes
+        self.root = Path(tempfile.mkdtemp(dir="/tmp", prefix="igx"))  # IPC paths < 107 bytes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = chaos_config(self.port, step_s)
@@ -168,8 +168,14 @@ class ChaosAppliance:
         self._log.close()
         return self.proc.returncode
 
-    def cleanup(self) -> None:
-        """Kill anything of ours still alive (after ``stop`` and the orphan check)."""
+    def cleanup(self, keep_logs: str = "") -> None:
+        """Kill anything of ours still alive (after ``stop`` and the orphan check); copy
+        the logs to ``keep_logs`` first when given."""
+        if keep_logs:
+            dest = Path(keep_logs)
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in [self.log_path, *self.dirs.engines_dir.glob("*.log*")]:
+                shutil.copy(f, dest / f.name)
         for pr in self.processes():
             try:
                 os.kill(pr.pid, signal.SIGCONT)
@@ -190,15 +196,19 @@ class ChaosAppliance:
                 continue
             argv = [a.decode(errors="replace") for a in _read(f"/proc/{d}/cmdline").split(b"\0")]
             full = " ".join(argv)
-            if "infergrid" not in full or needle not in _read(f"/proc/{d}/environ"):
+            if "infergrid" not in full:
                 continue
             pid = int(d)
-            daemon = _DAEMON.search(full)  # setproctitle: "infergridd ROLE --config FILE"
-            if "-m infergridd.sim" in full:
+            # a daemon's title is "infergridd ROLE --config FILE" (setproctitle, which
+            # also overwrites its environment): ours by the config file's path
+            daemon = _DAEMON.search(full)
+            if daemon and f"--config {self.config_path}" in full:
+                out.append(Proc(pid, daemon.group(1), start=start_ticks(pid)))
+            elif needle not in _read(f"/proc/{d}/environ"):
+                continue
+            elif "-m infergridd.sim" in full:
                 model = argv[argv.index("--model") + 1] if "--model" in argv else "?"
                 out.append(Proc(pid, "engine", model, start_ticks(pid)))
-            elif daemon:
-                out.append(Proc(pid, daemon.group(1), start=start_ticks(pid)))
             elif "-m infergridd.cli.infergrid serve" in full:
                 out.append(Proc(pid, "serve", start=start_ticks(pid)))
         return [p for p in out if _state(p.pid) != "Z"]

@@ -178,7 +178,7 @@ class FaultRunner:
         return pr.pid
 
     async def _ctl(self, *args: str) -> str:
-        r = await asyncio.to_thread(self.app.ctl, *args)
+        r = await asyncio.to_thread(self.app.ctl, *args, timeout_s=90.0)
         if r.returncode != 0:
             raise RuntimeError(f"infergridctl {' '.join(args)}: {r.returncode} {r.stderr.strip()}")
         return r.stdout
@@ -230,9 +230,11 @@ class FaultRunner:
 
     async def _model_any(self, f: Fault) -> None:
         down, up = ("unload", "load") if f.kind == "model_unload_load" else ("sleep", "wake")
-        await self._ctl("model", down, f.target)
+        # mid-load a slept model is woken by its next request, so "down" may never be
+        # seen: the command starts the change and returns (--wait 0); "up" is awaited
+        await self._ctl("model", down, f.target, "--wait", "0")
         await asyncio.sleep(f.duration_s)
-        await self._ctl("model", up, f.target)
+        await self._ctl("model", up, f.target, "--wait", "60")
         f.note = f"model {down} then {up} {f.target}"
 
     async def _tenant_any(self, f: Fault) -> None:
@@ -264,12 +266,15 @@ class FaultRunner:
                                "root ignores chmod, so read-only/full is not simulated")
         target = str(self.app.state)
         if f.kind == "state_readonly":
-            _run(["mount", "-o", "remount,ro", target])
+            # a read-only bind mount over it (a plain remount,ro is refused while a
+            # daemon holds a file open for writing); unmounting it restores the disk
+            _run(["mount", "--bind", target, target])
             try:
+                _run(["mount", "-o", "remount,bind,ro", target])
                 await asyncio.sleep(f.duration_s)
             finally:
-                _run(["mount", "-o", "remount,rw", target])
-            f.note = "state dir remounted read-only, then read-write"
+                _run(["umount", target])
+            f.note = "state dir read-only (ro bind mount), then writable again"
         else:
             filler = self.app.state / ".chaos-filler"
             _run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k", "count=1000"], check=False)

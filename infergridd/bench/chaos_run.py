@@ -36,6 +36,7 @@ class ChaosSettings:
     step_s: float = 0.02  # the simulated engines' step time
     client_timeout_s: float = 120.0
     out: str = ""  # write the report (JSON) here
+    logs: str = ""  # copy the appliance's logs (serve, engines) into this directory
 
 
 def hour_settings(seed: int = 1) -> ChaosSettings:
@@ -51,7 +52,7 @@ def run_chaos(s: ChaosSettings) -> dict[str, Any]:
         return asyncio.run(_run(app, s))
     finally:
         app.stop()
-        app.cleanup()
+        app.cleanup(s.logs)
 
 
 async def _run(app: ChaosAppliance, s: ChaosSettings) -> dict[str, Any]:
@@ -102,6 +103,9 @@ async def _run(app: ChaosAppliance, s: ChaosSettings) -> dict[str, Any]:
                            for role in ("scheduler", "supervisor", "frontdoor", "engine")},
         "faults": [_fault_row(f) for f in faults],
         "tracebacks": {k: v for k, v in tbs.items() if v},
+        "failures": [f"{r.rid} {r.tenant}/{r.model} stream={r.stream} {r.cause} {r.detail} "
+                     f"[{r.t0:.1f}s-{r.t1:.1f}s]" for r in sorted(fleet.results, key=lambda r: r.rid)
+                     if r.cause not in ("completed", "client_disconnect", "bad_rejected")],
         "violations": verdict["violations"] + watch.violations,
     }
     if s.out:

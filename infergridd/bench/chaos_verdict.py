@@ -35,6 +35,12 @@ def _overlaps(r: Result, f: Fault) -> bool:
     return f.t0 - 0.5 <= r.t1 and end >= r.t0
 
 
+def _reaches(f: Fault, r: Result) -> bool:
+    """Whether ``f`` may fail ``r``: a front door or the scheduler stopped reach every
+    request; an engine or model fault only the requests for that model."""
+    return f.target in ("frontdoor", "scheduler") or f.target == r.model
+
+
 def judge(results: list[Result], faults: list[Fault]) -> dict[str, Any]:
     """Counts by cause, failures by the fault that explains them, and violations."""
     causes = Counter(r.cause or "none" for r in results)
@@ -53,7 +59,7 @@ def judge(results: list[Result], faults: list[Fault]) -> dict[str, Any]:
             violations.append(f"request {r.rid}: a good request refused: {r.detail}")
             continue
         over = [f for f in faults if _overlaps(r, f)]
-        allowed = [f for f in over if MAY_FAIL.get(f.kind, False)]
+        allowed = [f for f in over if MAY_FAIL.get(f.kind, False) and _reaches(f, r)]
         if allowed:
             explained[allowed[0].kind] += 1
             continue
