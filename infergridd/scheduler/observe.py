@@ -104,6 +104,10 @@ class Observer:
             log.debug("Done of %s not counted: tenant unknown", d.request_id)
         if t is not None and t.done is None:
             t.done, t.outcome, t.error = now, d.outcome, d.error
+            if d.completion_tokens > t.completion_so_far:
+                # the front door drops its last Progress batch at the end: the tail's
+                # tokens arrive with the Done, right after the last one was sent
+                t.last_token, t.completion_so_far = now, d.completion_tokens
             t.prompt_tokens, t.completion_tokens, t.ttft_s = (
                 d.prompt_tokens, d.completion_tokens, d.ttft_s)
 

@@ -5,7 +5,8 @@ clock: received (the front door's arrival time, carried in ``Submit``), admitted
 queued (the scheduler took it), dispatched (to which engine, with which engine
 priority, after how long in the queue), engine first token and last token (from the
 front door's ``Progress``: the first token is reported at once, later ones batched
-every 100 ms, so "last token" is within 100 ms), and its end: ``Done`` (outcome,
+every 100 ms; the last batch comes with the ``Done``, so "last token" is then the Done's
+time, within a few milliseconds of it), and its end: ``Done`` (outcome,
 the engine's token counts, the TTFT the client saw), a ``Reject`` or a cancel.  A
 request that was not dispatched at once also keeps *why* it waited, as
 ``core.waitreason`` put it at that moment.

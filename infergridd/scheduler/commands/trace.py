@@ -86,7 +86,8 @@ def _detail(key: str, t: dict[str, Any]) -> str:
                 + (f", engine priority {prio}" if prio is not None else "")
                 + (f" ({t['standing']})" if t.get("standing") else ""))
     if key == "last_token":
-        return f"{t['completion_so_far']} tokens reported (batched every 100 ms)"
+        return (f"{t['completion_so_far']} tokens (progress is reported every 100 ms; the "
+                "tail's with the Done)")
     if key == "done":
         ttft = f", TTFT {_ms(t['ttft_s'])} ms at the client" if t.get("ttft_s") is not None else ""
         err = f": {t['error']}" if t.get("error") else ""

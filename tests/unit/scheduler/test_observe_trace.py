@@ -154,3 +154,18 @@ def test_the_ring_is_bounded_and_keeps_the_first_trace() -> None:
     again = ring.add(Trace(request_id="r4", tenant="other", model="m"))
     assert again.tenant == "a"
     assert [t.request_id for t in ring.recent(2)] == ["r4", "r3"]
+
+
+def test_the_tail_of_a_stream_comes_with_its_done(tmp_path: Path) -> None:
+    """The front door drops its last Progress batch when the stream ends: the last token
+    is then the Done's time, and the token count the Done's."""
+    core, obs, wall, _ = _world(tmp_path, seats=2)
+    _submit(core, obs, submit("r", "quiet", "m", at=wall.t))
+    wall.t += 0.02
+    obs.progress([("r", 1)])
+    wall.t += 0.3
+    obs.done(FD, p.Done(request_id="r", tenant="quiet", model="m", prompt_tokens=3,
+                        completion_tokens=10, seq=1))
+    t = obs.traces.get("r")
+    assert t.first_token == wall.t - 0.3 and t.last_token == t.done == wall.t
+    assert t.completion_so_far == 10
