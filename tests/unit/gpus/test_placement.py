@@ -191,3 +191,38 @@ def test_doctor_explains_a_placement_that_cannot_fit() -> None:
     [c] = check_gpus(cfg, None, devices=[Device(0, 80 * GiB), Device(2, 80 * GiB)])
     assert c.status == FAIL and "model 'embed' is pinned to GPU 0" not in c.detail
     assert "model 'chat' is pinned to GPU 1, which this machine does not have" in c.detail
+
+
+def test_nvml_devices_through_a_stand_in_pynvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NVML calls ``nvml_devices`` makes, answered by a stand-in module (no GPU here):
+    every GPU's index, UUID, name (bytes from older bindings) and total memory."""
+    import sys
+    import types
+
+    calls: list[str] = []
+
+    class Mem:
+        def __init__(self, total: int) -> None:
+            self.total = total
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: calls.append("init"), nvmlShutdown=lambda: calls.append("shutdown"),
+        nvmlDeviceGetCount=lambda: 2, nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetName=lambda h: [b"NVIDIA H100", "NVIDIA L4"][h],
+        nvmlDeviceGetUUID=lambda h: f"GPU-{h}",
+        nvmlDeviceGetMemoryInfo=lambda h: Mem([80 * GiB, 24 * GiB][h]))
+    monkeypatch.setitem(sys.modules, "pynvml", types.ModuleType("pynvml"))
+    for k, v in vars(fake).items():
+        setattr(sys.modules["pynvml"], k, v)
+    got = devs.nvml_devices()
+    assert [(d.index, d.uuid, d.name, d.total) for d in got or []] == [
+        (0, "GPU-0", "NVIDIA H100", 80 * GiB), (1, "GPU-1", "NVIDIA L4", 24 * GiB)]
+    assert calls == ["init", "shutdown"]
+
+    def broken() -> None:
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    sys.modules["pynvml"].nvmlInit = broken  # type: ignore[attr-defined]
+    assert devs.nvml_devices() is None
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
+    assert devs.nvml_devices() is None
