@@ -64,7 +64,9 @@ def model_infos(cfg: Config, engines: EngineTable, residency: Residency,
             name=name, state=state, engines=[e.status.engine_id for e in of_model],
             ready_engines=states.count(p.EngineState.READY),
             preload=(mc.preload if mc is not None else True) and not residency.unloaded(name),
-            memory_bytes=sum(e.status.memory_bytes for e in of_model),
+            # an engine's memory_bytes is what it holds on each of its GPUs (tensor parallel)
+            memory_bytes=sum(e.status.memory_bytes * max(1, len(e.status.devices))
+                             for e in of_model),
             queued=books.model_queued(name),
             inflight=books.model_inflight(name), reason=reason,
         ))

@@ -132,6 +132,7 @@ async def test_tp_model_and_a_swap_on_the_shared_gpu(appliance_factory) -> None:
     assert [e["engine_id"] for e in g[0]["resident"]] == ["big-0", "embed-0"], g[0]
     assert g[1]["resident_bytes"] == 12 * GiB and g[1]["free_bytes"] == 12 * GiB, g[1]
     assert engine_env(app, "big-0")["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert models(app)["big"]["memory_bytes"] == 24 * GiB  # 12 GiB on each of its two GPUs
     assert next(e["pid"] for e in ctl_json(app, "status")["engines"]
                 if e["engine_id"] == "embed-0") == embed_pid  # GPU 0's model never touched
     assert models(app)["embed"]["evictions"] == 0
