@@ -97,11 +97,11 @@ class UsageStore:
         #: per peer: seqs of Dones buffered but not on disk yet (acks stop below them)
         self._unwritten: dict[str, list[int]] = {}
         try:
-            state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)  # before the daemon's run()
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # before the daemon's run()
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.executescript(_SCHEMA)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self.path.chmod(0o640)
+            self.path.chmod(0o600)  # like the state file: tenants and their traffic
         except (sqlite3.Error, OSError) as exc:
             self.error = f"usage store {self.path} unusable: {exc}"
             log.error("%s; usage is not being recorded", self.error)

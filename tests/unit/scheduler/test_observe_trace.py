@@ -169,3 +169,17 @@ def test_the_tail_of_a_stream_comes_with_its_done(tmp_path: Path) -> None:
     t = obs.traces.get("r")
     assert t.first_token == wall.t - 0.3 and t.last_token == t.done == wall.t
     assert t.completion_so_far == 10
+
+
+def test_a_long_queue_is_explained_from_per_tenant_counts(tmp_path: Path, monkeypatch) -> None:
+    """Above ``DETAIL_MAX`` queued requests the reason costs tenants, not the queue."""
+    from infergridd.core import waitreason
+
+    monkeypatch.setattr(waitreason, "DETAIL_MAX", 1)
+    core, obs, wall, _ = _world(tmp_path)
+    for i in range(3):
+        _submit(core, obs, submit(f"f{i}", "flooder", "m", at=wall.t + i))
+    _submit(core, obs, submit("q", "quiet", "m", at=wall.t + 5))
+    why = obs.traces.get("q").waited_because
+    assert "engine seats full (m-0 1/1) held by flooder 1 (in flight over all models)" in why
+    assert "3 queued for m (over all models per tenant: flooder 2, quiet 1)" in why, why
