@@ -8,7 +8,7 @@ the invariants of DESIGN §3 checked every second and at the end.
   .venv/bin/python bench/chaos.py --load-s 30 --bug lost-done   # show a bug is caught
 
 Exit status 0 when no invariant was violated, 1 otherwise.  Needs root for the
-state-directory faults (a 256 KiB tmpfs, remounted read-only and filled); without
+state-directory faults (a 16 MiB tmpfs, remounted read-only and filled); without
 it those faults are reported as not applied.
 """
 

@@ -115,7 +115,7 @@ class ChaosAppliance:
         self.tmpfs = False
         self.state.mkdir()
         if tmpfs:
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0750", "tmpfs",
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0750", "tmpfs",
                                 str(self.state)], capture_output=True, text=True)
             self.tmpfs = r.returncode == 0
         self.proc: subprocess.Popen[bytes] | None = None

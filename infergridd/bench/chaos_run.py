@@ -32,6 +32,7 @@ class ChaosSettings:
     hang_s: float = 6.0  # engine hang, state-dir and clock faults; slow engines twice this
     rounds: int = 1  # each fault kind this many times
     faults: bool = True
+    only: str = ""  # only these fault kinds (comma-separated); "": all of them
     bug: str = ""  # chaos_hooks' INFERGRID_CHAOS_BUG: a deliberate bug to catch
     step_s: float = 0.02  # the simulated engines' step time
     client_timeout_s: float = 120.0
@@ -56,13 +57,13 @@ def run_chaos(s: ChaosSettings) -> dict[str, Any]:
 
 
 async def _run(app: ChaosAppliance, s: ChaosSettings) -> dict[str, Any]:
-    faults = schedule(s.seed, s.load_s, MODELS, s.stop_s, s.hang_s, s.rounds) if s.faults \
+    faults = schedule(s.seed, s.load_s, MODELS, s.stop_s, s.hang_s, s.rounds, s.only) if s.faults \
         else []
     specs = plan(s.seed, s.load_s, s.rate, MODELS,
                  {t["name"]: t["keys"][0] for t in app.config["tenants"]})
     print(f"chaos run: seed {s.seed}, {len(specs)} requests over {s.load_s:g}s, "
           f"{len(faults)} faults{', bug ' + s.bug if s.bug else ''}; state dir "
-          f"{'tmpfs (256k)' if app.tmpfs else 'a plain directory (no tmpfs: state faults skipped)'}",
+          f"{'tmpfs (16m)' if app.tmpfs else 'a plain directory (no tmpfs: state faults skipped)'}",
           flush=True)
     print("fault schedule:\n" + "\n".join("  " + f.line() for f in faults), flush=True)
     await asyncio.to_thread(app.start)
@@ -92,7 +93,7 @@ async def _run(app: ChaosAppliance, s: ChaosSettings) -> dict[str, Any]:
     verdict = judge(fleet.results, faults)
     report = {
         "settings": asdict(s),
-        "state_dir": "tmpfs 256k" if app.tmpfs else "plain directory",
+        "state_dir": "tmpfs 16m" if app.tmpfs else "plain directory",
         "load_s": round(load_end, 1),
         "sent": fleet.started,
         **{k: v for k, v in verdict.items() if k != "violations"},

@@ -60,8 +60,8 @@ def judge(results: list[Result], faults: list[Fault]) -> dict[str, Any]:
             continue
         over = [f for f in faults if _overlaps(r, f)]
         allowed = [f for f in over if MAY_FAIL.get(f.kind, False) and _reaches(f, r)]
-        if allowed:
-            explained[allowed[0].kind] += 1
+        if allowed:  # the most recent one explains it
+            explained[max(allowed, key=lambda f: f.t0).kind] += 1
             continue
         why = ", ".join(sorted({f.kind for f in over})) or "no fault at all"
         violations.append(f"request {r.rid} ({r.tenant}/{r.model}, stream={r.stream}) "

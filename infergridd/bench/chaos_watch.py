@@ -93,11 +93,13 @@ class Watch:
             self._check_settings(s)
         self._check_engines(procs, st, t)
 
-    def _state_fault_between(self, t0: float, t1: float) -> bool:
+    def _unsaved(self, t: float) -> bool:
+        """Whether a counter seen at ``t`` may never have reached the state file: the
+        state dir was read-only or full then (give or take a persist window)."""
         for f in self.faults:
             if f.kind.startswith("state_") and f.t0 >= 0:
                 end = (f.t1 if f.t1 >= 0 else self.now()) + PERSIST_WINDOW_S
-                if f.t0 <= t1 and end >= t0:
+                if f.t0 - PERSIST_WINDOW_S <= t <= end:
                     return True
         return False
 
@@ -110,7 +112,7 @@ class Watch:
                 if old.t > s.t - PERSIST_WINDOW_S:
                     break
                 prev = old.tenants.get(name)
-                if prev is None or self._state_fault_between(old.t, s.t):
+                if prev is None or self._unsaved(old.t):
                     continue
                 before = float(prev.get("counter", 0.0))
                 if now_c + 1e-6 * max(1.0, before) < before:

@@ -1,0 +1,124 @@
+"""The chaos harness's pure parts (issue 16): the seeded plan and schedule, the judge of
+client endings, the counter check and the traceback scan — each shown able to fail."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from infergridd.bench.chaos_faults import MAY_FAIL, Fault, schedule
+from infergridd.bench.chaos_load import Result, plan
+from infergridd.bench.chaos_verdict import judge
+from infergridd.bench.chaos_watch import Sample, Watch, tracebacks
+
+TENANTS = {"flood": "k1", "acme": "k2", "beta": "k3"}
+
+
+def test_plan_is_seeded_and_mixed_as_the_issue_asks() -> None:
+    a = plan(7, 600, 5.0, ["chat", "code"], TENANTS)
+    assert a == plan(7, 600, 5.0, ["chat", "code"], TENANTS)
+    assert a != plan(8, 600, 5.0, ["chat", "code"], TENANTS)
+    n = len(a)
+    assert 2700 < n < 3300  # Poisson at 5/s over 600 s
+    disconnect = sum(s.disconnect_after is not None for s in a) / n
+    bad = sum(s.bad is not None for s in a) / n
+    assert 0.08 < disconnect < 0.12, disconnect
+    assert 0.01 < bad < 0.03, bad
+    assert all(s.stream for s in a if s.disconnect_after is not None)
+    kinds = Counter((s.stream, s.chat, s.prompt_words > 500) for s in a)
+    assert len(kinds) == 8  # streaming or not x chat or completions x short or long
+    assert Counter(s.tenant for s in a).most_common(1)[0][0] == "flood"
+
+
+def test_schedule_has_every_fault_kind_inside_the_load_and_is_seeded() -> None:
+    f = schedule(3, 150, ["chat", "code", "slow"], stop_s=10, hang_s=5)
+    assert {x.kind for x in f} == set(MAY_FAIL)
+    assert all(0.08 * 150 <= x.at <= 0.85 * 150 + 10 for x in f)
+    assert [x.at for x in f] == sorted(x.at for x in f)
+    assert [x.line() for x in f] == [x.line() for x in schedule(3, 150, ["chat", "code", "slow"],
+                                                                   stop_s=10, hang_s=5)]
+    assert len(schedule(3, 3600, ["chat"], 30, 20, rounds=12)) == 12 * len(MAY_FAIL)
+
+
+def _res(rid: int, cause: str, model: str = "chat", t0: float = 10.0, t1: float = 12.0,
+         ends: int = 1, detail: str = "", status: int = 200) -> Result:
+    return Result(rid=rid, tenant="flood", model=model, stream=True, bad=None, t0=t0, t1=t1,
+                  status=status, cause=cause, detail=detail, ends=ends)
+
+
+def _fault(kind: str, target: str, t0: float = 11.0, t1: float = 11.5) -> Fault:
+    return Fault(at=t0, kind=kind, target=target, t0=t0, t1=t1, applied=True)
+
+
+def test_judge_accepts_what_design_allows_and_flags_the_rest() -> None:
+    faults = [_fault("kill9_engine", "chat"), _fault("kill9_scheduler", "scheduler")]
+    ok = judge([_res(1, "completed"), _res(2, "client_disconnect"),
+                _res(3, "stream_error_retryable", "chat"),  # its own engine was killed
+                _res(4, "error_retryable", detail="429 rate_limited: quota")], faults)
+    assert ok["violations"] == [], ok["violations"]
+    assert ok["failed_by_fault"] == {"kill9_engine": 1}
+    bad = judge([
+        _res(5, "stream_error_retryable", "code"),  # another model's engine: no excuse
+        _res(6, "conn_lost", "chat", t0=20, t1=21),  # no fault at all
+        _res(7, "timeout", ends=0),  # hung
+        _res(8, "unclear", detail="500: <html>"),
+        _res(9, "completed", ends=2),  # ended twice
+        _res(10, "error_final", status=400, detail="400 invalid: a good request refused"),
+    ], faults)
+    text = "\n".join(bad["violations"])
+    for rid in (5, 6, 7, 8, 9, 10):
+        assert f"request {rid}" in text, (rid, text)
+    # a scheduler restart must fail nothing (DESIGN §3)
+    only_sched = judge([_res(11, "error_retryable", detail="503 x: y")],
+                       [_fault("kill9_scheduler", "scheduler")])
+    assert "kill9_scheduler" in only_sched["violations"][0]
+
+
+class _NoApp:
+    pass
+
+
+def _watch(faults: list[Fault] | None = None) -> Watch:
+    w = Watch(app=_NoApp(), faults=faults or [], t_base=0.0)  # type: ignore[arg-type]
+    w.now = lambda: 100.0  # type: ignore[method-assign]
+    return w
+
+
+def _sample(t: float, **counters: float) -> Sample:
+    tenants: dict[str, dict[str, Any]] = {n: {"name": n, "counter": c}
+                                          for n, c in counters.items()}
+    return Sample(t, tenants, [])
+
+
+def test_counter_going_down_is_a_violation_unless_the_disk_could_not_be_written() -> None:
+    w = _watch()
+    for s in (_sample(1, a=10, b=5), _sample(5, a=50, b=9), _sample(10, a=12, b=9)):
+        w.samples.append(s)
+        w._check_counters(s)
+    assert len(w.violations) == 1 and "tenant a" in w.violations[0], w.violations
+    # the same drop, while the state dir was full: what was charged meanwhile may be lost
+    w = _watch([_fault("state_full", "state", t0=5, t1=6)])
+    for s in (_sample(1, a=10), _sample(5, a=50), _sample(10, a=12)):
+        w.samples.append(s)
+        w._check_counters(s)
+    assert w.violations == []
+    # ...but not below what was saved before it
+    s = _sample(11, a=3)
+    w.samples.append(s)
+    w._check_counters(s)
+    assert len(w.violations) == 1
+
+
+def test_a_tenant_that_vanishes_is_a_violation() -> None:
+    w = _watch()
+    for s in (_sample(1, a=1, b=1), _sample(2, a=1)):
+        w.samples.append(s)
+        w._check_counters(s)
+    assert any("tenant b disappeared" in v for v in w.violations)
+
+
+def test_tracebacks_are_found_with_their_exception() -> None:
+    log = ("2026 INFO x: fine\nTraceback (most recent call last):\n  File \"a.py\", line 1\n"
+           "    boom()\nRuntimeError: boom\n2026 INFO y: after\n")
+    assert tracebacks(log) == ["RuntimeError: boom"]
+    assert tracebacks("no trouble here\n") == []
