@@ -24,13 +24,17 @@ Rules, each with its reason:
   could not fit even beside the pinned models alone.
 * Replicas of one model go to different GPUs while there are enough (a
   second replica on the same card adds no memory bandwidth).
-* A tensor-parallel group would prefer GPUs on a fast link; NVML's topology
-  is not read yet, so groups are chosen by memory only.
+* A tensor-parallel group goes, among the sets of GPUs that fit equally
+  well, to the one whose slowest pair has the fastest link, when NVML reports
+  the topology (``links``: a pair of indices → NVML's topology level, lower is
+  closer: same board or NVLink 0-10, one PCIe switch 10-20, ... across CPUs
+  50); without it, by memory alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import combinations
 
 from .schema import Config, ConfigError, ModelConfig
 from .sizes import fmt_bytes, parse_size
@@ -121,7 +125,12 @@ def check_counts(cfg: Config, devices: list[Device]) -> None:
                 f"pinned to {len(m.devices)}: {m.devices}")
 
 
-def place(cfg: Config, devices: list[Device]) -> dict[str, tuple[int, ...]]:
+#: (GPU index, GPU index) with the lower first → NVML topology level (lower: faster link)
+Links = dict[tuple[int, int], int]
+
+
+def place(cfg: Config, devices: list[Device],
+          links: Links | None = None) -> dict[str, tuple[int, ...]]:
     """Engine id → the GPU indices it runs on (sorted); see the module docstring.
     Raises ``ConfigError`` for a count the machine cannot meet (``check_counts``)."""
     check_counts(cfg, devices)
@@ -142,7 +151,7 @@ def place(cfg: Config, devices: list[Device]) -> dict[str, tuple[int, ...]]:
                 chosen = tuple(sorted(m.devices[(r * m.gpus + j) % len(m.devices)]
                                       for j in range(m.gpus)))
             else:
-                chosen = _best_fit(m, devices, planned, pinned_held, mine)
+                chosen = _best_fit(m, devices, planned, pinned_held, mine, links or {})
             cost = memory_on(m, devices, chosen)
             for d in chosen:
                 planned[d] += cost
@@ -161,7 +170,7 @@ def _size_or_zero(m: ModelConfig) -> int:
 
 
 def _best_fit(m: ModelConfig, devices: list[Device], planned: dict[int, int],
-              pinned_held: dict[int, int], mine: set[int]) -> tuple[int, ...]:
+              pinned_held: dict[int, int], mine: set[int], links: Links) -> tuple[int, ...]:
     """``m.gpus`` GPUs for one engine: best fit beside what is planned, else most free."""
 
     def free(d: Device) -> float:
@@ -176,15 +185,28 @@ def _best_fit(m: ModelConfig, devices: list[Device], planned: dict[int, int],
         return (d.index in mine, not ever, not fits,
                 free(d) if fits else -free(d), d.index)
 
-    return tuple(sorted(d.index for d in sorted(devices, key=rank)[:m.gpus]))
+    ranked = sorted(devices, key=rank)
+    if m.gpus == 1 or not links or len(devices) > 8:
+        return tuple(sorted(d.index for d in ranked[:m.gpus]))
+
+    def slowest(group: tuple[Device, ...]) -> int:
+        return max(links.get((min(a.index, b.index), max(a.index, b.index)), 100)
+                   for a, b in combinations(group, 2))
+
+    # the fit categories of the worst GPU first (as without links), then the link
+    best = min(combinations(ranked, m.gpus),
+               key=lambda g: (max(rank(d)[:3] for d in g), slowest(g),
+                              [rank(d) for d in g]))
+    return tuple(sorted(d.index for d in best))
 
 
-def check_placement(cfg: Config, devices: list[Device]) -> dict[str, tuple[int, ...]]:
+def check_placement(cfg: Config, devices: list[Device],
+                    links: Links | None = None) -> dict[str, tuple[int, ...]]:
     """Place every engine and refuse a set that can never run (each error names the
     model, the GPU and the numbers): an engine bigger than a GPU of its own; pinned
     models beyond a GPU (never evicted); preloaded models beyond a GPU (``/health``
     could never answer 200).  Returns the placement."""
-    placed = place(cfg, devices)
+    placed = place(cfg, devices, links)
     totals = {d.index: d.total for d in devices}
     by_model = {m.name: (i, m) for i, m in enumerate(cfg.models)}
     per_dev: dict[int, dict[str, list[tuple[ModelConfig, int]]]] = {

@@ -48,7 +48,8 @@ def fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def check_fit(cfg: Config, total: int | list | None = None) -> None:
+def check_fit(cfg: Config, total: int | list | None = None,
+              links: dict[tuple[int, int], int] | None = None) -> None:
     """Refuse a model set that can never run on the machine's GPUs.
 
     ``total``: a list of ``placement.Device`` (the supervisor's, from NVML or
@@ -68,4 +69,4 @@ def check_fit(cfg: Config, total: int | list | None = None) -> None:
         devices = [Device(cfg.gpu.device_index, total)]
     else:
         devices = total
-    check_placement(cfg, devices)
+    check_placement(cfg, devices, links)

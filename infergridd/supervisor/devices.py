@@ -49,6 +49,29 @@ def nvml_devices() -> list[Device] | None:
         return None
 
 
+def nvml_links(indices: list[int]) -> dict[tuple[int, int], int]:
+    """NVML's topology level for each pair of GPUs (lower: a faster link; 0 same board,
+    10 one PCIe switch, ... 50 across CPU sockets); {} without NVML.  Placement keeps a
+    tensor-parallel group on the closest GPUs that fit (config/placement.py)."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+        try:
+            handles = {i: pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices}
+            return {(a, b): int(pynvml.nvmlDeviceGetTopologyCommonAncestor(handles[a],
+                                                                           handles[b]))
+                    for a in indices for b in indices if a < b}
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # noqa: BLE001 - no topology: placement by memory alone
+        log.info("NVML topology unavailable (%s); tensor-parallel groups placed by memory "
+                 "alone", exc)
+        return {}
+
+
 def _capped(found: Device, configured: int, key: str) -> Device:
     """NVML's device with the configured size, which may only lower it."""
     if configured and configured <= found.total:

@@ -31,7 +31,7 @@ from ..engines.unixhttp import EngineConnector
 from ..runlock import EX_IN_USE, LockHeld, RunLock
 from ..systemd import Notifier
 from . import identity, procs, runas, statefile
-from .devices import discover
+from .devices import discover, nvml_links
 from .engine import POLL_S, EngineRunner
 from .ledger import Ledger
 from .link import SupervisorLink
@@ -57,6 +57,8 @@ class Supervisor:
         self._stop = asyncio.Event()
         self.link: SupervisorLink | None = None
         self.ledger = Ledger(discover(cfg))
+        self.links = nvml_links([d.index for d in self.ledger.devices]) \
+            if len(self.ledger.devices) > 1 else {}
 
     @property
     def gpu_total(self) -> int:
@@ -81,7 +83,7 @@ class Supervisor:
         """One runner per engine, on the GPUs placement gives it (config/placement.py):
         fixed for this supervisor's life, and what its ``CUDA_VISIBLE_DEVICES`` says."""
         devices = self.ledger.devices
-        placed = place(self.cfg, devices)
+        placed = place(self.cfg, devices, self.links)
         for m in self.cfg.models:
             adapter = adapter_for(m)  # AdapterConfigError: caller reports it
             for i in range(m.replicas):
@@ -198,7 +200,7 @@ class Supervisor:
             connector=EngineConnector(limit=64), trust_env=False,  # TCP or Unix socket
         ) as http:
             try:
-                check_fit(self.cfg, self.ledger.devices)  # again, with NVML's GPUs
+                check_fit(self.cfg, self.ledger.devices, self.links)  # with NVML's GPUs
                 self._make_runners(http)
                 # engines as their own user where we can (runas.py)
                 who = runas.run_as(self.dirs.engines_dir)

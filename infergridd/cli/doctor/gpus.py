@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from ...config import Config, ConfigError, check_fit, fmt_bytes
 from ...config.placement import Device, memory_on, place
-from ...supervisor.devices import discover
+from ...supervisor.devices import discover, nvml_links
 from .check import FAIL, OK, WARN, Check
 from .gpu import GpuProbe
 
 
-def placement_summary(cfg: Config, devices: list[Device]) -> str:
+def placement_summary(cfg: Config, devices: list[Device],
+                      links: dict[tuple[int, int], int] | None = None) -> str:
     """``GPU 0 (24.0 GiB): embed-0 4.0 GiB, big-0* 12.0 GiB; ...`` (* not preloaded)."""
-    placed = place(cfg, devices)
+    placed = place(cfg, devices, links)
     by_model = {m.name: m for m in cfg.models}
     parts = []
     for d in devices:
@@ -37,17 +38,20 @@ def check_gpus(cfg: Config, probe: GpuProbe | None, engines_running: bool = Fals
                devices: list[Device] | None = None) -> list[Check]:
     """The placement over the machine's GPUs, then each GPU's free memory (with NVML and
     more than one GPU; one GPU is ``check_gpu``'s)."""
-    devices = devices if devices is not None else discover(cfg)
+    links: dict[tuple[int, int], int] = {}
+    if devices is None:  # this machine's, as the supervisor will see them
+        devices = discover(cfg)
+        links = nvml_links([d.index for d in devices]) if len(devices) > 1 else {}
     try:
-        check_fit(cfg, devices)
+        check_fit(cfg, devices, links)
     except ConfigError as exc:
         return [Check(FAIL, "placement", str(exc),
                       "fewer gpus, other devices or less memory for that model, or fewer "
                       "preloaded models on that GPU (infergrid.yaml(5): models[].gpus)")]
-    out = [Check(OK, "placement", placement_summary(cfg, devices))]
+    out = [Check(OK, "placement", placement_summary(cfg, devices, links))]
     if probe is None or len(devices) < 2:
         return out
-    placed = place(cfg, devices)
+    placed = place(cfg, devices, links)
     by_model = {m.name: m for m in cfg.models}
     for d in devices:
         need = sum(memory_on(m, devices, on) for eid, on in placed.items()

@@ -210,7 +210,8 @@ def test_nvml_devices_through_a_stand_in_pynvml(monkeypatch: pytest.MonkeyPatch)
         nvmlDeviceGetCount=lambda: 2, nvmlDeviceGetHandleByIndex=lambda i: i,
         nvmlDeviceGetName=lambda h: [b"NVIDIA H100", "NVIDIA L4"][h],
         nvmlDeviceGetUUID=lambda h: f"GPU-{h}",
-        nvmlDeviceGetMemoryInfo=lambda h: Mem([80 * GiB, 24 * GiB][h]))
+        nvmlDeviceGetMemoryInfo=lambda h: Mem([80 * GiB, 24 * GiB][h]),
+        nvmlDeviceGetTopologyCommonAncestor=lambda a, b: 10 * (a + b))
     monkeypatch.setitem(sys.modules, "pynvml", types.ModuleType("pynvml"))
     for k, v in vars(fake).items():
         setattr(sys.modules["pynvml"], k, v)
@@ -218,6 +219,7 @@ def test_nvml_devices_through_a_stand_in_pynvml(monkeypatch: pytest.MonkeyPatch)
     assert [(d.index, d.uuid, d.name, d.total) for d in got or []] == [
         (0, "GPU-0", "NVIDIA H100", 80 * GiB), (1, "GPU-1", "NVIDIA L4", 24 * GiB)]
     assert calls == ["init", "shutdown"]
+    assert devs.nvml_links([0, 1]) == {(0, 1): 10}
 
     def broken() -> None:
         raise RuntimeError("NVML Shared Library Not Found")
@@ -226,3 +228,18 @@ def test_nvml_devices_through_a_stand_in_pynvml(monkeypatch: pytest.MonkeyPatch)
     assert devs.nvml_devices() is None
     monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
     assert devs.nvml_devices() is None
+
+
+def test_tensor_parallel_groups_take_the_fastest_link_among_equal_fits() -> None:
+    """NVML topology: GPUs 0-2 and 1-3 are NVLinked pairs (level 0), every other pair
+    goes across the CPU sockets (50): a TP-2 engine lands on a linked pair, and a
+    second one on the other pair; without topology it is by memory (and index) alone."""
+    cfg = _cfg(FOUR, "{name: t, memory: 8GiB, gpus: 2, replicas: 2}")
+    devices = config.placement.configured_devices(cfg)
+    links = {(a, b): 50 for a in range(4) for b in range(4) if a < b} | {(0, 2): 0, (1, 3): 0}
+    assert place(cfg, devices, links) == {"t-0": (0, 2), "t-1": (1, 3)}
+    assert place(cfg, devices) == {"t-0": (0, 1), "t-1": (2, 3)}
+    # memory first: a linked pair where it cannot fit beside the preloaded is not chosen
+    cfg = _cfg(FOUR, "{name: p, memory: 20GiB, devices: [2]},"
+                     " {name: t, memory: 8GiB, gpus: 2}")
+    assert place(cfg, devices, links)["t-0"] == (1, 3)
