@@ -35,6 +35,41 @@ def short_tmpdir(prefix: str = "ig") -> Path:
     return Path(tempfile.mkdtemp(dir="/tmp", prefix=prefix))
 
 
+def engine_get(endpoint: str, path: str, api_key: str = "", timeout: float = 5.0) -> bytes:
+    """GET ``path`` from an engine itself (``http://`` or a ``unix:`` socket endpoint,
+    ``engines/unixhttp.py``), bypassing InferGrid; AssertionError unless 2xx."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from infergridd.engines.unixhttp import is_unix, split_unix
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if is_unix(endpoint):
+        sock_path, target = split_unix(endpoint + path)
+
+        class UnixConnection(http.client.HTTPConnection):
+            def connect(self) -> None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                sock.connect(sock_path)
+                self.sock = sock
+
+        conn: http.client.HTTPConnection = UnixConnection("localhost", timeout=timeout)
+    else:
+        u = urlsplit(endpoint + path)
+        conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout)
+        target = u.path + (f"?{u.query}" if u.query else "")
+    try:
+        conn.request("GET", target, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status >= 300:
+        raise AssertionError(f"GET {endpoint}{path}: HTTP {resp.status} {body[:200]!r}")
+    return body
+
+
 class Appliance:
     """``infergrid serve`` in a subprocess, with helpers to find and signal its daemons."""
 
@@ -125,9 +160,21 @@ class Appliance:
         except OSError:
             return ""
 
+    def engine_key(self, engine_id: str) -> str:
+        """An engine's own key, from its record (0600, in the runtime dir): the status
+        never shows it."""
+        from infergridd.config import Dirs
+        from infergridd.supervisor import statefile
+
+        rec = statefile.load(Dirs(runtime=self.runtime, state=self.root).engines_dir, engine_id)
+        assert rec is not None, f"no record of engine {engine_id}"
+        return rec.api_key
+
     def engine_logs(self) -> str:
+        from infergridd.config import Dirs
+
         out = []
-        for f in sorted((self.runtime / "engines").glob("*.log")):
+        for f in sorted(Dirs(runtime=self.runtime, state=self.root).engines_dir.glob("*.log")):
             out.append(f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}")
         return "\n".join(out)
 

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -111,9 +110,12 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
 def engine_metrics(endpoint: str) -> dict[str, float]:
-    """The engine's own ``/metrics`` (vLLM serves it without the API key), summed by name."""
-    with urllib.request.urlopen(endpoint + "/metrics", timeout=5) as r:
-        text = r.read().decode()
+    """The engine's own ``/metrics`` (vLLM serves it without the API key, on its Unix
+    socket under InferGrid), summed by name."""
+    root_conftest()  # loads tests/conftest.py, which imports ``appliance`` (tests/ on the path)
+    from appliance import engine_get
+
+    text = engine_get(endpoint, "/metrics").decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
         m = _SAMPLE.match(line)

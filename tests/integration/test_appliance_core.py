@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 import pytest
-from appliance import DEMO_TENANTS, sim_model
+from appliance import DEMO_TENANTS, engine_get, sim_model
 from sse import chat_body, stream_chat
 
 KEYS = ["sk-quiet-demo", "sk-flooder-demo"]
@@ -129,14 +129,15 @@ async def test_client_disconnect_aborts_engine_request(appliance_factory) -> Non
     app = appliance_factory({"models": [sim_model(max_num_seqs=8, step_s=0.02)],
                              "tenants": DEMO_TENANTS})
     engine = app.status()["engines"][0]
+    key = app.engine_key(engine["engine_id"])  # the engine checks it on every route
     async with _session() as s:
         r = await stream_chat(s, app.url, KEYS[0], chat_body(500), stop_after_chunks=3)
         assert r.status == 200 and len(r.chunks) == 3
         t0 = time.monotonic()
 
         async def engine_running() -> float:
-            async with s.get(engine["endpoint"] + "/metrics") as resp:
-                text = await resp.text()
+            text = (await asyncio.to_thread(engine_get, engine["endpoint"], "/metrics",
+                                            key)).decode()
             for line in text.splitlines():
                 if line.startswith("vllm:num_requests_running"):
                     return float(line.rsplit(" ", 1)[1])
