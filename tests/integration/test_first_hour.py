@@ -111,7 +111,8 @@ def test_status_when_nothing_runs_says_what_to_check(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "is `infergrid serve` running?" in r.stderr and "infergrid-scheduler" in r.stderr
     stale = socket.socket(socket.AF_UNIX)
-    stale.bind(str(tmp_path / "control.sock"))
+    (tmp_path / "scheduler").mkdir()
+    stale.bind(str(tmp_path / "scheduler" / "control.sock"))
     stale.close()  # the file stays, nothing listens
     r = _ctl(tmp_path, "--timeout", "1", "status")
     assert r.returncode == 1
