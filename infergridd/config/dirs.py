@@ -79,9 +79,11 @@ def ensure_private_dir(path: Path, uid: int | None = None) -> Path:
     plant sockets, a lock symlink or engine records that make the supervisor signal
     a pid of their choosing (DESIGN §10).  So the directory must be a real directory
     (not a symlink), owned by ``uid`` (default: our effective uid), with no access
-    for group or others.  One of ours that is merely group/world *readable* is
-    tightened to 0700 (nobody else could have written into it); anything else is
-    refused with an error that says what to do, never silently used.
+    for group or others.  A user's own one that is merely group/world *readable* is
+    tightened to 0700 (nobody else could have written into it; root's is refused
+    instead: it may be the packaged units' ``/run/infergrid``, which must not change
+    under them); anything else is refused with an error that says what to do, never
+    silently used.
     """
     uid = os.geteuid() if uid is None else uid
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,5 +105,9 @@ def ensure_private_dir(path: Path, uid: int | None = None) -> Path:
         raise UnsafeDirError(f"runtime dir {path} is writable by others (mode {mode:04o}): "
                              f"files in it may have been planted; {fix}")
     if mode & 0o077:
+        if uid == 0:  # e.g. /run/infergrid of the packaged units: never change it under them
+            raise UnsafeDirError(f"runtime dir {path} is readable by others (mode {mode:04o}): "
+                                 f"chmod 0700 it if nothing else uses it, or choose another "
+                                 f"--runtime-dir")
         os.chmod(path, 0o700)
     return path

@@ -181,5 +181,34 @@ def test_our_own_readable_runtime_dir_is_tightened(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     os.chmod(run, 0o755)
-    ensure_private_dir(run)
+    if os.geteuid() == 0:  # a user's dir (root's is refused instead: the next test)
+        os.chown(run, 12345, 12345)
+        ensure_private_dir(run, uid=12345)
+    else:
+        ensure_private_dir(run)
     assert run.stat().st_mode & 0o777 == 0o700
+
+
+def test_roots_readable_runtime_dir_is_refused_not_changed(tmp_path: Path) -> None:
+    """``sudo infergrid serve`` beside the packaged units: their /run/infergrid (0755)
+    must not be made 0700 under them; it is refused, unchanged."""
+    from infergridd.config.dirs import UnsafeDirError, ensure_private_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    os.chmod(run, 0o755)
+    with pytest.raises(UnsafeDirError, match="readable by others"):
+        ensure_private_dir(run, uid=0) if os.geteuid() == 0 else _as_root(run)
+    assert run.stat().st_mode & 0o777 == 0o755
+
+
+def _as_root(run: Path) -> None:
+    """Non-root: a dir we own, checked as if we were root (its owner must then be 0)."""
+    from unittest import mock
+
+    from infergridd.config.dirs import ensure_private_dir
+
+    real = os.lstat(run)
+    fake = os.stat_result((real.st_mode, *real[1:4], 0, *real[5:]))
+    with mock.patch("infergridd.config.dirs.os.lstat", return_value=fake):
+        ensure_private_dir(run, uid=0)
