@@ -167,7 +167,10 @@ class Planner:
             down = [e for e in mv.engines if e.status.state in (S.STOPPED, *ASLEEP)
                     and not self.commands.out(e.status.engine_id)]
             if not down:
-                if m.want_up and all(e.status.state == S.READY for e in mv.engines):
+                # no engine reported yet (a restarted scheduler, its supervisor not back):
+                # the operator's load is not done, so keep wanting it (chaos finding)
+                if m.want_up and mv.engines and all(e.status.state == S.READY
+                                                    for e in mv.engines):
                     m.want_up = False
                 continue
             urgency = (0 if m.want_up else 1,
