@@ -7,7 +7,7 @@ sequences per engine, so one replica's capacity is ~160 tokens/s and the box's
 two cores are not what limits R of them.
 
 * throughput: the flooder keeps ``2 x 8 x R`` streams of 64 tokens open for
-  ``--seconds``; aggregate = completion tokens / wall time;
+  ``--seconds``; aggregate = completion tokens of both tenants / wall time;
 * hero: a quiet tenant sends a short request every 0.2 s, alone (solo) and beside
   that flood; the ratio is its median time to first token with the flood over solo.
   Fairness is global across replicas (one tenant's counters, whichever engine).
@@ -47,13 +47,16 @@ def config(replicas: int) -> dict:
                         "args": {"profile": "fast-test", "step_s": STEP_S}}]}
 
 
-async def quiet_ttfts(s: aiohttp.ClientSession, url: str, seconds: float) -> list[float]:
+async def quiet_ttfts(s: aiohttp.ClientSession, url: str, seconds: float,
+                      tokens: list[int] | None = None) -> list[float]:
     out: list[float] = []
 
     async def one() -> None:
         r = await stream_chat(s, url, QUIET, chat_body(max_tokens=4, model="chat"))
         if r.status == 200 and r.ttft_s is not None:
             out.append(r.ttft_s)
+        if tokens is not None and r.usage is not None:
+            tokens.append(r.usage["completion_tokens"])
 
     tasks = []
     t0 = time.monotonic()
@@ -86,13 +89,13 @@ async def arm(replicas: int, seconds: float) -> dict:
         conn = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=conn,
                                          timeout=aiohttp.ClientTimeout(total=300)) as s:
-            solo = await quiet_ttfts(s, app.url, 3.0)
+            solo = await quiet_ttfts(s, app.url, 5.0)
             tokens: list[int] = []
             failures: list[int] = []
             t0 = time.monotonic()
             _, flooded = await asyncio.gather(
                 flood(s, app.url, 2 * SEQS * replicas, seconds, tokens, failures),
-                quiet_ttfts(s, app.url, seconds - 2.0))
+                quiet_ttfts(s, app.url, seconds - 2.0, tokens))
             wall = time.monotonic() - t0
     finally:
         app.stop()
