@@ -69,9 +69,14 @@ def load(engines_dir: Path, engine_id: str) -> EngineRecord | None:
         return None
 
 
+ASSIST_SUFFIX = ".assist.json"  # supervisor/assist.py's stats_path
+
+
 def load_all(engines_dir: Path) -> list[EngineRecord]:
     try:
-        names = sorted(p.name for p in engines_dir.glob("*.json"))
+        # an engine's assist stats file (``<id>.assist.json``) lives beside its record
+        names = sorted(p.name for p in engines_dir.glob("*.json")
+                       if not p.name.endswith(ASSIST_SUFFIX))
     except OSError:
         return []
     out = []
