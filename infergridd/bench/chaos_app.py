@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ def chaos_config(port: int, step_s: float) -> dict[str, Any]:
         "listen": f"127.0.0.1:{port}",
         "scheduler": {"policy": "vtc"},
         "models": [model("chat", 8, step_s), model("code", 4, step_s),
-                   model("slow", 4, step_s * 3)],
+                   model("slow", 8, step_s * 2.5)],
         "tenants": [{"name": "flood", "keys": [tenant_key("flood")]},
                     {"name": "acme", "keys": [tenant_key("acme")], "weight": 2.0},
                     {"name": "beta", "keys": [tenant_key("beta")]},
@@ -151,6 +152,16 @@ class ChaosAppliance:
         try:
             with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
                 return r.status == 200
+        except OSError:
+            return False
+
+    def answers(self) -> bool:
+        """The front door answers HTTP (a 503 /health while a model is down counts)."""
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True
         except OSError:
             return False
 

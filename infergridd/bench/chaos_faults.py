@@ -52,6 +52,7 @@ class Fault:
     t1: float = -1.0  # when the appliance was whole again (or the fault was lifted)
     note: str = ""
     applied: bool = False
+    recovered: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -95,6 +96,10 @@ def schedule(seed: int, load_s: float, models: list[str], stop_s: float, hang_s:
     return kinds
 
 
+class NotRecovered(RuntimeError):
+    """The fault was applied but the appliance was not whole again in time."""
+
+
 class FaultRunner:
     """Applies a schedule to one appliance; ``faults`` keeps what happened."""
 
@@ -128,6 +133,9 @@ class FaultRunner:
         try:
             await getattr(self, "_" + f.kind.split("_", 1)[0] + "_any")(f)
             f.applied = True
+        except NotRecovered as exc:  # applied, but the appliance did not heal: a violation
+            f.applied, f.recovered = True, False
+            f.note = str(exc)
         except Exception as exc:  # noqa: BLE001 - a fault that could not be applied is reported
             f.note = f"not applied: {type(exc).__name__}: {exc}"
         f.t1 = self.now()
@@ -140,7 +148,7 @@ class FaultRunner:
             if await asyncio.to_thread(pred):
                 return
             await asyncio.sleep(0.2)
-        raise RuntimeError(f"{what} not back within {self.recover_timeout_s:g}s")
+        raise NotRecovered(f"{what} not back within {self.recover_timeout_s:g}s")
 
     def _scheduler_answers(self) -> bool:
         try:
@@ -155,7 +163,7 @@ class FaultRunner:
             return pr is not None and pr.pid != old_pid
         await self._wait(back, f"{role} process")
         if role == "frontdoor":
-            await self._wait(self.app.healthy, "front door /health")
+            await self._wait(self.app.answers, "front door /health")
         elif role == "scheduler":
             await self._wait(self._scheduler_answers, "scheduler control socket")
         else:  # the supervisor has re-adopted and reported: every engine ready again
@@ -238,7 +246,14 @@ class FaultRunner:
         # seen: the command starts the change and returns (--wait 0); "up" is awaited
         await self._ctl("model", down, f.target, "--wait", "0")
         await asyncio.sleep(f.duration_s)
-        await self._ctl("model", up, f.target, "--wait", "60")
+        for attempt in range(3):  # as an operator would: the scheduler may be restarting
+            try:
+                await self._ctl("model", up, f.target, "--wait", "30")
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                f.extra["retries"] = attempt + 1
         f.note = f"model {down} then {up} {f.target}"
 
     async def _tenant_any(self, f: Fault) -> None:

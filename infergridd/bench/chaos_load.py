@@ -89,7 +89,8 @@ def plan(seed: int, duration_s: float, rate: float, models: list[str],
         tenant = rng.choices(names, weights)[0]
         stream = rng.random() < 0.7
         long = rng.random() < 0.15
-        spec = Spec(rid=rid, at=t, tenant=tenant, key=tenants[tenant], model=rng.choice(models),
+        model = rng.choices(models, ([0.45, 0.35, 0.2] + [0.2] * len(models))[: len(models)])[0]
+        spec = Spec(rid=rid, at=t, tenant=tenant, key=tenants[tenant], model=model,
                     chat=rng.random() < 0.6, stream=stream,
                     prompt_words=rng.randint(long_words // 2, long_words) if long
                     else rng.randint(3, 60), max_tokens=rng.randint(8, 160))

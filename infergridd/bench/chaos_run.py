@@ -14,9 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from .chaos_app import ChaosAppliance
 from .chaos_faults import Fault, FaultRunner, schedule
-from .chaos_load import Fleet, plan
+from .chaos_load import Fleet, Spec, plan, run_one
 from .chaos_verdict import judge
 from .chaos_watch import Watch, tracebacks
 
@@ -76,6 +78,10 @@ async def _run(app: ChaosAppliance, s: ChaosSettings) -> dict[str, Any]:
     await asyncio.gather(fleet.run(t_base), runner.run())
     load_end = time.monotonic() - t_base
     leftovers = await asyncio.to_thread(watch.settle)
+    for f in faults:
+        if f.applied and not f.recovered:
+            watch.violate(f"recover-{f.kind}-{f.at}", f"{f.kind} {f.target}: {f.note}")
+    await _probe(app, watch)
     stop_watch.set()
     await watcher
     await asyncio.to_thread(watch.step)  # one last sample for the drift and the counters
@@ -115,9 +121,24 @@ async def _run(app: ChaosAppliance, s: ChaosSettings) -> dict[str, Any]:
     return report
 
 
+async def _probe(app: ChaosAppliance, watch: Watch) -> None:
+    """After the run every model serves again: one small request each must complete
+    (a model left unloaded or wedged after its faults is a violation)."""
+    key = app.config["tenants"][1]["keys"][0]
+    conn = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        for i, model in enumerate(MODELS):
+            spec = Spec(rid=-1 - i, at=0, tenant="probe", key=key, model=model, chat=True,
+                        stream=False, prompt_words=5, max_tokens=4)
+            r = await run_one(session, app.url, spec, time.monotonic(), 60.0, 0)
+            if r.cause != "completed":
+                watch.violate(f"probe-{model}", f"after the run, model {model} does not "
+                              f"serve: {r.cause} {r.detail}")
+
+
 def _fault_row(f: Fault) -> dict[str, Any]:
     return {"at": f.at, "kind": f.kind, "target": f.target, "duration_s": f.duration_s,
-            "applied": f.applied, "t0": round(f.t0, 1), "recovered_s": round(f.t1 - f.t0, 1),
+            "applied": f.applied, "recovered": f.recovered, "t0": round(f.t0, 1), "recovered_s": round(f.t1 - f.t0, 1),
             "note": f.note}
 
 
