@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from appliance import DEMO_TENANTS
 from sse import chat_body, stream_chat
 from test_multimodel import assert_complete, session, sim
@@ -189,3 +190,10 @@ async def test_four_replicas_one_per_gpu_share_the_load(appliance_factory) -> No
     assert tenants["quiet"]["tokens_out"] == 16 * 10 == tenants["flooder"]["tokens_out"]
     g = check_ledgers(app)
     assert [len(g[i]["resident"]) for i in range(4)] == [1, 1, 1, 1], g
+    # the tenant policy for llm-d, through the real CLI, as kubectl would read it
+    docs = list(yaml.safe_load_all(app.ctl("export", "llm-d", "--pool", "chat-pool").stdout))
+    assert [d["kind"] for d in docs] == ["InferenceObjective", "ConfigMap"], docs
+    assert docs[0]["spec"] == {"priority": 0, "poolRef": {
+        "group": "inference.networking.k8s.io", "kind": "InferencePool", "name": "chat-pool"}}
+    ids = [t["fairness_id"] for t in yaml.safe_load(docs[1]["data"]["headers.yaml"])["tenants"]]
+    assert ids == ["quiet", "flooder"]
