@@ -57,6 +57,14 @@ async def test_usage_is_exact_across_scheduler_restarts(appliance_factory) -> No
         first = await stream_chat(s, app.url, "sk-capped-demo", chat_body(2))
         second = await stream_chat(s, app.url, "sk-capped-demo", chat_body(2))
         assert (first.status, second.status) == (200, 429)
+
+        def capped_rejected() -> bool:
+            rows = json.loads(app.ctl("--json", "usage").stdout)["rows"]
+            return any(r["tenant"] == "capped" and r["rejected"] == 1 for r in rows)
+
+        # on disk before the first crash: a refusal decided in the half second before a
+        # SIGKILL can be missed (the front door has nothing to hand back for it)
+        app.wait_for(capped_rejected, timeout=10, what="the 429 counted")
         tasks: list[asyncio.Task[None]] = []
         for wave in range(3):
             tasks += [asyncio.create_task(one(s, "quiet" if i % 3 == 0 else "flooder"))
