@@ -207,6 +207,7 @@ class Residency:
         self.swaps.trim(now, r.swap_window_s)
         return {
             "gpu_total_bytes": self.total(),
+            "gpu_count": len(self.memory.devices()),  # infergridctl gpu list: each one
             "gpu_free_bytes": self.gpu_free,
             "swaps_in_window": self.swaps.in_window(),
             "swaps_total": self.swaps_total,

@@ -38,8 +38,10 @@ class ModelList(Command):
     @classmethod
     def render(cls, r: dict[str, Any]) -> str:
         total = r.get("gpu_total_bytes", 0)
-        head = (f"GPU {fmt_bytes(total)}, {fmt_bytes(r.get('gpu_free_bytes', 0))} free"
-                if total else "GPU memory not accounted (unlimited)")
+        n = r.get("gpu_count", 1)
+        head = (f"{f'{n} GPUs' if n > 1 else 'GPU'} {fmt_bytes(total)}, "
+                f"{fmt_bytes(r.get('gpu_free_bytes', 0))} free" if total
+                else "GPU memory not accounted (unlimited)")
         head += (f"; swaps {r.get('swaps_in_window', 0)}/{r.get('max_swaps_per_window', 0)} "
                  f"in the last {r.get('swap_window_s', 0):g}s, {r.get('swaps_total', 0)} in all")
         rows = [[m["name"], m["state"], m.get("ready_engines", 0),
