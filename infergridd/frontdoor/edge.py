@@ -42,6 +42,9 @@ from .errors import ApiError
 
 log = logging.getLogger("infergrid.frontdoor.edge")
 
+#: connections at once whose unread body is read away after the answer (see middleware)
+MAX_DRAINING = 16
+
 _FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
          b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s")
 _FULL_BODY = (b'{"error":{"message":"too many connections are busy; try again shortly",'
@@ -51,7 +54,7 @@ _FULL_BODY = (b'{"error":{"message":"too many connections are busy; try again sh
 class Conn:
     """One client connection as the guard sees it."""
 
-    __slots__ = ("transport", "requests", "active", "partial", "deadline", "timer")
+    __slots__ = ("transport", "requests", "active", "partial", "deadline", "timer", "draining")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -60,6 +63,7 @@ class Conn:
         self.partial = False  # bytes of the next request arrived, its headers not yet whole
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.draining = False  # answered before its body was read: aiohttp reads it away
 
 
 class EdgeGuard:
@@ -78,6 +82,11 @@ class EdgeGuard:
         self.evicted = 0
         self.refused = 0
         self.timed_out = 0
+        #: connections whose unread body aiohttp is reading to discard it (so the client
+        #: sees the answer, not a reset); each may buffer up to a body, so few at once
+        self.draining = 0
+        self.max_draining = MAX_DRAINING
+        self.closed_undrained = 0
 
     # ------------------------------------------------------------------ connections
     def guarded(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
@@ -100,6 +109,12 @@ class EdgeGuard:
         conn = self.conns.pop(transport, None)
         if conn is not None:
             self._unwait(conn)
+            self._drained(conn)
+
+    def _drained(self, conn: Conn) -> None:
+        if conn.draining:
+            conn.draining = False
+            self.draining -= 1
 
     def data(self, transport: asyncio.Transport) -> None:
         """Bytes arrived: between requests, they start the next one's header deadline."""
@@ -119,6 +134,7 @@ class EdgeGuard:
                 self.evicted += 1
                 conn.transport.close()
                 self.conns.pop(conn.transport, None)
+                self._drained(conn)
                 return True
         return False
 
@@ -149,6 +165,7 @@ class EdgeGuard:
         conn = self.conns.get(transport)
         if conn is not None:
             self._unwait(conn)
+            self._drained(conn)
             conn.active = True
             conn.partial = False
             conn.requests += 1
@@ -168,6 +185,16 @@ class EdgeGuard:
             resp = await handler(request)
             if conn is not None and conn.requests >= self.max_requests:
                 resp.force_close()
+            elif conn is not None and not request.content.is_eof():
+                # refused before its body was read (429, 413, 415, 401, ...): aiohttp reads
+                # the rest to discard it, buffering up to a body meanwhile; past a few such
+                # connections at once, close instead (that client may see a reset)
+                if self.draining >= self.max_draining:
+                    self.closed_undrained += 1
+                    resp.force_close()
+                else:
+                    conn.draining = True
+                    self.draining += 1
             return resp
         finally:
             if conn is not None:

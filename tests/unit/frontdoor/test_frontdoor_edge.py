@@ -35,9 +35,13 @@ class Server:
             await self.release.wait()
             return web.Response(text="held")
 
+        async def refuse(_: web.Request) -> web.Response:
+            return web.Response(status=429, text="full")  # its body never read
+
         app = web.Application(middlewares=[self.guard.middleware])
         app.router.add_get("/ok", ok)
         app.router.add_get("/hold", hold)
+        app.router.add_post("/refuse", refuse)
         self.runner = EdgeRunner(app, self.guard, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -170,3 +174,28 @@ async def test_keepalive_carries_a_bounded_number_of_requests(server: Server) ->
         assert (b"Connection: close" in head) == (i == 2), (i, head)
     assert await asyncio.wait_for(reader.read(), 2) == b""
     writer.close()
+
+
+@pytest.mark.parametrize("server", [{"max_connections": 10}], indirect=True)
+async def test_few_refused_bodies_are_read_away_at_once(server: Server) -> None:
+    """A body refused unread is read away by aiohttp so the client sees its answer; each
+    such connection can buffer up to a body, so past ``max_draining`` the answer closes."""
+    server.guard.max_draining = 1
+    head = (b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+            + b"x" * 10)
+    answers = []
+    writers = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(head)
+        answers.append(await asyncio.wait_for(reader.readuntil(b"full"), 2))
+        writers.append((reader, writer))
+    assert all(a.startswith(b"HTTP/1.1 429") for a in answers)
+    assert b"Connection: close" not in answers[0]  # read away: the connection lives on
+    assert b"Connection: close" in answers[1]  # over the bound: closed instead
+    assert server.guard.draining == 1 and server.guard.closed_undrained == 1
+    assert await asyncio.wait_for(writers[1][0].read(), 2) == b""
+    writers[0][1].close()
+    writers[1][1].close()
+    await asyncio.sleep(0.1)
+    assert server.guard.draining == 0
