@@ -285,7 +285,7 @@ class Planner:
             if covered(without):
                 chosen.remove(victim)
                 got = without
-        if not operator and not self._swap_allowed(now, len(chosen), m):
+        if not operator and not self._swap_allowed(now, len(chosen), m, set(left)):
             return
         for other, engines, _frees in chosen:
             om = self.models[other.name]
@@ -294,7 +294,7 @@ class Planner:
                 else {e.status.engine_id for e in engines}
             om.evict_for, om.evict_reason = mv.name, f"making room for {mv.name}"
             om.evictions += 1
-            self.swaps.record(now)
+            self.swaps.record(now, {d for e in engines for d in self.memory.on(e)} & set(left))
         if m.load_started is None:
             m.load_started = now
         m.wait_reason = "waiting for GPU memory: draining " + ", ".join(
@@ -347,16 +347,19 @@ class Planner:
         ranked.sort(key=lambda r: r[0])
         return ranked, blockers
 
-    def _swap_allowed(self, now: float, n: int, m: ModelState) -> bool:
-        """Would ``n`` more swaps stay within the budget?  If not, say when the next may."""
+    def _swap_allowed(self, now: float, n: int, m: ModelState, gpus: set[int]) -> bool:
+        """Would ``n`` more swaps stay within the budget of each GPU of ``gpus``?  If
+        not, say on which and when the next may."""
         window = self._r.swap_window_s
         self.swaps.trim(now, window)
         limit = self._r.max_swaps_per_window
-        if self.swaps.in_window() + n <= limit:
+        worst = max(sorted(gpus), key=self.swaps.in_window, default=None)
+        if self.swaps.in_window(worst) + n <= limit:
             return True
-        wait = self.swaps.next_in(now, window)
-        m.wait_reason = (f"swap limit reached: {self.swaps.in_window()} swaps in the last "
-                         f"{window:g}s (scheduler.residency.max_swaps_per_window "
+        wait = self.swaps.next_in(now, window, worst)
+        on = f" on GPU {worst}" if worst is not None and len(self.memory.totals()) > 1 else ""
+        m.wait_reason = (f"swap limit reached: {self.swaps.in_window(worst)} swaps in the last "
+                         f"{window:g}s{on} (scheduler.residency.max_swaps_per_window "
                          f"{limit}); next in {max(0.0, wait):.1f}s")
         m.retry_after_s = max(1.0, wait)
         if m.load_started is None:

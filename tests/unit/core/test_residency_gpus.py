@@ -117,3 +117,31 @@ def test_room_on_one_gpu_takes_only_the_replica_there() -> None:
     r = next(i for i in core.model_infos() if i.name == "r")
     assert r.ready_engines == 3 and r.state == "ready"
     assert [c.engine_id for c in farm.commands_seen if c.action == "sleep"] == [on2]
+
+
+def test_the_swap_limit_is_per_gpu() -> None:
+    """One swap per window per GPU: GPU 1's swap does not use up GPU 0's, and a second
+    one on GPU 1 waits, saying where."""
+    models = [m("a0", devices=[0]), m("b0", devices=[0], preload=False),
+              m("a1", devices=[1]), m("b1", devices=[1], preload=False)]
+    clock = FakeClock()
+    c = cfg(models, 2)
+    c = msgspec.structs.replace(c, scheduler=msgspec.structs.replace(
+        c.scheduler, residency=msgspec.structs.replace(c.scheduler.residency,
+                                                       max_swaps_per_window=1)))
+    core = SchedulerCore(c, clock)
+    farm = GpuFarm(core, {"a0-0": "ready", "b0-0": "stopped", "a1-0": "ready",
+                          "b1-0": "stopped"})
+    farm.report()
+    assert actions(farm.take(core.submit(FD, submit("x1", model="b1")))) == [("a1-0", "sleep")]
+    farm.execute()
+    farm.execute()
+    assert actions(farm.take(core.submit(FD, submit("x0", model="b0")))) == [("a0-0", "sleep")]
+    farm.execute()
+    farm.execute()
+    core.done(FD, p.Done(request_id="x1"))
+    clock.advance(1)
+    farm.take(core.submit(FD, submit("y1", model="a1")))  # back on GPU 1: over its budget
+    a1 = next(i for i in core.model_infos() if i.name == "a1")
+    assert a1.reason.startswith("swap limit reached: 1 swaps in the last 60s on GPU 1"), \
+        a1.reason
