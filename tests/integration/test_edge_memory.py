@@ -169,3 +169,32 @@ async def test_what_waits_while_the_scheduler_is_away_is_bounded(
     finally:
         os.kill(sched, signal.SIGCONT)
     assert statuses.count(200) == 20 - len(refused), statuses
+
+
+async def test_the_tenant_request_count_holds_while_the_scheduler_is_away(
+        appliance_factory: Any) -> None:
+    """With the scheduler away nobody else counts a tenant's requests: the front door
+    applies ``tenants[].max_queued`` itself (3 here), so the 4th and later are refused."""
+    tenants = [{**DEMO_TENANTS[0]}, {**DEMO_TENANTS[1], "max_queued": 3}]
+    app = appliance_factory({"models": [sim_model()], "tenants": tenants,
+                             "logging": {"requests": False}})
+    sched = app.daemon_pid("scheduler")
+    small = {"model": "demo", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}
+    os.kill(sched, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(3.5)  # the link calls it away after 3 s without a word
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            async def one() -> tuple[int, str]:
+                async with http.post(app.url + "/v1/chat/completions", json=small,
+                                     headers={"Authorization": "Bearer sk-flooder-demo"}) as r:
+                    data = await r.json(content_type=None)
+                    return r.status, (data.get("error") or {}).get("code", "")
+            waiting = [asyncio.create_task(one()) for _ in range(6)]
+            await asyncio.sleep(1.0)
+            refused = [t.result() for t in waiting if t.done()]
+            assert refused == [(429, "tenant_queue_full")] * 3, refused
+            os.kill(sched, signal.SIGCONT)
+            answers = await asyncio.gather(*waiting)
+    finally:
+        os.kill(sched, signal.SIGCONT)
+    assert sorted(s for s, _ in answers) == [200, 200, 200, 429, 429, 429], answers
