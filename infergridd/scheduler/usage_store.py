@@ -41,6 +41,10 @@ USAGE_FILE = "usage.sqlite3"
 RETENTION_S = 366 * 86400
 #: request ids remembered for idempotency (see the module docstring)
 SEEN_KEEP = 200_000
+#: events kept in memory while the file cannot be written (a full or read-only state
+#: directory); beyond it the oldest are dropped, counted and logged, and the front doors'
+#: Dones are acknowledged again, so that neither side grows without bound
+MAX_PENDING = 10_000
 #: the count columns, in the order of ``Row`` and the tables
 COUNTS = ("requests", "ok", "errors", "cancelled", "rejected", "prompt_tokens",
           "completion_tokens")
@@ -96,6 +100,8 @@ class UsageStore:
         self._pending: list[Event] = []
         #: per peer: seqs of Dones buffered but not on disk yet (acks stop below them)
         self._unwritten: dict[str, list[int]] = {}
+        #: events dropped because the file could not be written for too long
+        self.dropped = 0
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # before the daemon's run()
             self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -131,8 +137,15 @@ class UsageStore:
         try:
             self._write(events)
         except sqlite3.Error as exc:
-            log.error("cannot write usage to %s: %s (kept for the next try)", self.path, exc)
             self._pending = events + self._pending
+            over = len(self._pending) - MAX_PENDING
+            if over > 0:
+                del self._pending[:over]
+                self.dropped += over
+                self._unwritten.clear()  # what is dropped cannot be replayed: stop holding
+            log.error("cannot write usage to %s: %s (%d events kept for the next try%s)",
+                      self.path, exc, len(self._pending),
+                      f", {self.dropped} dropped so far" if self.dropped else "")
             return
         self._unwritten.clear()
 

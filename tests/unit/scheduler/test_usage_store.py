@@ -123,3 +123,27 @@ def test_usage_render_table_and_csv() -> None:
     assert csv_text.splitlines() == [
         "tenant,requests,ok,errors,cancelled,rejected,prompt_tokens,completion_tokens",
         "acme,2,2,0,0,1,30,12"]
+
+
+def test_an_unwritable_file_holds_events_then_drops_them_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full or read-only state directory: events wait in memory and the Dones stay
+    unacknowledged (nothing lost yet); past ``MAX_PENDING`` the oldest are dropped, counted,
+    and acknowledgements flow again so the front door's list does not grow forever."""
+    monkeypatch.setattr(us, "MAX_PENDING", 3)
+    s = UsageStore(tmp_path)
+    broken = sqlite3.connect(":memory:")
+    broken.close()  # every statement on it raises sqlite3.ProgrammingError
+    good, s._db = s._db, broken
+    s.add(done_event(_done("a"), T0), "fd-1", 1)
+    s.add(done_event(_done("b"), T0), "fd-1", 2)
+    s.flush()
+    assert s.ack("fd-1", 2) == 0 and s.dropped == 0  # held: the Dones may come back
+    s.add(done_event(_done("c"), T0), "fd-1", 3)
+    s.add(done_event(_done("d"), T0), "fd-1", 4)
+    s.flush()
+    assert s.dropped == 1 and s.ack("fd-1", 4) == 4
+    s._db = good  # the disk has room again: what was kept is written
+    s.flush()
+    (row,) = s.query(None, None, ["tenant"])
+    assert row["requests"] == 3
