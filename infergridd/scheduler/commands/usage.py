@@ -82,7 +82,7 @@ class Usage(Command):
                 if dim in r:
                     r[dim] = iso_hour(int(r[dim]), day=dim == "day")
         total = {c: sum(r[c] for r in rows) for c in COUNTS}
-        return {"by": by, "rows": rows, "total": total,
+        return {"by": by, "rows": rows, "total": total, "dropped": obs.usage.dropped,
                 "since": None if since is None else _iso(since),
                 "until": None if until is None else _iso(until),
                 "format": "csv" if self.arg("csv", False) else "table"}
@@ -103,7 +103,10 @@ class Usage(Command):
         body = table([b.upper() for b in by] + [_HEADERS[c] for c in COUNTS],
                      [[row[b] for b in by] + [row[c] for c in COUNTS] for row in rows]
                      + [["TOTAL"] + [""] * (len(by) - 1) + [r["total"][c] for c in COUNTS]])
-        return f"usage {span} (hours in UTC)\n\n{body}"
+        lost = r.get("dropped") or 0
+        note = (f"\n\nwarning: {lost} events were dropped since the scheduler started: the "
+                "usage file could not be written (see the scheduler's log)") if lost else ""
+        return f"usage {span} (hours in UTC)\n\n{body}{note}"
 
 
 def _iso(ts: float) -> str:

@@ -119,6 +119,8 @@ def test_usage_render_table_and_csv() -> None:
     r = {"by": ["tenant"], "rows": rows, "total": total, "since": None, "until": None}
     text = cls.render({**r, "format": "table"})
     assert "COMPLETION_TOKENS" in text and "acme" in text and "TOTAL" in text
+    assert "dropped" not in text
+    assert "warning: 7 events were dropped" in cls.render({**r, "format": "table", "dropped": 7})
     csv_text = cls.render({**r, "format": "csv"})
     assert csv_text.splitlines() == [
         "tenant,requests,ok,errors,cancelled,rejected,prompt_tokens,completion_tokens",
