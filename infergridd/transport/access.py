@@ -80,7 +80,14 @@ def role_gid(role: str) -> int | None:
         gid = grp.getgrnam(name).gr_gid
     except KeyError:
         return None
-    return gid if gid == os.getegid() or gid in os.getgroups() else None
+    if gid == os.getegid() or gid in os.getgroups():
+        return gid
+    # The package made the group but this process is not in it (a unit without the
+    # SupplementaryGroups=, or a user namespace that maps it to nobody): say so, since
+    # the peers of that role will then find the socket closed to them.
+    log.warning("group %s exists but this process (uid %d) is not in it: the %s socket is "
+                "0600, this user's alone", name, os.geteuid(), role)
+    return None
 
 
 @dataclass(frozen=True)
