@@ -30,7 +30,7 @@ from .chaos_faults import Fault
 
 DUP_GRACE_S = 5.0
 ORPHAN_GRACE_S = 20.0
-PERSIST_WINDOW_S = 3.0  # snapshot_interval_s (1 s) + a restart's reconnect
+PERSIST_WINDOW_S = 3.0  # snapshot_interval_s (1 s), with slack for a loaded machine
 RSS_DRIFT_MAX_KIB = 40 * 1024
 FD_DRIFT_MAX = 16
 EXEMPT_TENANTS = frozenset({"temp"})
@@ -41,6 +41,7 @@ class Sample:
     t: float
     tenants: dict[str, dict[str, Any]]
     engines: list[dict[str, Any]]
+    pid: int = 0  # the scheduler's
 
 
 @dataclass
@@ -87,7 +88,8 @@ class Watch:
         except Exception:  # noqa: BLE001 - the scheduler is down or stopped: a gap
             st = None
         if st is not None:
-            s = Sample(t, {x["name"]: x for x in st["tenants"]}, st["engines"])
+            s = Sample(t, {x["name"]: x for x in st["tenants"]}, st["engines"],
+                       int(st["scheduler"].get("pid", 0)))
             self.samples.append(s)
             self._check_counters(s)
             self._check_settings(s)
@@ -103,16 +105,30 @@ class Watch:
                     return True
         return False
 
+    def _baseline(self, old: Sample, s: Sample) -> bool:
+        """Whether ``s`` must show at least ``old``'s counters.  Within one scheduler
+        process always; across a restart, unless ``old`` may not have been saved: the
+        state dir could not be written then, or the scheduler was SIGKILLed less than a
+        persist window after it (it saves every ``snapshot_interval_s``; a SIGTERM
+        saves on the way out)."""
+        if old.pid == s.pid:
+            return True
+        if self._unsaved(old.t):
+            return False
+        return not any(f.kind == "kill9_scheduler" and f.t0 >= 0
+                       and f.t0 - PERSIST_WINDOW_S < old.t <= f.t0 <= s.t
+                       for f in self.faults)
+
     def _check_counters(self, s: Sample) -> None:
         for name, ten in s.tenants.items():
             if name in EXEMPT_TENANTS:
                 continue
             now_c = float(ten.get("counter", 0.0))
             for old in self.samples:
-                if old.t > s.t - PERSIST_WINDOW_S:
+                if old.t >= s.t:
                     break
                 prev = old.tenants.get(name)
-                if prev is None or self._unsaved(old.t):
+                if prev is None or not self._baseline(old, s):
                     continue
                 before = float(prev.get("counter", 0.0))
                 if now_c + 1e-6 * max(1.0, before) < before:

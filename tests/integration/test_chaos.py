@@ -44,6 +44,6 @@ def test_ci_sized_chaos_run_keeps_every_invariant() -> None:
 ])
 def test_a_deliberate_bug_makes_the_chaos_run_fail(bug: str, only: str, expect: str) -> None:
     r = run_chaos(ChaosSettings(seed=2, load_s=40, rate=4.0, faults=bool(only), only=only,
-                                bug=bug))
+                                bug=bug, client_timeout_s=60))
     text = "\n".join(r["violations"])
     assert expect in text, text or "no violation reported"

@@ -84,36 +84,44 @@ def _watch(faults: list[Fault] | None = None) -> Watch:
     return w
 
 
-def _sample(t: float, **counters: float) -> Sample:
+def _sample(t: float, pid: int = 1, **counters: float) -> Sample:
     tenants: dict[str, dict[str, Any]] = {n: {"name": n, "counter": c}
                                           for n, c in counters.items()}
-    return Sample(t, tenants, [])
+    return Sample(t, tenants, [], pid)
 
 
-def test_counter_going_down_is_a_violation_unless_the_disk_could_not_be_written() -> None:
-    w = _watch()
-    for s in (_sample(1, a=10, b=5), _sample(5, a=50, b=9), _sample(10, a=12, b=9)):
+def _feed(w: Watch, *samples: Sample) -> None:
+    for s in samples:
         w.samples.append(s)
         w._check_counters(s)
+
+
+def test_counter_going_down_is_a_violation_unless_it_may_not_have_been_saved() -> None:
+    w = _watch()  # one scheduler process: a counter never goes down, not even for 1 s
+    _feed(w, _sample(1, a=10, b=5), _sample(2, a=50, b=9), _sample(3, a=12, b=9))
     assert len(w.violations) == 1 and "tenant a" in w.violations[0], w.violations
-    # the same drop, while the state dir was full: what was charged meanwhile may be lost
-    w = _watch([_fault("state_full", "state", t0=5, t1=6)])
-    for s in (_sample(1, a=10), _sample(5, a=50), _sample(10, a=12)):
-        w.samples.append(s)
-        w._check_counters(s)
+    # across a SIGKILL: what was charged in the last persist window may be lost...
+    w = _watch([_fault("kill9_scheduler", "scheduler", t0=5, t1=6)])
+    _feed(w, _sample(1, a=10), _sample(4.5, a=50), _sample(7, pid=2, a=12))
     assert w.violations == []
-    # ...but not below what was saved before it
-    s = _sample(11, a=3)
-    w.samples.append(s)
-    w._check_counters(s)
+    # ...but not what was saved before it
+    _feed(w, _sample(8, pid=2, a=3))
+    assert len(w.violations) == 1, w.violations
+    # across a SIGTERM nothing may be lost (the scheduler saves on the way out)
+    w = _watch([_fault("term_scheduler", "scheduler", t0=5, t1=6)])
+    _feed(w, _sample(4.5, a=50), _sample(7, pid=2, a=12))
+    assert len(w.violations) == 1, w.violations
+    # while the state dir could not be written, what was charged may be lost
+    w = _watch([_fault("state_full", "state", t0=10, t1=12)])
+    _feed(w, _sample(1, a=10), _sample(11, a=50), _sample(20, pid=2, a=12))
+    assert w.violations == []
+    _feed(w, _sample(21, pid=2, a=3))
     assert len(w.violations) == 1
 
 
 def test_a_tenant_that_vanishes_is_a_violation() -> None:
     w = _watch()
-    for s in (_sample(1, a=1, b=1), _sample(2, a=1)):
-        w.samples.append(s)
-        w._check_counters(s)
+    _feed(w, _sample(1, a=1, b=1), _sample(2, a=1))
     assert any("tenant b disappeared" in v for v in w.violations)
 
 
