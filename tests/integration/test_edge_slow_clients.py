@@ -21,7 +21,10 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 from appliance import DEMO_TENANTS, sim_model
+
+pytestmark = pytest.mark.slow
 
 SLOW = 1000
 HEADER_TIMEOUT_S = 5.0
