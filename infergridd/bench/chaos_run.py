@@ -19,7 +19,7 @@ import aiohttp
 from .chaos_app import ChaosAppliance
 from .chaos_faults import Fault, FaultRunner, schedule
 from .chaos_load import Fleet, Spec, plan, run_one
-from .chaos_verdict import judge
+from .chaos_verdict import ARRIVAL_GRACE_S, judge
 from .chaos_watch import Watch, tracebacks
 
 MODELS = ["chat", "code", "slow"]
@@ -81,6 +81,7 @@ async def _run(app: ChaosAppliance, s: ChaosSettings) -> dict[str, Any]:
     for f in faults:
         if f.applied and not f.recovered:
             watch.violate(f"recover-{f.kind}-{f.at}", f"{f.kind} {f.target}: {f.note}")
+    traced = await asyncio.to_thread(watch.traced_without_done)
     await _probe(app, watch)
     stop_watch.set()
     await watcher
@@ -104,6 +105,7 @@ async def _run(app: ChaosAppliance, s: ChaosSettings) -> dict[str, Any]:
         "sent": fleet.started,
         **{k: v for k, v in verdict.items() if k != "violations"},
         "leftovers": leftovers,
+        "traces_checked": traced,
         "leaked_slots": sum(v for v in leftovers.values() if isinstance(v, (int, float))),
         "drift": drift,
         "processes_seen": {role: sum(1 for (r, _p, _s) in watch.usage if r == role)
@@ -149,8 +151,11 @@ def render(r: dict[str, Any]) -> str:
         f"{r['state_dir']})",
         f"requests sent {r['sent']}, ended {r['requests']}: " + ", ".join(
             f"{k} {v}" for k, v in r["by_cause"].items()),
-        f"failed {r['failed']}, by the fault that explains them: {r['failed_by_fault'] or '-'}",
-        f"leaked slots {r['leaked_slots']} {r['leftovers'] or ''}",
+        f"failed {r['failed']}, by the fault that explains them: {r['failed_by_fault'] or '-'}"
+        f" (of which arrived after the crash, within {ARRIVAL_GRACE_S:g} s: "
+        f"{r['failed_arriving_after_crash'] or '-'})",
+        f"leaked slots {r['leaked_slots']} {r['leftovers'] or ''}; dispatches checked for "
+        f"their Done in the last scheduler's traces: {r['traces_checked']}",
         "processes seen (1 + restarts; engines: 3 models): " + ", ".join(
             f"{k} {v}" for k, v in r["processes_seen"].items()),
         "drift (longest-lived process of each role; RSS KiB, fds: after warm-up -> end):",

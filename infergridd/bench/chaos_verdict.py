@@ -35,9 +35,20 @@ def _overlaps(r: Result, f: Fault) -> bool:
     return f.t0 - 0.5 <= r.t1 and end >= r.t0
 
 
+#: a crashed engine may fail the requests in flight on it, and those dispatched to it
+#: before anyone could know it was dead (its supervisor notices within a second or
+#: two; longer when the supervisor is down too): not requests that arrive later
+CRASH_KINDS = frozenset({"kill9_engine", "term_engine", "kill9_supervisor_then_engine",
+                         "kill9_frontdoor", "term_frontdoor"})
+ARRIVAL_GRACE_S = 3.0
+
+
 def _reaches(f: Fault, r: Result) -> bool:
     """Whether ``f`` may fail ``r``: a front door or the scheduler stopped reach every
-    request; an engine or model fault only the requests for that model."""
+    request; an engine or model fault only the requests for that model; a crash only
+    the requests that arrived before it was known."""
+    if f.kind in CRASH_KINDS and r.t0 > f.t0 + ARRIVAL_GRACE_S:
+        return False
     return f.target in ("frontdoor", "scheduler") or f.target == r.model
 
 
@@ -45,6 +56,7 @@ def judge(results: list[Result], faults: list[Fault]) -> dict[str, Any]:
     """Counts by cause, failures by the fault that explains them, and violations."""
     causes = Counter(r.cause or "none" for r in results)
     explained: Counter[str] = Counter()
+    late: Counter[str] = Counter()  # failed by a crash that happened before they arrived
     violations: list[str] = []
     for r in sorted(results, key=lambda r: r.rid):
         if r.ends != 1 and r.cause != "timeout":
@@ -61,7 +73,10 @@ def judge(results: list[Result], faults: list[Fault]) -> dict[str, Any]:
         over = [f for f in faults if _overlaps(r, f)]
         allowed = [f for f in over if MAY_FAIL.get(f.kind, False) and _reaches(f, r)]
         if allowed:  # the most recent one explains it
-            explained[max(allowed, key=lambda f: f.t0).kind] += 1
+            f = max(allowed, key=lambda f: f.t0)
+            explained[f.kind] += 1
+            if f.kind in CRASH_KINDS and r.t0 > f.t0:
+                late[f.kind] += 1
             continue
         why = ", ".join(sorted({f.kind for f in over})) or "no fault at all"
         violations.append(f"request {r.rid} ({r.tenant}/{r.model}, stream={r.stream}) "
@@ -71,5 +86,6 @@ def judge(results: list[Result], faults: list[Fault]) -> dict[str, Any]:
         "by_cause": dict(sorted(causes.items())),
         "failed": sum(n for c, n in causes.items() if c in FAILED),
         "failed_by_fault": dict(sorted(explained.items())),
+        "failed_arriving_after_crash": dict(sorted(late.items())),
         "violations": violations,
     }

@@ -195,6 +195,21 @@ class Watch:
                          f"(leaked slot or lost Done)")
         return left
 
+    def traced_without_done(self) -> int:
+        """Every request the current scheduler traced as dispatched has its Done (its
+        ``trace`` ring; a restart forgets the earlier ones).  Returns how many it checked."""
+        try:
+            recent = self.app.control("trace", {"last": 100_000}, timeout_s=10.0)["recent"]
+        except Exception as exc:  # noqa: BLE001
+            self.violate("trace", f"no request traces from the scheduler: {exc}")
+            return 0
+        for t in recent:
+            if t.get("dispatched") is not None and t.get("done") is None:
+                self.violate(f"nodone-{t['request_id']}", f"request {t['request_id']} "
+                             f"({t['tenant']}/{t['model']}) was dispatched to "
+                             f"{t.get('engine_id')} and has no Done")
+        return len(recent)
+
     def _leftovers(self) -> dict[str, Any]:
         left: dict[str, Any] = {}
         try:

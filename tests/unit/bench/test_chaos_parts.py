@@ -68,6 +68,12 @@ def test_judge_accepts_what_design_allows_and_flags_the_rest() -> None:
     text = "\n".join(bad["violations"])
     for rid in (5, 6, 7, 8, 9, 10):
         assert f"request {rid}" in text, (rid, text)
+    # a crash fails what arrived before it was known, not what arrives much later
+    late = judge([_res(12, "error_retryable", t0=12.0, t1=12.1, detail="502 x: y"),
+                  _res(13, "error_retryable", t0=15.0, t1=15.1, detail="502 x: y")],
+                 [_fault("kill9_engine", "chat", t0=11.0, t1=14.0)])
+    assert late["failed_arriving_after_crash"] == {"kill9_engine": 1}
+    assert len(late["violations"]) == 1 and "request 13" in late["violations"][0]
     # a scheduler restart must fail nothing (DESIGN §3)
     only_sched = judge([_res(11, "error_retryable", detail="503 x: y")],
                        [_fault("kill9_scheduler", "scheduler")])
