@@ -1,7 +1,7 @@
 """The chaos run (issue 16) through the real appliance: the CI-sized run, and each
 invariant shown able to fail by a deliberate bug (``chaos_hooks``' INFERGRID_CHAOS_BUG).
 
-Heavy tier ``chaos`` (about 6 minutes in all): ``pytest -m chaos tests/integration/test_chaos.py``,
+Heavy tier ``chaos`` (about 9 minutes in all): ``pytest -m chaos tests/integration/test_chaos.py``,
 or ``INFERGRID_CI_TIERS=chaos .ci/run``.  The hour-long soak is ``bench/chaos.py --hour``.
 """
 
