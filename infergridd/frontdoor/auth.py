@@ -98,7 +98,10 @@ class Authenticator:
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiError(401, "invalid_api_key", "malformed Authorization header; "
                            "expected 'Bearer <key>'")
-        tenant = self._table.get(hashlib.sha256(key.strip().encode()).hexdigest())
+        # a header's bytes that are not UTF-8 arrive as surrogates: hash the bytes as sent
+        # (no key matches them; a plain encode() raised, and the client got a 500)
+        raw = key.strip().encode(errors="surrogateescape")
+        tenant = self._table.get(hashlib.sha256(raw).hexdigest())
         if tenant is None:
             raise ApiError(401, "invalid_api_key", "incorrect API key provided")
         return tenant

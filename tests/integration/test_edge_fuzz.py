@@ -89,7 +89,8 @@ _header_text = st.text(st.characters(min_codepoint=32, max_codepoint=255,
                                      blacklist_characters="\r\n\x7f"), max_size=30)
 _auth = st.one_of(st.just(f"Bearer {KEY}"), st.just(f"Bearer {KEY}"), st.just(f"Bearer {KEY}"),
                   st.just("Bearer sk-wrong"), st.just("Bearer "), st.just("Basic Zm9vOmJhcg=="),
-                  st.just(f"bearer   {KEY}  "), _header_text, st.none())
+                  st.just(f"bearer   {KEY}  "), _header_text, st.none(),
+                  _header_text.map(lambda t: "Bearer " + t))  # bytes 0x80-0xff: not UTF-8
 _ctype = st.one_of(st.just("application/json"), st.just("application/json"), st.none(),
                    st.just("application/json; charset=utf-8"), st.just("text/plain"),
                    st.just("application/x-www-form-urlencoded"),

@@ -217,3 +217,21 @@ def test_the_body_is_kept_once_as_bytes() -> None:
     untouched = msgspec.json.encode({"model": "demo", "max_tokens": 5,
                                      "messages": [{"role": "user", "content": "x"}]})
     assert _parse(untouched).raw is not None and _parse(untouched).raw == untouched
+
+
+def test_a_key_that_is_not_utf8_is_401_not_500() -> None:
+    """aiohttp hands header bytes that are not UTF-8 over as surrogates; hashing them with
+    a plain ``encode()`` raised (the fuzz test found it: ``Bearer \\x80`` got a 500)."""
+    import hashlib
+
+    from infergridd import config
+    from infergridd.frontdoor.auth import Authenticator
+    from infergridd.protocol import AuthEntry
+
+    a = Authenticator(config.loads("version: 1\ntenants: [{name: a, keys: [sk-a]}]"))
+    a.update(1, [AuthEntry(hashlib.sha256(b"sk-a").hexdigest(), "a")])
+    for header in ("Bearer \udc80", "Bearer sk-\udcff\udcfe", "BEARER \udce9"):
+        with pytest.raises(ApiError) as e:
+            a.tenant(header)
+        assert (e.value.status, e.value.code) == (401, "invalid_api_key")
+    assert a.tenant("Bearer sk-a") == "a"
