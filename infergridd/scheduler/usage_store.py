@@ -169,7 +169,10 @@ class UsageStore:
                     (hour, ev.tenant, ev.model, *(int(ev.counts.get(c, 0)) for c in COUNTS)))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may have rolled back already (SQLITE_FULL does): a second ROLLBACK
+            # would raise "no transaction is active" and hide the real error (chaos run)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     def prune(self, now: float) -> None:
