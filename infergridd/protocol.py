@@ -9,9 +9,12 @@ unknown fields are ignored by msgspec's default decoder).
 Peers and sockets (DESIGN §1, §4):
 
 * front door and supervisor each hold a DEALER connected to the scheduler's
-  ROUTER at ``<runtime>/scheduler.sock``;
-* ``infergridctl`` holds a DEALER connected to ``<runtime>/control.sock`` and
-  speaks ``ControlRequest``/``ControlReply`` only.
+  ROUTER of their own role, ``<runtime>/scheduler/frontdoor.sock`` or
+  ``<runtime>/scheduler/supervisor.sock`` (DESIGN §10: the role is the socket,
+  never ``Hello.role``, which must agree with it; ``scheduler/endpoints.py``);
+* ``infergridctl`` holds a DEALER connected to ``<runtime>/scheduler/control.sock``
+  (every command) or ``control-ro.sock`` (read-only ones) and speaks
+  ``ControlRequest``/``ControlReply`` only.
 
 Reconciliation: a peer sends ``Hello`` with its *full* state when it starts and
 whenever the scheduler answers ``HelloRequired`` (the scheduler restarted and
