@@ -141,7 +141,7 @@ def wait(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> An
 
 def kill_engine_groups(app: Any) -> None:
     """Belt and braces after a test: no vLLM process may outlive the appliance."""
-    for pidfile in (app.runtime / "engines").glob("*.json"):
+    for pidfile in (app.runtime / "supervisor" / "engines").glob("*.json"):
         try:
             pid = json.loads(pidfile.read_text()).get("pid", 0)
             if pid:

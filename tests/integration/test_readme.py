@@ -209,7 +209,7 @@ class FirstHour:
 
     def cleanup(self) -> None:
         self.stop()
-        for rec in (self.root / "run" / "engines").glob("*.json"):
+        for rec in (self.root / "run" / "supervisor" / "engines").glob("*.json"):
             try:  # belt and braces: no engine outlives the test
                 os.killpg(json.loads(rec.read_text())["pid"], signal.SIGKILL)
             except (OSError, ValueError, KeyError):
