@@ -49,9 +49,10 @@ def make_config(policy: str, model: dict[str, Any], tenants: list[tuple[str, flo
         "listen": f"127.0.0.1:{port}",
         "scheduler": sched,
         # an open-loop flooder's queue is part of what a benchmark measures: not bounded
-        # by the front door's waiting room (frontdoor/room.py) either
+        # by the front door's waiting room (frontdoor/room.py) either, nor by its
+        # connection cap (each waiting request holds a connection)
         "limits": {"max_queued_requests": 10_000_000, "max_queued_bytes": "8GiB",
-                   "max_queued_bytes_per_tenant": "8GiB"},
+                   "max_queued_bytes_per_tenant": "8GiB", "max_connections": 16_384},
         "models": [model],
         "tenants": [{"name": n, "keys": [tenant_key(n)], "weight": w} for n, w in tenants],
         "logging": {"level": "warning", "requests": False},
