@@ -41,11 +41,14 @@ class FrontdoorLink(PeerLink):
         self.inflight: dict[str, p.InflightRecord] = {}
         self.unacked: dict[int, p.Done] = {}
         self._progress: dict[str, int] = {}
+        self._first: dict[str, int] = {}  # first tokens, sent at the end of the iteration
+        self._first_pending = False
         self._done_seq = 0
 
     # ------------------------------------------------------------------ the peer link's hooks
     def send_hello(self) -> None:
-        self._flush_progress()  # the Progress goes before the Hello that supersedes it
+        self._flush_first()  # the Progress goes before the Hello that supersedes it
+        self._flush_progress()
         super().send_hello()
 
     def _fill_hello(self, hello: p.Hello) -> None:
@@ -110,17 +113,35 @@ class FrontdoorLink(PeerLink):
 
         The first token goes at once: the scheduler holds heavy tenants' dispatches
         while a light tenant's request waits for it (core/headroom.py), and a
-        100 ms batching delay would be 100 ms of slots left idle.
+        100 ms batching delay would be 100 ms of slots left idle.  "At once" is the
+        end of the event loop's iteration: the first tokens of every stream that got
+        one in the same iteration share one ``Progress`` (under load, one message
+        instead of dozens; microseconds later, not 100 ms).
         """
         rec = self.inflight.get(request_id)
         first = rec is not None and not rec.completion_tokens and completion_tokens > 0
         if rec is not None:
             rec.completion_tokens = completion_tokens
         if first:
+            # sent at the end of this loop iteration, with every other stream's first
+            # token that came in the same iteration: one message, not one per stream
             self._progress.pop(request_id, None)
-            self.send(p.Progress(items=[(request_id, completion_tokens)]))
+            self._first[request_id] = completion_tokens
+            if not self._first_pending:
+                self._first_pending = True
+                asyncio.get_running_loop().call_soon(self._flush_first)
             return
-        self._progress[request_id] = completion_tokens
+        if request_id in self._first:  # not sent yet: the newer count goes instead
+            self._first[request_id] = completion_tokens
+        else:
+            self._progress[request_id] = completion_tokens
+
+    def _flush_first(self) -> None:
+        self._first_pending = False
+        if self._first:
+            items = list(self._first.items())
+            self._first.clear()
+            self.send(p.Progress(items=items))
 
     def finish(self, request_id: str, outcome: str, prompt_tokens: int,
                completion_tokens: int, ttft_s: float | None = None, error: str = "") -> None:
@@ -129,6 +150,7 @@ class FrontdoorLink(PeerLink):
         if rec is None:
             return
         self._progress.pop(request_id, None)
+        self._first.pop(request_id, None)  # the Done carries the count (as for _progress)
         self._send_done(p.Done(request_id=request_id, outcome=outcome,
                                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                engine_id=rec.engine_id, tenant=rec.tenant, model=rec.model,
