@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..config import Config, Dirs
 from ..config.dirs import UnsafeDirError, ensure_private_dir
+from ..frontdoor import workers
 from ..runlock import EX_IN_USE, LockHeld, RunLock, holder
 
 log = logging.getLogger("infergrid.serve")
@@ -53,23 +54,29 @@ class Child:
 
     #: the front door's listening socket, held by serve (``bind_listen``)
     listen_sock: socket.socket | None = None
+    #: which front-door process this is ("": not a front door; frontdoor/workers.py)
+    index: str = ""
 
     def start(self) -> None:
         # Own process group: a terminal's Ctrl-C reaches only us, and we stop the
         # children in order.  PDEATHSIG: if we are SIGKILLed, they do not linger.
+        index = self.index
         if self.listen_sock is not None:  # socket activation, as systemd does it
             fd = self.listen_sock.fileno()
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                          start_new_session=True, close_fds=False,
-                                         preexec_fn=lambda: _pass_listen_socket(fd))
+                                         preexec_fn=lambda: _pass_listen_socket(fd, index))
         else:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+                                         start_new_session=True,
+                                         preexec_fn=lambda: _die_with_parent(index))
         self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.role, self.proc.pid)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(index: str = "") -> None:
+    if index:  # which of the front-door processes (frontdoor/workers.py)
+        os.environ[workers.INDEX_ENV] = index
     try:
         import ctypes
 
@@ -80,11 +87,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def _pass_listen_socket(fd: int) -> None:
+def _pass_listen_socket(fd: int, index: str = "") -> None:
     """In the front door's child, before exec: its listening socket as fd 3 with
     LISTEN_FDS/LISTEN_PID (sd_listen_fds), what ``systemd.listen_fds`` reads.  Every
     other fd of ours is close-on-exec (PEP 446), so ``close_fds=False`` passes only it."""
-    _die_with_parent()
+    _die_with_parent(index)
     if fd == 3:
         os.set_inheritable(3, True)
     else:
@@ -154,6 +161,13 @@ class Serve:
             r: Child(r, child_argv(r, os.path.abspath(config_path), dirs, listen))
             for r in START_ORDER
         }
+        # frontdoor.processes front doors on one listening socket: "frontdoor" (index 0),
+        # "frontdoor@1", ... each restarted on its own (frontdoor/workers.py)
+        self.frontdoors = workers.processes(cfg.frontdoor.processes)
+        self.children["frontdoor"].index = "0"
+        for i in range(1, self.frontdoors):
+            c = Child(f"frontdoor@{i}", self.children["frontdoor"].argv, index=str(i))
+            self.children[c.role] = c
         self._stopping = False
         #: pid of another instance found holding this runtime dir after we started
         self._taken: int | None = None
@@ -190,10 +204,14 @@ class Serve:
         signal.signal(signal.SIGINT, self._on_signal)
         log.info("InferGrid on http://%s (runtime %s, state %s)", self.listen or self.cfg.listen,
                  self.dirs.runtime, self.dirs.state)
-        self.children["frontdoor"].listen_sock = bind_listen(self.listen or self.cfg.listen)
-        for role in START_ORDER:
-            self.children[role].start()
-            if role == "scheduler":
+        sock = bind_listen(self.listen or self.cfg.listen)
+        if self.frontdoors > 1:
+            workers.clear_metrics(self.dirs.runtime)
+        for c in self.children.values():
+            if c.index:
+                c.listen_sock = sock
+            c.start()
+            if c.role == "scheduler":
                 self._wait_for(self.dirs.control_sock, 10.0)
         while not self._stopping:
             self._reap_and_restart()
@@ -219,6 +237,8 @@ class Serve:
                         c.backoff_s = 1.0
                     continue
                 c.exits.append(rc)
+                if c.index and self.frontdoors > 1:  # its in-flight gauge stops counting
+                    workers.process_gone(self.dirs.runtime, c.proc.pid)
                 c.proc = None
                 if rc == EX_IN_USE:  # another instance took this runtime dir meanwhile
                     self._taken = running_pid(self.dirs, serve=False) or 0
@@ -234,15 +254,21 @@ class Serve:
 
     def shutdown(self) -> None:
         for role in STOP_ORDER:
+            if role == "frontdoor":  # all of them drain at once
+                doors = [c for c in self.children.values() if c.index]
+                for c in doors:
+                    if c.proc is not None and c.proc.poll() is None:
+                        c.proc.send_signal(signal.SIGTERM)
+                for c in doors:
+                    self._stop_child(c, self.cfg.limits.drain_timeout_s + 5)
+                sock = doors[0].listen_sock
+                for c in doors:
+                    c.listen_sock = None
+                if sock is not None:  # no front door will take its backlog any more
+                    sock.close()
+                continue
             c = self.children[role]
-            if role == "frontdoor":
-                bound = self.cfg.limits.drain_timeout_s + 5
-            else:
-                bound = 10.0
-            self._stop_child(c, bound)
-            if c.listen_sock is not None:  # no front door will take its backlog any more
-                c.listen_sock.close()
-                c.listen_sock = None
+            self._stop_child(c, 10.0)
             if role == "supervisor" and self._taken is None:  # else they are not ours
                 try:
                     from ..supervisor.procs import stop_all_engines

@@ -192,6 +192,11 @@ class LoggingConfig(_Strict):
     requests: bool = True  # one line per finished request from the front door
 
 
+class FrontdoorConfig(_Strict):
+    #: front-door processes sharing the one listening socket; 0: min(cores, 4)
+    processes: int = 1
+
+
 class Config(_Strict):
     version: Literal[1]
     listen: str = "127.0.0.1:8000"
@@ -206,6 +211,7 @@ class Config(_Strict):
     models: list[ModelConfig] = []
     tenants: list[TenantConfig] = []
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    frontdoor: FrontdoorConfig = msgspec.field(default_factory=FrontdoorConfig)
 
     # ------------------------------------------------------------------ helpers
     def model(self, name: str) -> ModelConfig | None:

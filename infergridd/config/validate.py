@@ -55,6 +55,9 @@ def _validate(cfg: Config) -> None:
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise bad("$.listen", f"expected HOST:PORT, got {cfg.listen!r}")
     _check_edge(cfg)
+    if not 0 <= cfg.frontdoor.processes <= 64:
+        raise bad("$.frontdoor.processes", f"expected 0 (automatic) to 64, got "
+                  f"{cfg.frontdoor.processes}")
     _check_devices(cfg)
     smallest = min((d.total for d in configured_devices(cfg) if d.total > 0), default=0)
     seen: set[str] = set()

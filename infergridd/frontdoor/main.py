@@ -25,7 +25,7 @@ from ..config import Config, Dirs
 from ..engines.context import exact_count, max_model_len
 from ..engines.unixhttp import EngineConnector
 from ..systemd import Notifier, listen_fds
-from . import status_page
+from . import status_page, workers
 from .admin import start_admin
 from .app import build_app
 from .auth import Authenticator
@@ -47,7 +47,10 @@ class Frontdoor:
         #: per model: (context length to check requests against, 0: none; exact count)
         self.context = {m.name: (max_model_len(m), exact_count(m)) for m in cfg.models}
         self.auth = Authenticator(cfg)
-        self.metrics = FrontdoorMetrics()
+        #: one of ``frontdoor.processes`` peers on one listening socket (workers.py)
+        self.processes = workers.processes(cfg.frontdoor.processes)
+        self.metrics = FrontdoorMetrics(
+            workers.metrics_dir(dirs.runtime) if self.processes > 1 else None, workers.index())
         self.room = Room(cfg.limits, self._tenant_count_limit)
         lim = cfg.limits
         self.guard = EdgeGuard(max_connections=lim.max_connections,
@@ -121,7 +124,7 @@ class Frontdoor:
         else:
             host, _, port = self.cfg.listen.rpartition(":")
             await web.TCPSite(runner, host.strip("[]"), int(port), backlog=1024,
-                              reuse_address=True).start()
+                              reuse_address=True, reuse_port=self.processes > 1).start()
             where = f"http://{self.cfg.listen}"
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

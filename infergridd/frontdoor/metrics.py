@@ -10,11 +10,14 @@ added names only (a wrong key is never a label), models are configured names.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .. import protocol as p
@@ -116,8 +119,33 @@ class SnapshotCollector(Collector):
         yield from gpu_families(snap)  # per GPU: infergrid_gpu_memory_bytes{device,state}
 
 
+class _Watched(Collector):
+    """Gauges read when scraped, from this process's own state (``FrontdoorMetrics.watch``);
+    labelled ``process`` when there are several front-door processes."""
+
+    def __init__(self, process: str) -> None:
+        self.process = process
+        self.gauges: list[tuple[str, str, Callable[[], float]]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["process"] if self.process else []
+        for name, help_text, read in self.gauges:
+            fam = GaugeMetricFamily(name, help_text, labels=labels)
+            fam.add_metric([self.process] if self.process else [], float(read()))
+            yield fam
+
+
 class FrontdoorMetrics:
-    def __init__(self) -> None:
+    """The front door's registry; with ``multiproc_dir`` (several front-door processes,
+    ``workers.py``) the counters and histograms are prometheus_client's multiprocess
+    values and the page sums every process's files."""
+
+    def __init__(self, multiproc_dir: Path | None = None, process: str = "") -> None:
+        self.multiproc_dir = multiproc_dir
+        if multiproc_dir is not None:  # before any metric below is made: they take this class
+            multiproc_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
+            values.ValueClass = values.MultiProcessValue()
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("infergrid_requests", "finished requests by outcome",
                                 ["tenant", "model", "outcome"], registry=r)
@@ -138,18 +166,23 @@ class FrontdoorMetrics:
         self.tokens = Counter("infergrid_tokens", "tokens by direction (engine usage)",
                               ["tenant", "model", "direction"], registry=r)
         self.inflight = Gauge("infergrid_inflight", "requests being relayed now",
-                              ["tenant", "model"], registry=r)
+                              ["tenant", "model"], registry=r, multiprocess_mode="livesum")
         self.rejections = Counter("infergrid_rejections", "requests refused",
                                   ["tenant", "reason"], registry=r)
         self.snapshot = SnapshotCollector()
+        self._watched = _Watched(process if multiproc_dir is not None else "")
+        if multiproc_dir is not None:  # the page: every process's files, plus ours
+            r = self.registry = CollectorRegistry()
+            MultiProcessCollector(r, str(multiproc_dir))
         r.register(self.snapshot)
+        r.register(self._watched)
         self._page: bytes | None = None
         self._page_at = 0.0
         self._rendering: asyncio.Future[bytes] | None = None
 
     def watch(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A gauge read when scraped (the waiting room's bytes, open connections, ...)."""
-        Gauge(name, help_text, registry=self.registry).set_function(read)
+        self._watched.gauges.append((name, help_text, read))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
