@@ -1,0 +1,127 @@
+"""Two front-door processes on one scheduler (issue 17.3), against real processes.
+
+``frontdoor.processes: 2``: both serve on the one port, both are peers the scheduler
+lists, ``/metrics`` from either sums both, and SIGKILLing one while streams run leaves
+every stream of the other complete (which process holds a stream is read from the
+kernel: the client's port among the killed process's sockets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from appliance import DEMO_TENANTS, sim_model
+
+pytestmark = pytest.mark.slow
+KEY = "sk-quiet-demo"
+
+
+def frontdoor_pids(app) -> list[int]:  # type: ignore[no-untyped-def]
+    out = subprocess.run(["pgrep", "-f", f"infergridd frontdoor --config {app.config_path}"],
+                         capture_output=True, text=True).stdout.split()
+    return sorted(int(x) for x in out)
+
+
+def peer_ports(pid: int, listen_port: int) -> set[int]:
+    """The client ports of the connections ``pid`` accepted on ``listen_port`` (/proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            m = re.match(r"socket:\[(\d+)\]", os.readlink(fd))
+        except OSError:
+            continue
+        if m:
+            inodes.add(m.group(1))
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[9] in inodes and int(f[1].rsplit(":", 1)[1], 16) == listen_port:
+                ports.add(int(f[2].rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def one_stream(url: str, max_tokens: int, ports: list[int]) -> tuple[int, bool, int]:
+    """(client port, ended with [DONE], content chunks) of one streamed request."""
+    body = {"model": "demo", "stream": True, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "hello there"}]}
+    done, chunks, port = False, 0, 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        try:
+            async with s.post(url + "/v1/chat/completions", json=body,
+                              headers={"Authorization": f"Bearer {KEY}"}) as r:
+                assert r.connection is not None and r.connection.transport is not None
+                port = r.connection.transport.get_extra_info("sockname")[1]
+                ports.append(port)
+                assert r.status == 200
+                async for line in r.content:
+                    if line.startswith(b"data: [DONE]"):
+                        done = True
+                    elif b'"content":"' in line and b'"content":""' not in line:
+                        chunks += 1
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass
+    return port, done, chunks
+
+
+def ok_requests(page: str) -> float:
+    return sum(float(m.group(1)) for m in re.finditer(
+        r'^infergrid_requests_total\{[^}]*outcome="ok"[^}]*\} (\S+)$', page, re.M))
+
+
+async def test_two_frontdoors_share_a_port_and_survive_each_other(appliance_factory) -> None:
+    app = appliance_factory({"frontdoor": {"processes": 2},
+                             "models": [sim_model(max_num_seqs=64, step_s=0.02)],
+                             "tenants": DEMO_TENANTS})
+    pids = frontdoor_pids(app)
+    assert len(pids) == 2
+    # both are the scheduler's peers, each its own identity
+    st = app.wait_for(lambda: (lambda s: s if sorted(
+        p["pid"] for p in s["peers"] if p["role"] == "frontdoor") == pids else None)(
+        app.status()), what="both front doors in infergridctl status")
+    names = [p["name"] for p in st["peers"] if p["role"] == "frontdoor"]
+    assert len(set(names)) == 2
+    text = app.ctl("status").stdout
+    assert "front doors 2" in text
+
+    # both serve (new connections spread over both), and /metrics sums both
+    ports: list[int] = []
+    short = await asyncio.gather(*[one_stream(app.url, 4, ports) for _ in range(40)])
+    assert all(d and n == 4 for _, d, n in short)
+    port = int(app.url.rsplit(":", 1)[1])
+    async with aiohttp.ClientSession() as s:
+        pages = []
+        for _ in range(12):  # a fresh connection each: either process may answer
+            async with s.get(app.url + "/metrics", headers={"Connection": "close"}) as r:
+                pages.append(await r.text())
+            await asyncio.sleep(0.12)  # past the page cache
+    assert {ok_requests(p) for p in pages} == {40.0}, [ok_requests(p) for p in pages]
+
+    # SIGKILL one while 40 streams run: every stream on the other completes
+    victim, survivor = pids
+    ports.clear()
+    streams = [asyncio.create_task(one_stream(app.url, 100, ports)) for _ in range(40)]
+    deadline = time.monotonic() + 10
+    while len(ports) < 40 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    on_victim = peer_ports(victim, port)
+    on_survivor = peer_ports(survivor, port)
+    os.kill(victim, signal.SIGKILL)
+    results = await asyncio.gather(*streams)
+    mine = [r for r in results if r[0] in on_survivor]
+    lost = [r for r in results if r[0] in on_victim]
+    assert mine and lost, (len(mine), len(lost))  # both held streams
+    assert all(d and n == 100 for _, d, n in mine), mine
+    assert not any(d for _, d, _ in lost)  # the killed one's did break (the test can fail)
+    # serve restarts the killed one; the scheduler lists two again, the survivor unchanged
+    app.wait_for(lambda: (lambda ps: ps if len(ps) == 2 and survivor in ps else None)(
+        sorted(p["pid"] for p in app.status()["peers"] if p["role"] == "frontdoor")),
+        timeout=30, what="the killed front door restarted")
