@@ -20,7 +20,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Collection, Generator
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,17 +280,34 @@ class EngineAdapter:
 # --------------------------------------------------------------------------- processes
 
 
+def _direct(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+#: How a /proc read (None: found nothing) or a signal aimed at an engine is made.  The
+#: supervisor's ``runas`` sets it: an engine of its own user is hidden from the
+#: supervisor's /proc (``ProtectProc=invisible``) and signalled only with its uid.
+engine_proc_access: Callable[[Callable[[], Any]], Any] = _direct
+
+
+def _read_stat(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def proc_start_time(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot (/proc/PID/stat field 22), or None.
 
     With the pid it identifies a process for good: a pid reused by another
     process has another start time, so we never signal a stranger.
     """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-    except OSError:
+    raw = engine_proc_access(lambda: _read_stat(pid))
+    if raw is None:
         return None
+    stat = raw.decode("ascii", "replace")
     # The command name (field 2) is in parentheses and may contain spaces or ')'.
     rest = stat[stat.rfind(")") + 2:].split()
     try:
@@ -314,11 +331,17 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def _killpg(pid: int, sig: int) -> bool:
     try:
         os.killpg(pid, sig)  # launched with start_new_session: pgid == pid
     except ProcessLookupError:
         pass
+    return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        engine_proc_access(lambda: _killpg(pid, sig))
     except PermissionError:
         try:
             os.kill(pid, sig)

@@ -29,10 +29,7 @@ _PROC = Path("/proc")
 
 def cmdline_of(pid: int) -> list[str] | None:
     """The process's argv as the kernel has it, or None if it is gone or unreadable."""
-    try:
-        raw = (_PROC / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return None
+    raw = runas.as_engine(lambda: _read(_PROC / str(pid) / "cmdline"))
     if not raw:
         return None  # a kernel thread or a zombie
     return raw.rstrip(b"\0").decode("utf-8", "surrogateescape").split("\0")
@@ -40,13 +37,33 @@ def cmdline_of(pid: int) -> list[str] | None:
 
 def uid_of(pid: int) -> int | None:
     """The process's real uid (``/proc/PID/status``), or None."""
+    raw = runas.as_engine(lambda: _read(_PROC / str(pid) / "status"))
     try:
-        for line in (_PROC / str(pid) / "status").read_text().splitlines():
+        for line in (raw or b"").decode("ascii", "replace").splitlines():
             if line.startswith("Uid:"):
                 return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return None
     return None
+
+
+def _read(path: Path) -> bytes | None:
+    """A /proc file, or None (gone, or hidden from us: ``runas.as_engine`` tries again)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _pids() -> set[str]:
+    """Every pid we can see, our engines' included (hidden from our own ids under
+    ``ProtectProc=invisible`` when they run as their own user)."""
+    def listing() -> set[str]:
+        try:
+            return {e for e in os.listdir(_PROC) if e.isdigit()}
+        except OSError:
+            return set()
+    return listing() | (runas.with_engine_creds(listing) or set())
 
 
 def expected_cmdlines(argv: list[str]) -> list[list[str]]:
@@ -89,15 +106,11 @@ def is_our_engine(rec: EngineRecord) -> bool:
 def group_is_ours(pgid: int) -> bool:
     """Every live member of process group ``pgid`` belongs to us or the engine user."""
     allowed = allowed_uids()
-    try:
-        entries = [e for e in os.listdir(_PROC) if e.isdigit()]
-    except OSError:
-        return False
-    for entry in entries:
-        try:
-            stat = (_PROC / entry / "stat").read_bytes().decode("ascii", "replace")
-        except OSError:
+    for entry in _pids():
+        raw = runas.as_engine(lambda entry=entry: _read(_PROC / entry / "stat"))
+        if raw is None:
             continue
+        stat = raw.decode("ascii", "replace")
         rest = stat[stat.rfind(")") + 2:].split()
         try:
             if int(rest[2]) != pgid:  # field 5, the process group

@@ -83,8 +83,8 @@ def kill_leftover_group(pid: int) -> None:
     if not identity.group_is_ours(pid):
         log.warning("not killing process group %d: it has members that are not ours", pid)
         return
-    try:
-        os.killpg(pid, signal.SIGKILL)
+    try:  # an engine of its own user: with its uid (runas.as_engine)
+        runas.as_engine(lambda: os.killpg(pid, signal.SIGKILL) or True)
     except (ProcessLookupError, PermissionError):
         pass
 

@@ -190,6 +190,8 @@ class Supervisor:
             lock.release()
 
     async def _run(self) -> int:
+        # the unit's ambient CAP_SETUID/CAP_SETGID are ours alone: no engine inherits them
+        runas.drop_ambient()
         # engine records (0600), logs and sockets: the front door's group may pass (it
         # reaches the engines' sockets, 0770), may not list; others nothing (runas.py)
         runas.prepare_engines_dir(self.dirs.engines_dir)

@@ -25,7 +25,7 @@ from ..config import Dirs
 from ..engines.base import LaunchSpec, proc_start_time, stop_process_group
 from ..fsutil import write_atomic
 from ..runlock import RunLock
-from . import identity, statefile
+from . import identity, runas, statefile
 from .runas import RunAs
 
 log = logging.getLogger("infergrid.supervisor")
@@ -136,18 +136,14 @@ ENGINE_UMASK = 0o007
 
 def prepare_listen(sock: Path | None, who: RunAs | None) -> None:
     """Make way for an engine's Unix socket: its directory when it runs as its own user
-    (``who``: owned by it, 02750 with the engines dir's group, so the socket it creates
-    has that group and the daemons of that group may connect), and no leftover socket
-    file (vLLM's bind fails on one).  Never through a symlink."""
+    (``who``: ours, its group ``who.own_gid``, 0771: the engine may create its socket
+    there, the daemons that passed the engines dir may reach it, write nobody else;
+    no chown needed), and no leftover socket file (vLLM's bind fails on one).  Never
+    through a symlink."""
     if sock is None:
         return
     if who is not None:
-        d = sock.parent
-        d.mkdir(mode=0o750, exist_ok=True)
-        if stat.S_ISLNK(os.lstat(d).st_mode):
-            raise OSError(f"{d} is a symlink")
-        os.chown(d, who.uid, os.stat(d.parent).st_gid, follow_symlinks=False)
-        os.chmod(d, 0o2750)
+        runas.give_dir(sock.parent, who.own_gid, 0o771)
     try:
         st = os.lstat(sock)
     except FileNotFoundError:
@@ -158,22 +154,25 @@ def prepare_listen(sock: Path | None, who: RunAs | None) -> None:
 
 
 def write_files(spec: LaunchSpec, who: RunAs | None) -> None:
-    """The spec's files (an engine's key for SGLang), 0600, the engine user's if it has one."""
+    """The spec's files (an engine's key for SGLang): 0600 ours, or 0640 with the engine
+    user's own group when it runs as that user (it reads them; the front door cannot)."""
     for name, data in spec.files.items():
         write_atomic(Path(name), data, mode=0o600)
         if who is not None:
-            os.chown(name, who.uid, who.gid, follow_symlinks=False)
+            os.chown(name, -1, who.own_gid, follow_symlinks=False)
+            os.chmod(name, 0o640)
 
 
 def launch(spec: LaunchSpec, log_file: Path, who: RunAs | None = None) -> subprocess.Popen[bytes]:
     """Start a detached engine writing to ``log_file``; raises OSError if it cannot exec.
 
-    ``who``: run it as that user with its primary group only (``runas.py``: never the
-    journal group or ours); else as ourselves."""
+    ``who``: run it as that user with the engines' socket group and its own group only
+    (``runas.py``: never the journal group or ours); else as ourselves."""
     log_file.parent.mkdir(mode=0o710, parents=True, exist_ok=True)
     rotate_log(log_file)
     write_files(spec, who)
     env = {**os.environ, **spec.env}
+    runas.engine_env(who, env)
     # Our own systemd notify/watchdog/socket-activation variables belong to us, not it.
     for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
               "LISTEN_FDNAMES", "INFERGRID_STOP_ENGINES_ON_EXIT"):
@@ -189,7 +188,7 @@ def launch(spec: LaunchSpec, log_file: Path, who: RunAs | None = None) -> subpro
     try:
         user: dict[str, object] = {}
         if who is not None:
-            user = {"user": who.uid, "group": who.gid, "extra_groups": []}
+            user = {"user": who.uid, "group": who.gid, "extra_groups": [who.own_gid]}
         return subprocess.Popen(
             spec.argv, env=env, cwd=spec.cwd, stdin=subprocess.DEVNULL, stdout=fd,
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
@@ -235,7 +234,7 @@ def _stop_all(dirs: Dirs, timeout: float) -> int:
     for r in running:
         log.info("stopping engine %s (pid %d)", r.engine_id, r.pid)
         try:
-            os.killpg(r.pid, signal.SIGTERM)
+            runas.as_engine(lambda r=r: os.killpg(r.pid, signal.SIGTERM) or True)
         except (ProcessLookupError, PermissionError):
             pass
     deadline = time.monotonic() + timeout
