@@ -251,7 +251,7 @@ print("accepted" if w is not None and w.accepted else f"refused: {w.reason if w 
 def as_frontdoor(box: NsSystemd, argv: list[str]) -> tuple[int, str]:
     """Run ``argv`` as the front door's user, with the groups its unit gives it."""
     r = box.run_in(["setpriv", "--reuid=infergrid-frontdoor", "--regid=infergrid-frontdoor",
-                    "--groups=infergrid", *argv], timeout=60)
+                    "--groups=infergrid,infergrid-enginesock", *argv], timeout=60)
     return r.returncode, r.stdout + r.stderr
 
 
@@ -271,6 +271,82 @@ def test_the_front_doors_user_cannot_control_or_pose(box: NsSystemd) -> None:
     assert out.startswith("refused") and "for frontdoors" in out, out
     names = box.run_in(["infergridctl", "--json", "tenant", "list"], check=True).stdout
     assert "mallory" not in names
+    # it reaches the engine's socket, but cannot plant one where an engine will listen
+    rc, out = as_frontdoor(box, [py, "-c", CONNECT,
+                                 "/run/infergrid/supervisor/engines/demo-0.d/demo-0.sock"])
+    assert out.strip() == "connected", out
+    rc, out = as_frontdoor(box, ["touch", "/run/infergrid/supervisor/engines/demo-0.d/x.sock"])
+    assert rc != 0 and "Permission denied" in out, out
+
+
+def proc_status(box: NsSystemd, pid: int) -> dict[str, list[str]]:
+    text = box.run_in(["cat", f"/proc/{pid}/status"], check=True).stdout
+    return {k: v.split() for k, v in (line.split(":", 1) for line in text.splitlines()
+                                      if ":" in line)}
+
+
+def gid(box: NsSystemd, group: str) -> str:
+    return box.run_in(["getent", "group", group], check=True).stdout.split(":")[2]
+
+
+def test_engines_run_as_their_own_user(box: NsSystemd) -> None:
+    """Issue 14.3: the engine (model code on tenants' prompts) runs as infergrid-engine, with
+    the sockets' group and its own only (no journal group, no daemon's group) and no
+    capability, although the supervisor's unit grants CAP_SETUID/CAP_SETGID."""
+    pids = engine_pids(box)
+    assert pids
+    journal_gid, enginesock, own = (gid(box, "systemd-journal"),
+                                    gid(box, "infergrid-enginesock"),
+                                    gid(box, "infergrid-engine"))
+    for pid in pids:
+        user = box.run_in(["ps", "-o", "user=", "-p", str(pid)], check=True).stdout.strip()
+        st = proc_status(box, pid)
+        print(f"systemd tier: engine pid {pid}: user {user}, gid {st['Gid'][0]}, groups "
+              f"{st['Groups']}, CapPrm {st['CapPrm'][0]}, CapAmb {st['CapAmb'][0]}")
+        assert user == "infergrid-engine"
+        assert st["Gid"] == [enginesock] * 4 and st["Groups"] == [own]
+        assert journal_gid not in st["Groups"]
+        assert int(st["CapPrm"][0], 16) == int(st["CapEff"][0], 16) == 0
+        assert int(st["CapAmb"][0], 16) == 0
+    sup = main_pids(box)["supervisor"]
+    caps = proc_status(box, sup)
+    # the supervisor holds them, but not as ambient ones that an exec would pass on
+    assert int(caps["CapEff"][0], 16) == (1 << 6) | (1 << 7) and int(caps["CapAmb"][0], 16) == 0
+    # the engine's socket: its user's, the socket group's, 0770 (the front door reaches it)
+    r = box.run_in("stat -c '%U:%G:%a' /run/infergrid/supervisor/engines/*.d/*.sock",
+                   check=True)
+    assert r.stdout.split() == ["infergrid-engine:infergrid-enginesock:770"], r.stdout
+
+
+def as_engine_user(box: NsSystemd, argv: list[str]) -> tuple[int, str]:
+    """Run ``argv`` as an engine runs: user infergrid-engine, gid infergrid-enginesock, its
+    own group (supervisor/runas.py)."""
+    r = box.run_in(["setpriv", "--reuid=infergrid-engine", "--regid=infergrid-enginesock",
+                    "--groups=infergrid-engine", *argv], timeout=60)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_an_engine_cannot_reach_the_schedulers_sockets(box: NsSystemd) -> None:
+    """Before, engines ran as the supervisor's user and could connect to supervisor.sock and
+    pose as the supervisor.  As infergrid-engine none of the scheduler's sockets admit it,
+    nor may it tell the appliance anything through infergridctl."""
+    py = "/opt/venvs/infergrid/bin/python"
+    got = {}
+    for name in ("supervisor.sock", "frontdoor.sock", "control.sock", "control-ro.sock"):
+        rc, out = as_engine_user(box, [py, "-c", CONNECT, f"/run/infergrid/scheduler/{name}"])
+        got[name] = out.strip()
+    print(f"systemd tier: as infergrid-engine: {got}")
+    assert set(got.values()) == {"denied"}, got
+    rc, out = as_engine_user(box, ["infergridctl", "tenant", "add", "mallory"])
+    assert rc != 0 and "mallory" not in box.run_in(
+        ["infergridctl", "--json", "tenant", "list"], check=True).stdout, out
+    # nor may it list the engines' directory, read a record (with its key) or plant a file
+    rc, out = as_engine_user(box, ["ls", "/run/infergrid/supervisor/engines"])
+    assert rc != 0 and "Permission denied" in out, out
+    rc, out = as_engine_user(box, ["cat", "/run/infergrid/supervisor/engines/demo-0.json"])
+    assert rc != 0 and "Permission denied" in out, out
+    rc, out = as_engine_user(box, ["touch", "/run/infergrid/supervisor/engines/x"])
+    assert rc != 0 and "Permission denied" in out, out
 
 
 def test_control_socket_writes_need_the_admin_group(box: NsSystemd) -> None:
