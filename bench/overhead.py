@@ -17,14 +17,22 @@ contains 0 means "not distinguishable from no overhead".  The engine's batch
 (``--max-num-seqs`` 256) is larger than C, so nothing queues at the engine.
 
 Part 2, front-door ceiling.  Open-loop streams of short requests (8 prompt
-tokens, 4 output tokens) through InferGrid at doubling rates, a few seconds
-each; the highest rate with >= 99 % ok, send lag p99 under 50 ms and TTFT p50
-under 4x its value at the lowest rate is what one front-door process sustains
-*on this machine* (2 cores shared by the engine, the three daemons and this
-generator: the number is a floor, not the front door's own limit).  If even the
-last rate tried was sustained, the answer is reported as "at least" that rate.
+tokens, 4 output tokens) through InferGrid at rising rates (250 to 3000 req/s),
+a few seconds each, against one ``infergrid serve`` per ``--processes`` value
+(1 and 2 front-door processes by default, all started up front; at each rate
+each arm runs in turn, so the machine's drift hits them alike).  A rate is
+sustained with >= 99 % ok, send lag p99 under 50 ms and TTFT p99 under
+``--ttft-p99-ms`` (20, issue 17).  ``--loadgen-cpu N`` pins this generator to
+CPU N and InferGrid with its engine to the rest (taskset).  On a 2-core machine
+shared by the engine, the daemons, this generator and other work, the figures are
+a floor, not the front door's own limit.
 
-Reuses ``infergridd.bench`` (appliance, engines, loadgen, stats).  Writes
+Part 3, optional: LiteLLM's proxy (``--litellm``, default
+``/tmp/litellm-venv/bin/litellm``; skipped if absent) before a second simulated
+engine on a TCP port, against that engine called directly: its added latency and
+its ceiling (``infergridd/bench/overhead_arms.py``).
+
+Reuses ``infergridd.bench`` (appliance, engines, loadgen, stats, overhead_arms).  Writes
 ``overhead.json`` and ``overhead.md`` (the printed table) under ``--out``.
 """
 
@@ -33,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -47,7 +56,16 @@ sys.path.insert(0, str(REPO))
 from infergridd.bench import stats  # noqa: E402
 from infergridd.bench.appliance import Serve, free_port, make_config, tenant_key  # noqa: E402
 from infergridd.bench.engines import SimEngine  # noqa: E402
-from infergridd.bench.loadgen import OK, Prompts, Result, Target, open_loop, session, stream_one  # noqa: E402
+from infergridd.bench.loadgen import OK, Prompts, Result, Target, stream_one  # noqa: E402
+from infergridd.bench.overhead_arms import (  # noqa: E402
+    LiteLLMProxy,
+    ceiling_rows,
+    ceiling_table,
+    engine_target,
+    http_session,
+    pin,
+    sustained,
+)
 from infergridd.bench.workload import Planned  # noqa: E402
 
 TENANT = "bench"
@@ -63,8 +81,9 @@ async def alternating_closed_loop(targets: dict[str, Target], concurrency: int, 
     Requests sent in the first ``WARMUP_S`` seconds are dropped (connection set-up,
     the engine's first batch).
     """
-    out: dict[str, list[Result]] = {p: [] for p in PATHS}
-    async with session() as http:
+    out: dict[str, list[Result]] = {p: [] for p in targets}
+    paths = tuple(targets)
+    async with http_session() as http:
         t0 = time.monotonic()
         stop = t0 + seconds
         n = iter(range(1 << 30))
@@ -72,7 +91,7 @@ async def alternating_closed_loop(targets: dict[str, Target], concurrency: int, 
         async def worker(first: int) -> None:
             k = first
             while time.monotonic() < stop:
-                path = PATHS[k % 2]
+                path = paths[k % 2]
                 k += 1
                 i = next(n)
                 p = Planned(TENANT, i, 0.0, prompt_tokens, max_tokens)
@@ -87,7 +106,7 @@ async def alternating_closed_loop(targets: dict[str, Target], concurrency: int, 
 
 def latency_stats(res: dict[str, list[Result]], seed: int, n_boot: int) -> dict[str, Any]:
     """Per metric: each path's summary and the added p50/p99 (through InferGrid − direct)."""
-    d, v = res["direct"], res["infergrid"]
+    d, v = res["direct"], res[next(k for k in res if k != "direct")]
     out: dict[str, Any] = {"n_direct": len(d), "n_infergrid": len(v)}
     series = {
         "ttft": ([r.ttft_s for r in d], [r.ttft_s for r in v]),
@@ -102,35 +121,6 @@ def latency_stats(res: dict[str, list[Result]], seed: int, n_boot: int) -> dict[
             "added_p99_ms": stats.difference(a, b, 99, seed, n_boot=n_boot),
         }
     return out
-
-
-async def ceiling(via: Target, rates: list[float], seconds: float,
-                  prompts: Prompts) -> list[dict[str, Any]]:
-    """Open loop at each rate in turn until one is not sustained."""
-    rows: list[dict[str, Any]] = []
-    base_p50: float | None = None
-    for rate in rates:
-        k = int(rate * seconds)
-        plan = [Planned(TENANT, i, i / rate, 8, 4) for i in range(k)]
-        run = await open_loop(via, plan, prompts, label=f"ceiling {rate:g}/s",
-                              duration_s=seconds, drain_s=5.0, progress=False)
-        ok = [r for r in run.results if r.status == OK]
-        lags = np.array([r.lag_s for r in run.results]) * 1e3
-        ttft = np.array([r.ttft_s for r in ok]) * 1e3 if ok else np.array([np.inf])
-        row = {"rate": rate, "sent": len(run.results), "ok_frac": len(ok) / max(1, k),
-               "achieved_rps": len(ok) / seconds, "lag_p99_ms": float(np.percentile(lags, 99)),
-               "ttft_p50_ms": float(np.percentile(ttft, 50)),
-               "ttft_p99_ms": float(np.percentile(ttft, 99))}
-        base_p50 = base_p50 or row["ttft_p50_ms"]
-        row["sustained"] = bool(row["ok_frac"] >= 0.99 and row["lag_p99_ms"] < 50
-                                and row["ttft_p50_ms"] < 4 * base_p50)
-        rows.append(row)
-        print(f"  {rate:7.0f} req/s: ok {row['ok_frac']:.1%}, lag p99 {row['lag_p99_ms']:.0f} ms,"
-              f" ttft p50/p99 {row['ttft_p50_ms']:.1f}/{row['ttft_p99_ms']:.1f} ms"
-              f" {'ok' if row['sustained'] else 'NOT sustained'}", flush=True)
-        if not row["sustained"]:
-            break
-    return rows
 
 
 def _ci(d: dict[str, Any]) -> str:
@@ -159,72 +149,124 @@ def table(latency: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _direct_target(serve: Serve, model: str) -> Target | None:
-    """The engine InferGrid launched, called with its own key (None if none is recorded)."""
-    recs = serve.engine_records()
-    if not recs:
-        return None
-    rec = recs[0]
-    return Target(f"http://127.0.0.1:{int(rec['port'])}", model,
-                  {TENANT: str(rec.get("api_key", ""))})
+def _serve(processes: int, a: argparse.Namespace, eng: SimEngine, logdir: Path) -> Serve:
+    conf = make_config("vtc", eng.model_config(), [(TENANT, 1.0)], free_port())
+    conf["frontdoor"] = {"processes": processes}
+    (logdir / f"serve-{processes}").mkdir(parents=True, exist_ok=True)
+    return Serve(conf, logdir / f"serve-{processes}")
+
+
+def _latency_md(a: argparse.Namespace, latency: dict[str, Any], what: str) -> list[str]:
+    return [f"Simulated engine `{a.profile}` (max_num_seqs {a.max_num_seqs}), prompts of "
+            f"{a.prompt_tokens} tokens, {a.max_tokens} output tokens; {a.seconds:g} s per "
+            f"concurrency, first {WARMUP_S:g} s dropped. {what} Each stream alternates between "
+            "the two paths request by request. Added = through the proxy − direct; CIs are "
+            f"bootstrap 95% ({a.n_boot} resamples of both sides); ⚠: a p99 from fewer than "
+            "100 requests (in effect the maximum).", "", table(latency), ""]
+
+
+async def _litellm(a: argparse.Namespace, logdir: Path, prompts: Prompts,
+                   results: dict[str, Any], md: list[str]) -> None:
+    """The optional arm: LiteLLM's proxy before a TCP simulated engine, and that engine."""
+    if not a.litellm or not Path(a.litellm).exists():
+        results["litellm"] = {"skipped": f"no LiteLLM at {a.litellm!r}"}
+        md += ["## LiteLLM (optional arm)", "", f"Skipped: no LiteLLM at `{a.litellm}`.", ""]
+        return
+    eng = SimEngine(a.profile, a.max_num_seqs)
+    (logdir / "litellm").mkdir(exist_ok=True)
+    url = eng.start(logdir / "litellm")
+    proxy = LiteLLMProxy(a.litellm, url, eng.model, logdir / "litellm")
+    try:
+        proxy.start()
+        targets = {"direct": Target(url, eng.model, {TENANT: "none"}),
+                   "litellm": Target(proxy.url, eng.model, {TENANT: "none"})}
+        lat: dict[str, Any] = {}
+        for c in a.concurrency[:1]:
+            print(f"LiteLLM latency at {c} stream(s) ...", flush=True)
+            res = await alternating_closed_loop(targets, c, a.seconds, prompts,
+                                                a.prompt_tokens, a.max_tokens)
+            lat[str(c)] = latency_stats(res, a.seed, a.n_boot)
+        print("LiteLLM ceiling:", flush=True)
+        rows = await ceiling_rows({"litellm": targets["litellm"]}, a.litellm_rates,
+                                  a.ceiling_seconds, prompts, a.ttft_p99_ms)
+        best, lower = sustained(rows["litellm"])
+        results["litellm"] = {"latency": lat, "ceiling": rows["litellm"], "sustained_rps": best}
+        md += ["## LiteLLM (optional arm)", "", *_latency_md(
+            a, lat, "LiteLLM's proxy (`litellm --config`, one worker) before a second "
+            "simulated engine on a TCP port, against that engine called directly."),
+            *ceiling_table(rows), "",
+            f"LiteLLM highest sustained rate: {'at least ' if lower else ''}{best:g} req/s.", ""]
+    finally:
+        proxy.stop()
+        eng.stop()
 
 
 async def amain(a: argparse.Namespace) -> int:
     logdir = Path(a.out or tempfile.mkdtemp(prefix="ig-overhead-"))
     logdir.mkdir(parents=True, exist_ok=True)
     eng = SimEngine(a.profile, a.max_num_seqs)
-    conf = make_config("vtc", eng.model_config(), [(TENANT, 1.0)], free_port())
-    (logdir / "serve").mkdir(exist_ok=True)
-    serve = Serve(conf, logdir / "serve")
+    everything = os.sched_getaffinity(0)
+    if a.loadgen_cpu is not None:  # InferGrid and its engine inherit the other cores
+        pin(everything - {a.loadgen_cpu})
+    serves = {n: _serve(n, a, eng, logdir) for n in a.processes}
     prompts = Prompts(a.seed)
     results: dict[str, Any] = {
         "method": "one engine; each stream alternates direct / through InferGrid",
         "profile": a.profile, "max_num_seqs": a.max_num_seqs, "seconds": a.seconds,
         "warmup_s": WARMUP_S, "prompt_tokens": a.prompt_tokens, "max_tokens": a.max_tokens,
-        "latency": {}}
+        "cores": len(everything), "loadgen_cpu": a.loadgen_cpu, "latency": {}}
+    md = ["# InferGrid overhead", ""]
     try:
-        serve.start()
-        via = Target(serve.url, eng.model, {TENANT: tenant_key(TENANT)})
-        direct = _direct_target(serve, eng.model)
+        for serve in serves.values():
+            serve.start()
+        if a.loadgen_cpu is not None:
+            pin({a.loadgen_cpu})
+        first = serves[a.processes[0]]
+        via = Target(first.url, eng.model, {TENANT: tenant_key(TENANT)})
+        direct = engine_target(first.runtime, eng.model, TENANT)
         if direct is None:
-            raise RuntimeError(f"no engine record under {serve.runtime / 'engines'}: cannot "
-                               "call InferGrid's engine directly")
+            raise RuntimeError(f"no engine record under {first.runtime}: cannot call "
+                               "InferGrid's engine directly")
         targets = {"direct": direct, "infergrid": via}
         for c in a.concurrency:
             print(f"latency at {c} stream(s), {a.seconds:g} s ...", flush=True)
             res = await alternating_closed_loop(targets, c, a.seconds, prompts,
                                                 a.prompt_tokens, a.max_tokens)
             results["latency"][str(c)] = latency_stats(res, a.seed, a.n_boot)
-        md = ["# InferGrid overhead", "",
-              f"Simulated engine `{a.profile}` (max_num_seqs {a.max_num_seqs}), prompts of "
-              f"{a.prompt_tokens} tokens, {a.max_tokens} output tokens; {a.seconds:g} s per "
-              f"concurrency, first {WARMUP_S:g} s dropped. Same engine on both paths; each "
-              "stream alternates between them. Added = through InferGrid − direct; CIs are "
-              f"bootstrap 95% ({a.n_boot} resamples of both sides); ⚠: a p99 from fewer "
-              "than 100 requests (in effect the maximum).", "",
-              table(results["latency"]), ""]
+        md += _latency_md(a, results["latency"], f"Same engine on both paths (direct: its "
+                          f"own socket), {a.processes[0]} front-door process(es).")
         print("\n" + "\n".join(md[-2:]), flush=True)
         if a.rates:
             rates = a.rates if a.rates != "double" else \
                 [a.start_rate * 2 ** i for i in range(a.max_doublings + 1)]
             print("front-door ceiling (short streamed requests, open loop):", flush=True)
-            rows = await ceiling(via, rates, a.ceiling_seconds, prompts)
+            arms = {f"{n} front door{'s' if n > 1 else ''}": Target(
+                s.url, eng.model, {TENANT: tenant_key(TENANT)}) for n, s in serves.items()}
+            rows = await ceiling_rows(arms, rates, a.ceiling_seconds, prompts, a.ttft_p99_ms)
             results["ceiling"] = rows
-            good = [r["rate"] for r in rows if r["sustained"]]
-            results["sustained_rps"] = max(good) if good else 0.0
-            results["sustained_is_lower_bound"] = bool(rows and rows[-1]["sustained"])
-            bound = "at least " if results["sustained_is_lower_bound"] else ""
-            line = (f"highest sustained rate: {bound}{results['sustained_rps']:g} req/s "
-                    f"(one front door, {a.ceiling_seconds:g} s per rate, on this machine)")
-            print(line)
-            md += ["## Front-door ceiling", "", "| rate req/s | ok | send lag p99 ms | "
-                   "TTFT p50 / p99 ms | sustained |", "|---|---|---|---|---|"]
-            md += [f"| {r['rate']:g} | {r['ok_frac']:.1%} | {r['lag_p99_ms']:.1f} | "
-                   f"{r['ttft_p50_ms']:.1f} / {r['ttft_p99_ms']:.1f} | "
-                   f"{'yes' if r['sustained'] else 'no'} |" for r in rows]
-            md += ["", line, ""]
+            pin_note = (f"the load generator alone on CPU {a.loadgen_cpu} (taskset), InferGrid "
+                        "and the engine on the other core(s)" if a.loadgen_cpu is not None
+                        else "nothing pinned")
+            md += ["## Front-door ceiling", "",
+                   f"Short streamed requests (8 prompt tokens, 4 output), open loop, "
+                   f"{a.ceiling_seconds:g} s per rate, each arm in turn at each rate; "
+                   f"sustained: ≥ 99 % ok, send lag p99 < 50 ms, TTFT p99 ≤ {a.ttft_p99_ms:g} "
+                   f"ms (✗: not). {len(everything)} cores, {pin_note}.", "",
+                   *ceiling_table(rows), ""]
+            for name, rs in rows.items():
+                best, lower = sustained(rs)
+                results.setdefault("sustained_rps", {})[name] = best
+                line = (f"{name}: highest sustained rate {'at least ' if lower else ''}"
+                        f"{best:g} req/s")
+                print(line)
+                md.append(f"- {line}")
+            md.append("")
     finally:
-        serve.stop()
+        for serve in serves.values():
+            serve.stop()
+    if a.loadgen_cpu is not None:
+        pin(everything)
+    await _litellm(a, logdir, prompts, results, md)
     (logdir / "overhead.json").write_text(json.dumps(results, indent=1, default=float))
     (logdir / "overhead.md").write_text("\n".join(md) + "\n")
     print(f"wrote {logdir / 'overhead.json'} and overhead.md")
@@ -244,9 +286,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=15.0, help="per concurrency level")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--rates", type=_rates, default="double",
-                    help="ceiling rates, comma-separated, or 'double' (default): "
+    ap.add_argument("--rates", type=_rates, default=[250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0],
+                    help="ceiling rates, comma-separated (default 250 to 3000), or 'double': "
                          "--start-rate doubled until one is not sustained; '' skips part 2")
+    ap.add_argument("--processes", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[1, 2], help="front-door processes per ceiling arm (the first: "
+                    "the latency part's)")
+    ap.add_argument("--ttft-p99-ms", type=float, default=20.0,
+                    help="a ceiling rate is sustained only with TTFT p99 at most this")
+    ap.add_argument("--loadgen-cpu", type=int, default=None,
+                    help="pin this load generator to that CPU, InferGrid to the others")
+    ap.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm",
+                    help="LiteLLM's proxy command for the optional arm (skipped if absent)")
+    ap.add_argument("--litellm-rates", type=lambda s: [float(x) for x in s.split(",")],
+                    default=[5.0, 10.0, 20.0, 40.0, 80.0, 160.0])
     ap.add_argument("--start-rate", type=float, default=25.0)
     ap.add_argument("--max-doublings", type=int, default=7, help="25 → 3200 req/s")
     ap.add_argument("--ceiling-seconds", type=float, default=6.0)
