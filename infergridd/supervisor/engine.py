@@ -110,8 +110,8 @@ class EngineRunner(Launcher, HealthWatch, SleepWake):
 
     @property
     def engine_dir(self) -> Path:
-        """The engine's own directory (its user's, group-passable) when it runs as the
-        engine user: its socket and stats file are there (``procs.prepare_listen``)."""
+        """The engine's own directory when it runs as the engine user (ours, its group's,
+        0771: ``procs.prepare_listen``): its socket and stats file are there."""
         return self.dirs.engines_dir / f"{self.engine_id}.d"
 
     @property
