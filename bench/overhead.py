@@ -181,7 +181,7 @@ async def _litellm(a: argparse.Namespace, logdir: Path, prompts: Prompts,
     """The optional arm: LiteLLM's proxy before a TCP simulated engine, and that engine."""
     if not a.litellm or not Path(a.litellm).exists():
         results["litellm"] = {"skipped": f"no LiteLLM at {a.litellm!r}"}
-        md += ["## LiteLLM (optional arm)", "", f"Skipped: no LiteLLM at `{a.litellm}`.", ""]
+        md += ["#### LiteLLM (optional arm)", "", f"Skipped: no LiteLLM at `{a.litellm}`.", ""]
         return
     eng = SimEngine(a.profile, a.max_num_seqs)
     (logdir / "litellm").mkdir(exist_ok=True)
@@ -202,7 +202,7 @@ async def _litellm(a: argparse.Namespace, logdir: Path, prompts: Prompts,
                                   a.ceiling_seconds, prompts, None)
         best, lower = sustained(rows["litellm"])
         results["litellm"] = {"latency": lat, "ceiling": rows["litellm"], "sustained_rps": best}
-        md += ["## LiteLLM (optional arm)", "", *_latency_md(
+        md += ["#### LiteLLM (optional arm)", "", *_latency_md(
             a, lat, "LiteLLM's proxy (`litellm --config`, one worker) before a second "
             "simulated engine on a TCP port, against that engine called directly.", "LiteLLM"),
             *ceiling_table(rows), "",
@@ -228,7 +228,10 @@ async def amain(a: argparse.Namespace) -> int:
         "profile": a.profile, "max_num_seqs": a.max_num_seqs, "seconds": a.seconds,
         "warmup_s": WARMUP_S, "prompt_tokens": a.prompt_tokens, "max_tokens": a.max_tokens,
         "cores": len(everything), "loadgen_cpu": a.loadgen_cpu, "latency": {}}
-    md = ["# InferGrid overhead", ""]
+    md = ["#### Latency added", "",  # headings at the README's level (readme_results.py)
+          f"`.venv/bin/python bench/overhead.py {' '.join(sys.argv[1:])}` "
+          f"({time.strftime('%Y-%m-%d', time.gmtime())}, {len(everything)} cores shared with "
+          "other work).", ""]
     try:
         for serve in serves.values():
             serve.start()
@@ -260,7 +263,7 @@ async def amain(a: argparse.Namespace) -> int:
             pin_note = (f"the load generator alone on CPU {a.loadgen_cpu} (taskset), InferGrid "
                         "and the engine on the other core(s)" if a.loadgen_cpu is not None
                         else "nothing pinned")
-            md += ["## Front-door ceiling", "",
+            md += ["#### Front-door ceiling", "",
                    f"Short streamed requests (8 prompt tokens, 4 output), open loop, "
                    f"{a.ceiling_seconds:g} s per rate, each arm in turn at each rate; "
                    f"sustained: ≥ 99 % ok, send lag p99 < 50 ms, TTFT p99 ≤ {a.ttft_p99_ms:g} "
