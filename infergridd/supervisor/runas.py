@@ -218,6 +218,9 @@ def run_as(engines_dir: Path) -> RunAs | None:
              and can_reach(engines_dir.parent, user[0], {sock_gid, user[1]}))
     who, why = decide(os.geteuid(), caps, engine_user_name(), user, sock_gid, in_groups, reach)
     log.info("%s", why)
+    if who is not None and os.stat(engines_dir).st_gid != who.gid:
+        # root under `infergrid serve` is in no group of ours: the engines pass by their gid
+        os.chown(engines_dir, -1, who.gid, follow_symlinks=False)
     return who
 
 

@@ -310,3 +310,32 @@ def test_engine_runs_as_its_user_with_the_units_capabilities_only() -> None:
     assert out["key"] == [daemon, nogroup, "0o640"]
     assert out["plain_kill"] == "EPERM"  # no CAP_KILL: a signal as ourselves is refused
     assert out["stopped"]  # ... and with the engine's uid on one thread it is not
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another group needs root")
+def test_root_gives_the_engines_dir_to_the_engines_gid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sudo infergrid serve`` with the package's users: root is in none of their groups,
+    so the engines dir keeps root's group; the engines (gid: the socket group) must still
+    pass it, or none could reach its socket."""
+    import grp
+    import pwd
+
+    users = grp.getgrnam("users").gr_gid
+    monkeypatch.setenv(runas.ENV_USER, "nobody")
+    monkeypatch.setattr(runas, "SOCK_GROUP", "users")
+    monkeypatch.setattr(runas, "SOCKET_GROUPS", ("no-such-group-ig",))
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="igroot", dir="/tmp"))  # pytest's tmp_path is 0700
+    try:
+        os.chmod(top, 0o711)
+        eng = top / "engines"
+        runas.prepare_engines_dir(eng)
+        assert eng.stat().st_gid == os.getegid()  # none of SOCKET_GROUPS is root's
+        assert not runas.can_reach(eng, pwd.getpwnam("nobody").pw_uid, {users})
+        who = runas.run_as(eng)
+        assert who == runas.RunAs("nobody", pwd.getpwnam("nobody").pw_uid, users,
+                                  pwd.getpwnam("nobody").pw_gid)
+        assert eng.stat().st_gid == users and runas.can_reach(eng, who.uid, {who.gid})
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
