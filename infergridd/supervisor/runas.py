@@ -217,6 +217,10 @@ def run_as(engines_dir: Path) -> RunAs | None:
     reach = (user is not None and sock_gid is not None
              and can_reach(engines_dir.parent, user[0], {sock_gid, user[1]}))
     who, why = decide(os.geteuid(), caps, engine_user_name(), user, sock_gid, in_groups, reach)
+    if who is not None and os.geteuid() != 0 and platform.machine() not in _SYSCALLS:
+        # without CAP_KILL it could neither see (ProtectProc=) nor stop such an engine
+        who, why = None, (f"no per-thread setresuid known on {platform.machine()}: engines run "
+                          "as the supervisor's user")
     log.info("%s", why)
     if who is not None and os.stat(engines_dir).st_gid != who.gid:
         # root under `infergrid serve` is in no group of ours: the engines pass by their gid
