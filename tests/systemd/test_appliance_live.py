@@ -316,6 +316,13 @@ def test_engines_run_as_their_own_user(box: NsSystemd) -> None:
     r = box.run_in("stat -c '%U:%G:%a' /run/infergrid/supervisor/engines/*.d/*.sock",
                    check=True)
     assert r.stdout.split() == ["infergrid-engine:infergrid-enginesock:770"], r.stdout
+    # its caches: a directory of its own group, since it cannot write the supervisor's $HOME
+    r = box.run_in(["stat", "-c", "%U:%G:%a", "/var/cache/infergrid/engines"], check=True)
+    assert r.stdout.strip() == "infergrid-supervisor:infergrid-engine:770", r.stdout
+    env = box.run_in(["cat", f"/proc/{min(pids)}/environ"], check=True).stdout.split("\0")
+    assert "HOME=/var/cache/infergrid/engines" in env, env
+    # and the supervisor's loopback-only network (IPAddressAllow=localhost) is in force
+    assert show(box, "infergrid-supervisor.service", "IPAddressDeny") != ""
 
 
 def as_engine_user(box: NsSystemd, argv: list[str]) -> tuple[int, str]:
