@@ -79,7 +79,6 @@ async def _stream(request: web.Request, eng: SimEngine, req: SimRequest,
                   parsed: api.ParsedRequest, created: int) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                        "Cache-Control": "no-cache"})
-    await resp.prepare(request)
     enc = api.ChunkEncoder(parsed.chat, req.request_id, created, eng.options.model)
     sink: TokenSink = req.sink
     o = eng.options
@@ -88,6 +87,8 @@ async def _stream(request: web.Request, eng: SimEngine, req: SimRequest,
         stall_at = max(1, req.max_tokens // 2)
     sent = 0
     try:
+        # inside the try: a client gone before the headers is no traceback (chaos run)
+        await resp.prepare(request)
         while True:
             await sink.wait()
             if sink.error is not None:
