@@ -116,8 +116,16 @@ class Watch:
         if self._unsaved(old.t):
             return False
         return not any(f.kind == "kill9_scheduler" and f.t0 >= 0
-                       and f.t0 - PERSIST_WINDOW_S < old.t <= f.t0 <= s.t
+                       and self._ran_until(f.t0) - PERSIST_WINDOW_S < old.t <= f.t0 <= s.t
                        for f in self.faults)
+
+    def _ran_until(self, kill_t: float) -> float:
+        """When a scheduler SIGKILLed at ``kill_t`` last ran: the start of a SIGSTOP it
+        was in (a stopped process saves nothing), else ``kill_t``."""
+        for f in self.faults:
+            if f.kind == "stop_scheduler" and 0 <= f.t0 <= kill_t <= f.t0 + f.duration_s:
+                return f.t0
+        return kill_t
 
     def _check_counters(self, s: Sample) -> None:
         for name, ten in s.tenants.items():

@@ -113,6 +113,13 @@ def test_counter_going_down_is_a_violation_unless_it_may_not_have_been_saved() -
     # ...but not what was saved before it
     _feed(w, _sample(8, pid=2, a=3))
     assert len(w.violations) == 1, w.violations
+    # a SIGKILL while SIGSTOPped: the scheduler last ran (and saved) when it was stopped
+    w = _watch([Fault(at=4, kind="stop_scheduler", target="scheduler", duration_s=30, t0=4,
+                      t1=34, applied=True), _fault("kill9_scheduler", "scheduler", t0=15, t1=16)])
+    _feed(w, _sample(1.5, a=10), _sample(3.5, a=50), _sample(17, pid=2, a=12))
+    assert w.violations == []
+    _feed(w, _sample(18, pid=2, a=3))
+    assert len(w.violations) == 1, w.violations
     # across a SIGTERM nothing may be lost (the scheduler saves on the way out)
     w = _watch([_fault("term_scheduler", "scheduler", t0=5, t1=6)])
     _feed(w, _sample(4.5, a=50), _sample(7, pid=2, a=12))
