@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import time
@@ -166,4 +167,12 @@ class Frontdoor:
 
 
 def main(cfg: Config, dirs: Dirs) -> int:
-    return aio.run(Frontdoor(cfg, dirs).run())
+    n = workers.processes(cfg.frontdoor.processes)
+    if n < 2 or workers.INDEX_ENV in os.environ:  # alone, or one of serve's / a leader's
+        return aio.run(Frontdoor(cfg, dirs).run())
+    group = workers.Workers(n, listen_fds(), dirs.runtime)  # the unit's N processes
+    group.start()
+    try:
+        return aio.run(Frontdoor(cfg, dirs).run())
+    finally:
+        group.stop(cfg.limits.drain_timeout_s + 5)

@@ -4,9 +4,14 @@ Each process is a whole front door: its own event loop, its own link to the one
 scheduler (its own random instance id, so its own peer identity ``fd-<id>``: a
 restart of one is, to the scheduler, one peer leaving and another arriving, and
 never touches another's requests), and its own random request ids.  They accept
-on one listening socket: the one ``infergrid serve`` holds and hands to each
-(socket activation, as systemd does for the packaged units), or, started by hand
-without one, each binds ``listen`` with ``SO_REUSEPORT``.
+on one listening socket.  Who starts them:
+
+* ``infergrid serve`` starts N front-door children on the socket it holds, each
+  restarted on its own (``cli/serve.py``);
+* one ``infergridd frontdoor`` (the packaged unit, socket-activated) leads: it
+  serves as front door 0 and starts 1..N-1 on the socket systemd passed it,
+  restarting any that exits (``Workers``); the unit file is unchanged.
+* Without a passed socket each binds ``listen`` itself with ``SO_REUSEPORT``.
 
 Metrics: a scrape reaches whichever process accepts it, so with more than one
 process the counters and histograms are kept in prometheus_client's multiprocess
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 #: ``frontdoor.processes: 0`` means the number of cores, at most this many
 AUTO_MAX = 4
@@ -61,3 +67,99 @@ def process_gone(runtime: Path, pid: int) -> None:
     d = metrics_dir(runtime)
     if d.is_dir():
         multiprocess.mark_process_dead(pid, str(d))
+
+
+# ---------------------------------------------------------------------- one unit, N processes
+#: how often the leader looks for a worker that exited, and the restart backoff bounds
+_POLL_S = 0.2
+_BACKOFF_MAX_S = 30.0
+
+
+class Workers:
+    """Under one socket-activated unit (``infergrid-frontdoor.service``): the process
+    systemd started leads, serving as front door 0, and starts front doors 1..N-1 on the
+    same listening socket(s), restarting any that exits (alone, with backoff).
+
+    The workers are plain ``infergridd frontdoor`` processes with ``INDEX_ENV`` set and
+    the fds passed on (``LISTEN_FDS``), and without systemd's notify and watchdog
+    variables (only the leader talks to systemd).  On stop, systemd signals the whole
+    cgroup, so every process drains its own streams; ``stop`` covers the rest.
+    """
+
+    def __init__(self, n: int, fds: list[int], runtime: Path) -> None:
+        import sys
+        import threading
+
+        self.n = n
+        self.fds = fds
+        self.runtime = runtime
+        self.argv = [sys.executable, "-m", "infergridd.cli.infergridd", *sys.argv[1:]]
+        self.procs: dict[int, Any] = {}
+        self.backoff: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="frontdoor-workers",
+                                        daemon=True)
+
+    def start(self) -> None:
+        clear_metrics(self.runtime)
+        for i in range(1, self.n):
+            self._spawn(i)
+        self._thread.start()
+
+    def _spawn(self, i: int) -> None:
+        import subprocess
+
+        fds = self.fds
+
+        def child_env() -> None:
+            """In the child, before exec (its environment is what exec passes on): which
+            worker it is, the fds for ``systemd.listen_fds``, no systemd notify socket."""
+            os.environ[INDEX_ENV] = str(i)
+            for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+                os.environ.pop(k, None)
+            for fd in fds:
+                os.set_inheritable(fd, True)
+            if fds:
+                os.environ["LISTEN_FDS"] = str(len(fds))
+                os.environ["LISTEN_PID"] = str(os.getpid())
+            else:
+                os.environ.pop("LISTEN_FDS", None)
+                os.environ.pop("LISTEN_PID", None)
+
+        self.procs[i] = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, close_fds=False,
+                                         preexec_fn=child_env)
+
+    def _watch(self) -> None:
+        import time
+
+        due: dict[int, float] = {}
+        while not self._stop.wait(_POLL_S):
+            now = time.monotonic()
+            for i, proc in list(self.procs.items()):
+                if proc is None:
+                    if now >= due.get(i, 0.0) and not self._stop.is_set():
+                        self._spawn(i)
+                    continue
+                if proc.poll() is None:
+                    continue
+                process_gone(self.runtime, proc.pid)
+                wait = self.backoff.get(i, 0.5)
+                self.backoff[i] = min(wait * 2, _BACKOFF_MAX_S)
+                due[i] = now + wait
+                self.procs[i] = None
+
+    def stop(self, timeout_s: float) -> None:
+        """After the leader drained: the workers drain too (SIGTERM), then are waited for."""
+        import signal
+        import subprocess
+
+        self._stop.set()
+        live = [p for p in self.procs.values() if p is not None and p.poll() is None]
+        for p in live:
+            p.send_signal(signal.SIGTERM)
+        for p in live:
+            try:
+                p.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

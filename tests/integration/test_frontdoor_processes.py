@@ -12,12 +12,15 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from appliance import DEMO_TENANTS, sim_model
 
 pytestmark = pytest.mark.slow
@@ -125,3 +128,69 @@ async def test_two_frontdoors_share_a_port_and_survive_each_other(appliance_fact
     app.wait_for(lambda: (lambda ps: ps if len(ps) == 2 and survivor in ps else None)(
         sorted(p["pid"] for p in app.status()["peers"] if p["role"] == "frontdoor")),
         timeout=30, what="the killed front door restarted")
+
+
+async def test_one_frontdoor_command_leads_n_processes_on_a_passed_socket(
+        appliance_factory) -> None:
+    """The packaged unit's way: one ``infergridd frontdoor``, socket-activated, with
+    ``frontdoor.processes: 3`` runs three front doors on the passed socket, restarts a
+    killed worker alone, and its SIGTERM stops them all (``workers.Workers``)."""
+    app = appliance_factory({"models": [sim_model(max_num_seqs=64, step_s=0.02)],
+                             "tenants": DEMO_TENANTS})
+    cfg = dict(app.config, frontdoor={"processes": 3})
+    cfg_path = app.root / "three.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    fd = sock.fileno()
+
+    def pass_socket() -> None:  # what systemd does: the socket as fd 3, LISTEN_PID ours
+        os.dup2(fd, 3)
+        os.environ["LISTEN_FDS"] = "1"
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.environ.pop("INFERGRID_FRONTDOOR_INDEX", None)
+
+    leader = subprocess.Popen(
+        [sys.executable, "-m", "infergridd.cli.infergridd", "frontdoor", "--config",
+         str(cfg_path), "--runtime-dir", str(app.runtime), "--state-dir", str(app.state)],
+        close_fds=False, preexec_fn=pass_socket, stdin=subprocess.DEVNULL)
+    sock.close()
+    try:
+        def group() -> list[int]:
+            out = subprocess.run(["pgrep", "-f", f"infergridd frontdoor --config {cfg_path}"],
+                                 capture_output=True, text=True).stdout.split()
+            return sorted(int(x) for x in out)
+
+        def peers() -> list[int]:
+            return sorted(p["pid"] for p in app.status()["peers"] if p["role"] == "frontdoor")
+
+        three = app.wait_for(lambda: (lambda g: g if len(g) == 3 and set(g) <= set(peers())
+                                      else None)(group()), timeout=30,
+                             what="three front doors of one command, all the scheduler's peers")
+        assert leader.pid in three
+        ports: list[int] = []
+        short = await asyncio.gather(*[one_stream(url, 4, ports) for _ in range(30)])
+        assert all(d and n == 4 for _, d, n in short)
+        # a worker killed under load: the others' streams complete, it comes back alone
+        worker = next(p for p in three if p != leader.pid)
+        ports.clear()
+        streams = [asyncio.create_task(one_stream(url, 100, ports)) for _ in range(30)]
+        deadline = time.monotonic() + 10
+        while len(ports) < 30 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        listen_port = int(url.rsplit(":", 1)[1])
+        others = set().union(*(peer_ports(p, listen_port) for p in three if p != worker))
+        os.kill(worker, signal.SIGKILL)
+        results = await asyncio.gather(*streams)
+        mine = [r for r in results if r[0] in others]
+        assert mine and all(d and n == 100 for _, d, n in mine), mine
+        again = app.wait_for(lambda: (lambda g: g if len(g) == 3 and worker not in g
+                                      else None)(group()), timeout=30, what="worker restarted")
+        assert leader.pid in again and set(three) - {worker} <= set(again)
+    finally:
+        leader.send_signal(signal.SIGTERM)
+        leader.wait(60)
+    assert leader.returncode == 0
+    assert app.wait_for(lambda: not group() or None, timeout=20, what="all stopped")
