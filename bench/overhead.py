@@ -208,8 +208,7 @@ async def _litellm(a: argparse.Namespace, logdir: Path, prompts: Prompts,
             "simulated engine on a TCP port, against that engine called directly.", "LiteLLM"),
             *ceiling_table(rows), "",
             f"LiteLLM highest sustained rate: {'at least ' if lower else ''}{best:g} req/s "
-            "(its own TTFT at the lowest rate is tens of ms, so here sustained means TTFT "
-            "p99 within 4× its p50 at the lowest rate, not the 20 ms InferGrid is held to).", ""]
+            "(its own TTFT at the lowest rate is tens of ms: no 20 ms bar for it).", ""]
     finally:
         proxy.stop()
         eng.stop()
@@ -267,14 +266,17 @@ async def amain(a: argparse.Namespace) -> int:
             md += ["#### Front-door ceiling", "",
                    f"Short streamed requests (8 prompt tokens, 4 output), open loop, "
                    f"{a.ceiling_seconds:g} s per rate, each arm in turn at each rate; "
-                   f"sustained: ≥ 99 % ok, send lag p99 < 50 ms, TTFT p99 ≤ {a.ttft_p99_ms:g} "
-                   f"ms (✗: not). {len(everything)} cores, {pin_note}.", "",
+                   "sustained: ≥ 99 % ok, send lag p99 < 50 ms, TTFT p50 under 4× its value at "
+                   f"the lowest rate (✗: not); †: TTFT p99 over {a.ttft_p99_ms:g} ms (issue "
+                   f"17's bar). {len(everything)} cores, {pin_note}.", "",
                    *ceiling_table(rows), ""]
             for name, rs in rows.items():
                 best, lower = sustained(rs)
+                bar, _ = sustained(rs, "meets")
                 results.setdefault("sustained_rps", {})[name] = best
+                results.setdefault("rps_within_ttft_bar", {})[name] = bar
                 line = (f"{name}: highest sustained rate {'at least ' if lower else ''}"
-                        f"{best:g} req/s")
+                        f"{best:g} req/s; with TTFT p99 ≤ {a.ttft_p99_ms:g} ms: {bar:g} req/s")
                 print(line)
                 md.append(f"- {line}")
             md.append("")
