@@ -1,0 +1,80 @@
+"""Several front-door processes (issue 17.3): the count, its config key, and /metrics
+summed over processes (prometheus multiprocess files, each writer a real process)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from infergridd.config import ConfigError, loads
+from infergridd.frontdoor import workers
+
+BASE = "version: 1\nmodels: [{name: m, engine: sim}]\n"
+
+
+def test_processes_resolved() -> None:
+    assert workers.processes(3) == 3
+    assert workers.processes(0, cores=2) == 2
+    assert workers.processes(0, cores=32) == workers.AUTO_MAX == 4
+    assert workers.processes(0, cores=1) == 1
+    assert loads(BASE).frontdoor.processes == 1
+    assert loads(BASE + "frontdoor: {processes: 0}\n").frontdoor.processes == 0
+
+
+@pytest.mark.parametrize("bad", ["-1", "65"])
+def test_bad_processes_names_the_key(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"frontdoor\.processes"):
+        loads(BASE + f"frontdoor: {{processes: {bad}}}\n")
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from infergridd.frontdoor.metrics import FrontdoorMetrics
+    m = FrontdoorMetrics(Path(sys.argv[1]), sys.argv[2])
+    m.watch("infergrid_frontdoor_connections", "open client connections", lambda: 7.0)
+    for _ in range(int(sys.argv[3])):
+        m.requests.labels("t", "m", "ok").inc()
+        m.ttft.labels("t", "m").observe(0.01)
+    m.inflight.labels("t", "m").inc(int(sys.argv[4]))
+    if sys.argv[5] == "render":
+        sys.stdout.write(m.render().decode())
+""")
+
+
+def _run(d: Path, index: str, n: int, inflight: int, render: bool) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", WRITER, str(d), index, str(n), str(inflight),
+                           "render" if render else "-"], capture_output=True, text=True,
+                          timeout=60, check=True)
+
+
+def _value(page: str, prefix: str) -> float:
+    lines = [ln for ln in page.splitlines() if ln.startswith(prefix)]
+    assert len(lines) == 1, (prefix, lines)
+    return float(lines[0].rsplit(" ", 1)[1])
+
+
+def test_metrics_page_sums_every_process(tmp_path: Path) -> None:
+    d = workers.metrics_dir(tmp_path)
+    workers.clear_metrics(tmp_path)
+    first = _run(d, "0", 3, 2, render=False)  # a process that has exited
+    assert first.returncode == 0
+    page = _run(d, "1", 4, 1, render=True).stdout
+    assert _value(page, 'infergrid_requests_total{') == 7.0
+    assert _value(page, 'infergrid_ttft_seconds_count{') == 7.0
+    assert _value(page, 'infergrid_inflight{') == 3.0  # both still counted (no one reaped)
+    # per process, labelled: the answering one's own
+    assert 'infergrid_frontdoor_connections{process="1"} 7.0' in page
+    # in flight: live processes only; a dead one's files are dropped by process_gone
+    for f in d.glob("gauge_livesum_*.db"):
+        pid = int(f.stem.rsplit("_", 1)[1])
+        workers.process_gone(tmp_path, pid)
+    page = _run(d, "2", 0, 0, render=True).stdout
+    assert _value(page, 'infergrid_requests_total{') == 7.0  # counters stay summed
+    assert _value(page, 'infergrid_inflight{') == 0.0
+    workers.clear_metrics(tmp_path)
+    assert not list(d.glob("*.db"))
