@@ -94,6 +94,8 @@ async def test_two_frontdoors_share_a_port_and_survive_each_other(appliance_fact
     assert len(set(names)) == 2
     text = app.ctl("status").stdout
     assert "front doors 2" in text
+    assert all(f"{n} (pid {p})" in text for n, p in zip(
+        names, [p["pid"] for p in st["peers"] if p["role"] == "frontdoor"], strict=True))
 
     # both serve (new connections spread over both), and /metrics sums both
     ports: list[int] = []

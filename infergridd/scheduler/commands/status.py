@@ -43,6 +43,10 @@ class Status(Command):
             f"front doors {roles.count('frontdoor')}  supervisors {roles.count('supervisor')}",
             *([f"config {s['config']}  runtime {s.get('runtime_dir', '')}  state "
                f"{s.get('state_dir', '')}"] if s.get("config") else []),
+            # each front-door process is its own peer (frontdoor.processes, issue 17)
+            *(["front doors: " + ", ".join(f"{p['name']} (pid {p['pid']})" for p in r["peers"]
+                                           if p["role"] == "frontdoor")]
+              if roles.count("frontdoor") > 1 else []),
             "",
             table(["ENGINE", "MODEL", "STATE", "GPUS", "PID", "RUNNING", "WAITING", "KV%",
                    "RESTARTS", "ASSIST"],
