@@ -109,8 +109,8 @@ def latency_stats(res: dict[str, list[Result]], seed: int, n_boot: int) -> dict[
     d, v = res["direct"], res[next(k for k in res if k != "direct")]
     out: dict[str, Any] = {"n_direct": len(d), "n_infergrid": len(v)}
     queued = [r.queue_s * 1e3 for r in v if r.queue_s is not None]
-    # arrival to Dispatch as the front door measured it (X-InferGrid-Queue-Ms): the
-    # Submit/Dispatch round trip's share of the added TTFT
+    # arrival to Dispatch as the front door measured it (X-InferGrid-Queue-Ms): reading
+    # and checking the request and the Submit/Dispatch round trip, of the added TTFT
     out["queue_ms_p50"] = float(np.percentile(queued, 50)) if queued else None
     series = {
         "ttft": ([r.ttft_s for r in d], [r.ttft_s for r in v]),
@@ -153,8 +153,9 @@ def table(latency: dict[str, dict[str, Any]], via: str = "InferGrid") -> str:
     q = [f"{c} stream(s): {t['queue_ms_p50']:.2f} ms" for c, t in latency.items()
          if t.get("queue_ms_p50") is not None]
     if q:
-        lines += ["", "Of the added TTFT, arrival to Dispatch (the Submit/Dispatch round trip "
-                  "through the scheduler, the front door's `X-InferGrid-Queue-Ms`), p50: "
+        lines += ["", "Of the added TTFT, arrival to Dispatch (reading and checking the "
+                  "request, then the Submit/Dispatch round trip through the scheduler: the "
+                  "front door's `X-InferGrid-Queue-Ms`), p50: "
                   + "; ".join(q) + "."]
     return "\n".join(lines)
 
