@@ -143,3 +143,24 @@ def test_tracebacks_are_found_with_their_exception() -> None:
            "    boom()\nRuntimeError: boom\n2026 INFO y: after\n")
     assert tracebacks(log) == ["RuntimeError: boom"]
     assert tracebacks("no trouble here\n") == []
+
+
+def test_an_engine_started_twice_or_orphaned_is_a_violation() -> None:
+    from infergridd.bench.chaos_app import Proc
+
+    w = _watch()
+    st = {"peers": [{"role": "supervisor"}], "engines": [{"pid": 10}, {"pid": 20}]}
+    two = [Proc(10, "engine", "chat"), Proc(11, "engine", "chat"), Proc(20, "engine", "code")]
+    w._check_engines(two, st, 0.0)
+    w._check_engines(two, st, 3.0)  # a restart's overlap: not yet
+    assert w.violations == []
+    w._check_engines(two, st, 6.0)
+    assert any("started twice" in v for v in w.violations), w.violations
+    assert not any("orphan" in v for v in w.violations)
+    w._check_engines(two, st, 27.0)  # pid 11 runs, and the supervisor never reported it
+    assert any("11 runs but the supervisor" in v for v in w.violations), w.violations
+    # while the supervisor is away nothing is compared
+    w = _watch()
+    for t in (0.0, 30.0):
+        w._check_engines([Proc(11, "engine", "chat")], {"peers": [], "engines": []}, t)
+    assert w.violations == []
