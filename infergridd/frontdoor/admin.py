@@ -67,5 +67,8 @@ async def start_admin(fd: Frontdoor) -> EdgeRunner | None:
                         keepalive_timeout=lim.keepalive_timeout_s, shutdown_timeout=1.0)
     await runner.setup()
     host, _, port = where.rpartition(":")
-    await web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True).start()
+    # several front-door processes (frontdoor.processes) share the admin port too: any of
+    # them answers, and /metrics sums them all (workers.py)
+    await web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True,
+                      reuse_port=fd.processes > 1).start()
     return runner

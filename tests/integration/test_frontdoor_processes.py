@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from appliance import DEMO_TENANTS, sim_model
+from appliance import DEMO_TENANTS, free_port, sim_model
 
 pytestmark = pytest.mark.slow
 KEY = "sk-quiet-demo"
@@ -81,11 +81,12 @@ def ok_requests(page: str) -> float:
 
 
 async def test_two_frontdoors_share_a_port_and_survive_each_other(appliance_factory) -> None:
-    app = appliance_factory({"frontdoor": {"processes": 2},
+    admin = f"127.0.0.1:{free_port()}"  # shared by both processes too
+    app = appliance_factory({"frontdoor": {"processes": 2}, "admin_listen": admin,
                              "models": [sim_model(max_num_seqs=64, step_s=0.02)],
                              "tenants": DEMO_TENANTS})
-    pids = frontdoor_pids(app)
-    assert len(pids) == 2
+    pids = app.wait_for(lambda: (lambda ps: ps if len(ps) == 2 else None)(frontdoor_pids(app)),
+                        what="two front-door processes")
     # both are the scheduler's peers, each its own identity
     st = app.wait_for(lambda: (lambda s: s if sorted(
         p["pid"] for p in s["peers"] if p["role"] == "frontdoor") == pids else None)(
@@ -105,7 +106,7 @@ async def test_two_frontdoors_share_a_port_and_survive_each_other(appliance_fact
     async with aiohttp.ClientSession() as s:
         pages = []
         for _ in range(12):  # a fresh connection each: either process may answer
-            async with s.get(app.url + "/metrics", headers={"Connection": "close"}) as r:
+            async with s.get(f"http://{admin}/metrics", headers={"Connection": "close"}) as r:
                 pages.append(await r.text())
             await asyncio.sleep(0.12)  # past the page cache
     assert {ok_requests(p) for p in pages} == {40.0}, [ok_requests(p) for p in pages]
