@@ -71,7 +71,7 @@ def summarize(raw: Path) -> tuple[int, collections.Counter[str]]:
     return total, by
 
 
-async def load(target: Target, streams: int, seconds: float) -> int:
+async def load(target: Target, streams: int, seconds: float, max_tokens: int = 32) -> int:
     """``streams`` closed-loop streams for ``seconds``; returns the requests that succeeded."""
     prompts, ok, n = Prompts(0), 0, 0
     async with session() as http:
@@ -82,7 +82,7 @@ async def load(target: Target, streams: int, seconds: float) -> int:
             while time.monotonic() < t0 + seconds:
                 n += 1
                 r = Result("bench", n, 0.0)
-                await stream_one(http, target, Planned("bench", n, 0.0, 64, 32),
+                await stream_one(http, target, Planned("bench", n, 0.0, 64, max_tokens),
                                  prompts.get(64, n), t0, r)
                 ok += r.status == OK
 
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--streams", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--max-tokens", type=int, default=32, help="output tokens per request "
+                    "(4: the short requests of bench/overhead.py's ceiling)")
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     ap.add_argument("--py-spy", default="/tmp/pyspy/bin/py-spy")
     ap.add_argument("--out", default="/tmp/ig-profile")
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         spy = subprocess.Popen([a.py_spy, "record", "-p", pids[0], "-r", str(a.rate), "-d",
                                 str(int(a.seconds)), "-f", "raw", "-o", str(raw)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        ok = asyncio.run(load(target, a.streams, a.seconds))
+        ok = asyncio.run(load(target, a.streams, a.seconds, a.max_tokens))
         spy.wait()
     finally:
         serve.stop()
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     busy = total / (a.rate * int(a.seconds))  # py-spy drops idle samples
     cpu_ms = busy * 1000 / rps if rps else 0.0
     print(f"{a.streams} streams: {rps:.0f} requests/s, front door busy {busy:.0%} of a core, "
-          f"{cpu_ms:.2f} ms CPU per request (32 tokens)")
+          f"{cpu_ms:.2f} ms CPU per request ({a.max_tokens} tokens)")
     print("| where | share of busy samples | ms CPU per request |\n|---|---|---|")
     for name, n in by.most_common():
         print(f"| {name} | {n / total:.1%} | {cpu_ms * n / total:.3f} |")
