@@ -35,6 +35,20 @@ def test_identities_carry_their_sockets_prefix() -> None:
     assert role_of("ctl-1") is None
 
 
+def test_leftovers_of_a_replaced_connection_are_dropped_quietly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """After a scheduler pause its peers reconnect under the same identity; libzmq
+    renames the old connection ``\\x00...`` and delivers what was queued on it.
+    Dropped, and not as a warning: 113 such lines after a 10 s SIGSTOP read like an attack."""
+    caplog.set_level("DEBUG", logger="infergrid.scheduler")
+    done = p.Done(request_id="r", outcome=p.Outcome.OK)
+    assert screen("frontdoor", "\x00k\x8bEg", done, ME, OPEN) is None
+    assert [r.levelname for r in caplog.records] == ["DEBUG"]
+    caplog.clear()
+    assert screen("frontdoor", "zz-k", done, ME, OPEN) is None  # a wrong prefix still warns
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+
+
 def test_a_hello_keeps_only_its_roles_state() -> None:
     q = p.QueuedRecord(request_id="r", tenant="t", model="demo", prompt_tokens=1,
                        max_tokens=1, submitted_at=0.0)
