@@ -18,6 +18,7 @@ from aiohttp import web
 from .. import protocol as p
 from ..engines import fields as engine_fields
 from ..logs import fields
+from ..transport import hops
 from .body import read_body
 from .edge import EdgeGuard
 from .errors import ApiError, error_middleware
@@ -43,6 +44,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions and /v1/completions: auth, bound, queue, relay, account."""
     fd = request.app[FD]
     t0 = time.monotonic()
+    marks = hops.start()  # None unless INFERGRID_HOPS is set (a debug-only tracer)
     await fd.auth.wait_ready()  # a restarted front door: the scheduler's key table
     tenant = fd.auth.tenant(request.headers.get("Authorization"))
     arrived = time.time()  # a retry keeps the request's place in line
@@ -53,18 +55,23 @@ async def completions(request: web.Request) -> web.StreamResponse:
         fd.metrics.rejections.labels(tenant, exc.code).inc()
         raise
     with ticket:
-        return await _completions(fd, request, tenant, arrived, t0, ticket)
+        return await _completions(fd, request, tenant, arrived, t0, ticket, marks)
 
 
 async def _completions(fd: Frontdoor, request: web.Request, tenant: str, arrived: float,
-                       t0: float, ticket: Ticket) -> web.StreamResponse:
+                       t0: float, ticket: Ticket, marks: dict[str, int] | None
+                       ) -> web.StreamResponse:
     try:
-        req = parse(request.path, await read_body(request, fd.cfg.limits, ticket),
-                    fd.cfg.limits, fd.model_names)  # req keeps the body's one copy
+        raw = await read_body(request, fd.cfg.limits, ticket)
+        if marks is not None:
+            marks["body"] = hops.now()
+        req = parse(request.path, raw, fd.cfg.limits, fd.model_names)  # one copy of the body
         # only the allowlisted fields reach the engine (engines/fields.py, DESIGN §10)
         req.body = engine_fields.shape(fd.cfg.model(req.model), req.path, req.body)
         # too long for the model: refused here, so neither queued nor charged
         check_context(req, *fd.context[req.model])
+        if marks is not None:
+            marks["parsed"] = hops.now()
     except ApiError as exc:
         fd.metrics.rejections.labels(tenant, exc.code).inc()
         raise
@@ -75,6 +82,8 @@ async def _completions(fd: Frontdoor, request: web.Request, tenant: str, arrived
         rec = p.QueuedRecord(request_id=rid, tenant=tenant, model=req.model,
                              prompt_tokens=req.prompt_tokens, max_tokens=req.max_tokens,
                              priority=req.priority, submitted_at=arrived)
+        if marks is not None:
+            hops.attach(rid, marks)
         answer = await fd.link.submit(rec)  # cancelled here (client left) → Cancel
         ticket.leave()  # answered: no longer waiting (a dispatched body is the engine's seat's)
         if isinstance(answer, p.Reject):
@@ -84,12 +93,14 @@ async def _completions(fd: Frontdoor, request: web.Request, tenant: str, arrived
                            retry_after_s=answer.retry_after_s, request_id=rid)
         # From here on exactly one Done: no await between started() and the try.
         fd.link.started(rec, answer)
+        if marks is not None:
+            hops.mark(rid, "resumed")
         queued = time.monotonic() - t0  # InferGrid's queue and the link (a retry: both tries)
         fd.metrics.queue_wait.labels(tenant, req.model).observe(queued)
         gauge = fd.metrics.inflight.labels(tenant, req.model)
         gauge.inc()
         # ours, so a cancelled relay still leaves its token counts
-        res = RelayResult(queued_s=queued)
+        res = RelayResult(queued_s=queued, rid_traced=rid if marks is not None else "")
         outcome, error = p.Outcome.CANCELLED, ""  # what an exception or cancellation means
         try:
             await relay(fd.http, request, req, answer, rid, t0, fd.cfg.limits.request_timeout_s,
@@ -127,6 +138,8 @@ def _account(fd: Frontdoor, rid: str, tenant: str, req: ParsedRequest, t0: float
     completion = res.completion_tokens
     ttft = res.ttft_s
     fd.link.finish(rid, outcome, prompt, completion, ttft_s=ttft, error=error)
+    if res.rid_traced:
+        hops.close("frontdoor", rid)
     e2e = time.monotonic() - t0
     # the phases after dispatch need a first token the client saw before the end: a
     # streamed answer's (a whole answer's "first token" is its last byte)

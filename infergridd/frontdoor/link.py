@@ -22,6 +22,7 @@ from pathlib import Path
 import zmq.asyncio
 
 from .. import protocol as p
+from ..transport import hops
 from ..transport.peerlink import PeerLink
 
 PROGRESS_EVERY_S = 0.1
@@ -90,6 +91,8 @@ class FrontdoorLink(PeerLink):
         self.send(p.Submit(request_id=rec.request_id, tenant=rec.tenant, model=rec.model,
                            prompt_tokens=rec.prompt_tokens, max_tokens=rec.max_tokens,
                            priority=rec.priority, submitted_at=rec.submitted_at))
+        if hops.ON:
+            hops.mark(rec.request_id, "submit_sent")
         try:
             return await fut
         except asyncio.CancelledError:
@@ -164,6 +167,8 @@ class FrontdoorLink(PeerLink):
         self.send(done)
 
     def _resolve(self, request_id: str, msg: p.Dispatch | p.Reject) -> None:
+        if hops.ON:
+            hops.mark(request_id, "dispatch_rx", self.rx_at)
         entry = self.queued.pop(request_id, None)
         if entry is not None:
             _, fut = entry

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from .. import protocol as p
 from ..engines.unixhttp import engine_url  # a "unix:" endpoint: the engine's Unix socket
+from ..transport import hops
 from .errors import ApiError, engine_error
 from .sse import StreamAccount, body_whole, set_created
 from .validate import ParsedRequest
@@ -56,6 +57,7 @@ class RelayResult:
     error: str = ""
     itl_s: list[float] = field(default_factory=list)
     response: web.StreamResponse | None = None
+    rid_traced: str = ""  # the request id while the debug-only hop tracer is on (hops.py)
 
 
 def client_headers(request_id: str, res: RelayResult) -> dict[str, str]:
@@ -111,6 +113,8 @@ async def relay(http: aiohttp.ClientSession, request: web.Request, req: ParsedRe
     ``res.response`` is set.  Raises ``EngineUnavailable`` only while nothing was
     sent to the client.
     """
+    if res.rid_traced:
+        hops.mark(res.rid_traced, "engine_post")
     try:
         upstream = await http.post(
             engine_url(d.endpoint + req.path), data=_encode(engine_body(req, d)),
@@ -119,6 +123,8 @@ async def relay(http: aiohttp.ClientSession, request: web.Request, req: ParsedRe
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         _charge_if_taken(exc, req, res)
         raise EngineUnavailable(f"engine {d.engine_id} unreachable: {exc!r}") from None
+    if res.rid_traced:
+        hops.mark(res.rid_traced, "engine_headers")
     clean = False  # read to the end: the connection may go back to the pool
     try:
         if upstream.status >= 500:
@@ -188,9 +194,13 @@ async def _stream(upstream: aiohttp.ClientResponse, request: web.Request, req: P
         await resp.prepare(request)
         try:
             async for data in upstream.content.iter_any():
+                if res.rid_traced:
+                    hops.mark(res.rid_traced, "engine_first")
                 out = acct.feed(data)
                 if out:
                     await _write(resp, out)
+                    if res.rid_traced and acct.completion_tokens:
+                        hops.mark(res.rid_traced, "client_first")
             out = acct.flush()
             if out:
                 await _write(resp, out)

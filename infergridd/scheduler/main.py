@@ -31,6 +31,7 @@ from ..keys import new_key
 from ..logs import fields
 from ..runlock import EX_IN_USE, LockHeld
 from ..systemd import Notifier
+from ..transport import hops
 from ..transport.access import PeerCred, peer_cred
 from ..transport.sockets import BindLock, send_nowait
 from . import statefile
@@ -187,9 +188,13 @@ class SchedulerDaemon:
             self._send(name, p.Heartbeat(instance=self.instance,
                                          ack_done_seq=self.observe.ack(name, peer.done_seq)))
         elif isinstance(msg, p.Submit):
+            rx = hops.now() if hops.ON else 0
             sends = self.core.submit(name, msg)
             self.observe.submitted(name, msg, sends)
             self._apply(sends)
+            if rx:
+                hops.write("scheduler", {"rid": msg.request_id, "sched_rx": rx,
+                                         "sched_sent": hops.now()})
         elif isinstance(msg, p.Progress):
             self.observe.progress(msg.items)
             for request_id, tokens in msg.items:

@@ -33,6 +33,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from .. import protocol as p
+from . import hops
 from .sockets import connect_dealer, send_nowait
 
 HELLO_RETRY_S = 1.0
@@ -62,6 +63,7 @@ class PeerLink(ABC):
         self.last_heard = 0.0
         self.last_hello = 0.0
         self._hb_seq = 0
+        self.rx_at = 0  # when the message being handled arrived (only with hops.ON)
         self._tasks: list[asyncio.Task[None]] = []
         # Handshake events say when a (re)connected pipe can carry a Hello: with
         # IMMEDIATE=1 a Hello sent before that is dropped, and waiting for the
@@ -143,6 +145,8 @@ class PeerLink(ABC):
     async def _rx(self) -> None:
         while True:
             frames = await self.sock.recv_multipart()
+            if hops.ON:
+                self.rx_at = hops.now()
             try:
                 msg = p.decode(frames[-1])
             except p.ProtocolError as exc:
