@@ -14,6 +14,7 @@ error, a 200 for a bad request, a stream ended twice.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from .chaos_faults import MAY_FAIL, Fault
@@ -43,17 +44,22 @@ CRASH_KINDS = frozenset({"kill9_engine", "term_engine", "kill9_supervisor_then_e
 ARRIVAL_GRACE_S = 3.0
 
 
-def _reaches(f: Fault, r: Result) -> bool:
+def _reaches(f: Fault, r: Result, crash_kinds: frozenset[str] = CRASH_KINDS) -> bool:
     """Whether ``f`` may fail ``r``: a front door or the scheduler stopped reach every
-    request; an engine or model fault only the requests for that model; a crash only
+    request; an engine or model fault only the requests for that model (``all``: every
+    engine at once, as ``systemctl kill`` of the supervisor's unit does); a crash only
     the requests that arrived before it was known."""
-    if f.kind in CRASH_KINDS and r.t0 > f.t0 + ARRIVAL_GRACE_S:
+    if f.kind in crash_kinds and r.t0 > f.t0 + ARRIVAL_GRACE_S:
         return False
-    return f.target in ("frontdoor", "scheduler") or f.target == r.model
+    return f.target in ("frontdoor", "scheduler", "all") or f.target == r.model
 
 
-def judge(results: list[Result], faults: list[Fault]) -> dict[str, Any]:
-    """Counts by cause, failures by the fault that explains them, and violations."""
+def judge(results: list[Result], faults: list[Fault], may_fail: Mapping[str, bool] = MAY_FAIL,
+          crash_kinds: frozenset[str] = CRASH_KINDS) -> dict[str, Any]:
+    """Counts by cause, failures by the fault that explains them, and violations.
+
+    ``may_fail`` / ``crash_kinds``: the fault kinds of the run (the systemd variant,
+    ``chaos_booted``, delivers its own kinds through ``systemctl``)."""
     causes = Counter(r.cause or "none" for r in results)
     explained: Counter[str] = Counter()
     late: Counter[str] = Counter()  # failed by a crash that happened before they arrived
@@ -71,11 +77,12 @@ def judge(results: list[Result], faults: list[Fault]) -> dict[str, Any]:
             violations.append(f"request {r.rid}: a good request refused: {r.detail}")
             continue
         over = [f for f in faults if _overlaps(r, f)]
-        allowed = [f for f in over if MAY_FAIL.get(f.kind, False) and _reaches(f, r)]
+        allowed = [f for f in over if may_fail.get(f.kind, False)
+                   and _reaches(f, r, crash_kinds)]
         if allowed:  # the most recent one explains it
             f = max(allowed, key=lambda f: f.t0)
             explained[f.kind] += 1
-            if f.kind in CRASH_KINDS and r.t0 > f.t0:
+            if f.kind in crash_kinds and r.t0 > f.t0:
                 late[f.kind] += 1
             continue
         why = ", ".join(sorted({f.kind for f in over})) or "no fault at all"
