@@ -95,10 +95,10 @@ class SchedulerDaemon:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
+            # peers are read in the loop's reader callbacks (transport/drain.py)
+            drains = [self._peer_io.serve(role, functools.partial(self._on_peer_frames, role))
+                      for role in self._peer_io.socks]
             tasks = [
-                *(asyncio.create_task(self._peer_io.receive(role, functools.partial(
-                    self._on_peer_frames, role)), name=f"{role}-rx")
-                  for role in self._peer_io.socks),
                 *(asyncio.create_task(self._ctl_rx(role), name=f"{role}-rx")
                   for role in self._ctl_io.socks),
                 asyncio.create_task(self._ticker(), name="tick"),
@@ -113,6 +113,8 @@ class SchedulerDaemon:
             await self._stop.wait()
             self.notifier.stopping()
             log.info("stopping")
+            for d in drains:
+                d.close()
             for t in [*tasks, *self._ctl_tasks]:
                 t.cancel()
             await asyncio.gather(*tasks, *self._ctl_tasks, return_exceptions=True)

@@ -13,8 +13,9 @@ restart at any time, so the link never assumes it is there:
 * a scheduler silent for ``AWAY_AFTER_S`` counts as away until it welcomes us again;
 * heartbeats, with the role's state digest, go out only while welcomed.
 
-One task receives (DESIGN §4: a cancelled ``recv`` can lose a message) and hands
-each message to the role; the role's subclass supplies its state for the Hello
+Messages are read in the event loop's reader callback (``drain.Drain``: no receiver
+task, so no cancelled ``recv`` that could lose a message, DESIGN §4, and one loop
+trip less per message) and each goes to the role; the role's subclass supplies its state for the Hello
 and the digest and handles its own messages.
 """
 
@@ -34,6 +35,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from .. import protocol as p
 from . import hops
+from .drain import Drain
 from .sockets import connect_dealer, send_nowait
 
 HELLO_RETRY_S = 1.0
@@ -65,6 +67,7 @@ class PeerLink(ABC):
         self._hb_seq = 0
         self.rx_at = 0  # when the message being handled arrived (only with hops.ON)
         self._tasks: list[asyncio.Task[None]] = []
+        self._drain: Drain | None = None
         # Handshake events say when a (re)connected pipe can carry a Hello: with
         # IMMEDIATE=1 a Hello sent before that is dropped, and waiting for the
         # periodic retry would leave a new scheduler without our state (and the
@@ -101,9 +104,10 @@ class PeerLink(ABC):
         return self.welcomed and time.monotonic() - self.last_heard < AWAY_AFTER_S
 
     def tasks(self) -> list[asyncio.Task[None]]:
-        """Start the receiver, the handshake watcher and the timer (``close`` cancels them)."""
-        self._tasks = [asyncio.create_task(self._rx(), name="link-rx"),
-                       asyncio.create_task(self._watch_handshakes(), name="link-monitor"),
+        """Start receiving (``Drain``), the handshake watcher and the timer (``close``
+        stops them all)."""
+        self._drain = Drain(self.sock, self._on_frames)
+        self._tasks = [asyncio.create_task(self._watch_handshakes(), name="link-monitor"),
                        asyncio.create_task(self._timers(), name="link-timers")]
         return list(self._tasks)
 
@@ -116,6 +120,8 @@ class PeerLink(ABC):
         """Cancel the link's tasks and close its sockets at once."""
         for t in self._tasks:
             t.cancel()
+        if self._drain is not None:
+            self._drain.close()
         self.sock.disable_monitor()
         self._mon.close(0)
         self.sock.close(0)
@@ -142,20 +148,19 @@ class PeerLink(ABC):
         self.send(hello)
 
     # ------------------------------------------------------------------ receiving
-    async def _rx(self) -> None:
-        while True:
-            frames = await self.sock.recv_multipart()
-            if hops.ON:
-                self.rx_at = hops.now()
-            try:
-                msg = p.decode(frames[-1])
-            except p.ProtocolError as exc:
-                self.log.warning("dropped undecodable message from the scheduler: %s", exc)
-                continue
-            try:
-                self._on_message(msg)
-            except Exception:  # noqa: BLE001 - one bad message must not end the link
-                self.log.exception("error handling %s", type(msg).__name__)
+    def _on_frames(self, frames: list[bytes]) -> None:
+        """One message from the scheduler (called by the ``Drain``)."""
+        if hops.ON:
+            self.rx_at = hops.now()
+        try:
+            msg = p.decode(frames[-1])
+        except p.ProtocolError as exc:
+            self.log.warning("dropped undecodable message from the scheduler: %s", exc)
+            return
+        try:
+            self._on_message(msg)
+        except Exception:  # noqa: BLE001 - one bad message must not end the link
+            self.log.exception("error handling %s", type(msg).__name__)
 
     async def _watch_handshakes(self) -> None:
         while True:

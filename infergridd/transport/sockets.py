@@ -20,6 +20,7 @@ import zmq.asyncio
 from ..config import Dirs
 from ..runlock import RunLock
 from .access import SocketAccess
+from .drain import drain_of
 
 HWM = 100_000
 ZMTP_HEARTBEAT_IVL_MS = 1000
@@ -100,8 +101,18 @@ def send_nowait(
     On a ``zmq.asyncio`` socket a NOBLOCK send that cannot go does not raise here:
     its future carries ``zmq.Again`` (or ``EHOSTUNREACH`` on a ROUTER), so it is
     read in a callback — an unread future exception would also be logged by
-    asyncio as an error.  Dropping is safe by design: peers resend full state.
+    asyncio as an error.  Dropping is safe by design: peers resend full state.  A
+    socket a ``Drain`` reads (``drain.py``) is sent on directly, without a future, and
+    the drain is told (a send can eat the descriptor's edge that announced a message).
     """
+    d = drain_of(sock)
+    if d is not None:
+        try:
+            d.raw.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # Again, EHOSTUNREACH (ROUTER_MANDATORY), closed
+            _log_send_error(log, what, exc, on_unreachable)
+        d.kick()
+        return
     try:
         fut = sock.send_multipart(frames, flags=zmq.NOBLOCK)
     except zmq.ZMQError as exc:  # e.g. a closed socket
