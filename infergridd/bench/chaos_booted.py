@@ -280,6 +280,7 @@ class SystemdFaultRunner(FaultRunner):
         (cg / "cgroup.procs").write_text(str(pr.pid))
 
         def lift_v1() -> str:
+            charged = _read(str(cg / "memory.max_usage_in_bytes")).decode().strip()
             for pid in (cg / "cgroup.procs").read_text().split():
                 (parent / "cgroup.procs").write_text(pid)  # not killed: back where it was
             for _ in range(50):
@@ -289,7 +290,8 @@ class SystemdFaultRunner(FaultRunner):
                 except OSError:
                     time.sleep(0.1)
             return ("no memory controller in the namespace's cgroup2 (the host keeps it on "
-                    "v1): memory.limit_in_bytes=1M on a v1 cgroup of the engine")
+                    "v1): memory.limit_in_bytes=1M on a v1 cgroup of the engine (charged to "
+                    f"it at most: {charged or '?'} bytes)")
         return lift_v1
 
 

@@ -36,6 +36,7 @@ class Observer:
         self.traces = TraceRing()
         self.usage = UsageStore(state_dir)
         self._pruned_at = 0.0
+        self._unlisted: list[str] = []  # hello() -> hello_applied()
 
     # ------------------------------------------------------------------ request events
     def submitted(self, peer: str, s: p.RequestHeader, sends: list[Send],
@@ -122,6 +123,10 @@ class Observer:
         for the requests it held while the scheduler was away."""
         for d in hello.undelivered_done:
             self.done(peer, d)
+        # what it held before and no longer lists: the core ends those in flight LOST (its
+        # front door died with them; their Done will never come), see hello_applied
+        listed = {r.request_id for r in (*hello.queued, *hello.inflight, *hello.undelivered_done)}
+        self._unlisted = [rid for rid in self.core.books.of_peer(peer) if rid not in listed]
         for q in hello.queued:
             self.traces.add(Trace(
                 request_id=q.request_id, tenant=q.tenant, model=q.model, frontdoor=peer,
@@ -134,6 +139,16 @@ class Observer:
         (explained one by one only for a short list: each explanation reads the queue)."""
         for q in hello.queued:
             self.submitted("", q, sends, via="hello", why=len(hello.queued) <= EXPLAIN_MAX)
+        # a request its front door lost ends here, not with a Done: its trace says so
+        # (before, ``infergridctl trace`` showed it in flight for ever)
+        now = self.wall()
+        for rid in self._unlisted:
+            t = self.traces.get(rid)
+            if t is not None and t.done is None and self.core.books.lost(rid) is not None:
+                t.done, t.outcome = now, "lost"
+                t.notes.append("its front door came back without it (it died holding it): "
+                               "ended lost, the seat freed, what was charged kept")
+        self._unlisted = []
 
     # ------------------------------------------------------------------ daemon duties
     def ack(self, peer: str, applied_seq: int) -> int:
