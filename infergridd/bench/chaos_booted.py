@@ -255,7 +255,8 @@ class SystemdFaultRunner(FaultRunner):
         it uses, so the kernel OOM-kills the largest process.  Where the host keeps
         ``memory`` on cgroup v1 (no memory controller for the namespace's systemd:
         ``MemoryMax`` would be accepted and do nothing), the same kernel limit through
-        v1: a child memory cgroup of the engine's, 1 MiB, the engine moved into it."""
+        v1: a child memory cgroup of the engine's, 64 KiB, the engine moved into it (what
+        it allocates from then on is charged there)."""
         controllers = (self.app.root / "sys/fs/cgroup/cgroup.controllers").read_text().split()
         if "memory" in controllers:
             unit = "infergrid-supervisor.service"
@@ -276,7 +277,7 @@ class SystemdFaultRunner(FaultRunner):
         parent = v1 / rel.lstrip("/")
         cg = parent / f"infergrid-chaos-oom-{pr.pid}"
         cg.mkdir()
-        (cg / "memory.limit_in_bytes").write_text(str(1 << 20))
+        (cg / "memory.limit_in_bytes").write_text(str(64 << 10))  # it charged ~540K/15s
         (cg / "cgroup.procs").write_text(str(pr.pid))
 
         def lift_v1() -> str:
@@ -290,7 +291,7 @@ class SystemdFaultRunner(FaultRunner):
                 except OSError:
                     time.sleep(0.1)
             return ("no memory controller in the namespace's cgroup2 (the host keeps it on "
-                    "v1): memory.limit_in_bytes=1M on a v1 cgroup of the engine (charged to "
+                    "v1): memory.limit_in_bytes=64K on a v1 cgroup of the engine (charged to "
                     f"it at most: {charged or '?'} bytes)")
         return lift_v1
 

@@ -267,6 +267,7 @@ class SchedulerDaemon:
                                 peer.role, peer.name, peer.pid)
                     self.peers.remove(peer.name)
                     self._apply(self.core.peer_gone(peer.name))
+                    self.observe.peer_gone(peer.name)
                 self._snapshot_all()
                 self.observe.housekeeping()
                 if now - last_save >= self.cfg.scheduler.snapshot_interval_s:

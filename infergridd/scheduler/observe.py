@@ -139,16 +139,26 @@ class Observer:
         (explained one by one only for a short list: each explanation reads the queue)."""
         for q in hello.queued:
             self.submitted("", q, sends, via="hello", why=len(hello.queued) <= EXPLAIN_MAX)
-        # a request its front door lost ends here, not with a Done: its trace says so
-        # (before, ``infergridctl trace`` showed it in flight for ever)
+        self._close_lost(self._unlisted, "its front door came back without it")
+        self._unlisted = []
+
+    def peer_gone(self, peer: str) -> None:
+        """After ``core.peer_gone``: a front door went silent (SIGKILLed: its successor is a
+        new peer) and the requests it held in flight ended lost; their traces say so."""
+        self._close_lost([t.request_id for t in self.traces.recent(len(self.traces))
+                          if t.frontdoor == peer], "its front door went silent")
+
+    def _close_lost(self, request_ids: list[str], why: str) -> None:
+        """A request its front door lost ends in the books, not with a Done (that died with
+        the front door): its trace is closed as ``lost`` (before, ``infergridctl trace``
+        showed it in flight for ever, like a lost Done)."""
         now = self.wall()
-        for rid in self._unlisted:
+        for rid in request_ids:
             t = self.traces.get(rid)
             if t is not None and t.done is None and self.core.books.lost(rid) is not None:
                 t.done, t.outcome = now, "lost"
-                t.notes.append("its front door came back without it (it died holding it): "
-                               "ended lost, the seat freed, what was charged kept")
-        self._unlisted = []
+                t.notes.append(f"{why} (it died holding it): ended lost, the seat freed, "
+                               "what was charged kept")
 
     # ------------------------------------------------------------------ daemon duties
     def ack(self, peer: str, applied_seq: int) -> int:

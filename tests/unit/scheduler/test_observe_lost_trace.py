@@ -43,3 +43,25 @@ def test_a_request_its_front_door_lost_has_a_closed_trace(tmp_path: Path) -> Non
     gone = obs.traces.get("gone")
     assert gone.done is not None and gone.outcome == "lost", gone
     assert obs.traces.get("kept").done is None  # still in flight, its Done will come
+
+
+def test_a_request_of_a_front_door_gone_silent_has_a_closed_trace(tmp_path: Path) -> None:
+    """The path the chaos run took: ``systemctl kill -s SIGKILL`` of the front door; its
+    successor is a new peer (a new instance id), the old one expires (``peer_gone``)."""
+    cfg = make_cfg(models=[{"name": "m", "max_num_seqs": 4}], tenants=[{"name": "quiet"}])
+    core = SchedulerCore(cfg, FakeClock())
+    obs = Observer(core, tmp_path, wall=lambda: 1_796_000_400.0)
+    core.engines_update(SV, [engine("m-0", max_num_seqs=4)])
+    s = submit("held", "quiet", "m")
+    sends = core.submit(FD, s)
+    obs.submitted(FD, s, sends)
+    obs.sent(sends)
+    other = submit("elsewhere", "quiet", "m")
+    obs_sends = core.submit("fd-other", other)
+    obs.submitted("fd-other", other, obs_sends)
+    obs.sent(obs_sends)
+    core.peer_gone(FD)
+    obs.peer_gone(FD)
+    t = obs.traces.get("held")
+    assert t.done is not None and t.outcome == "lost" and "went silent" in t.notes[-1], t
+    assert obs.traces.get("elsewhere").done is None  # another front door's: untouched
