@@ -85,10 +85,15 @@ def pids_of(serve: Serve) -> dict[str, int]:
             argv = (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        args = [a.decode(errors="replace") for a in argv]
-        if "infergridd.cli.infergridd" in args and conf in args:
-            role = args[args.index("infergridd.cli.infergridd") + 1]
-            out.setdefault(role, int(d.name))
+        # "python -m infergridd.cli.infergridd ROLE ...", or the title the daemon sets
+        # itself: "infergridd ROLE --config ..." (one string, padded)
+        args = b" ".join(argv).decode(errors="replace").split()
+        if conf not in args:
+            continue
+        for i, arg in enumerate(args[:-1]):
+            if arg in ("infergridd", "infergridd.cli.infergridd"):
+                out.setdefault(args[i + 1], int(d.name))
+                break
     return out
 
 
@@ -99,7 +104,15 @@ def cpu_s(pid: int) -> float:
 
 
 async def one(http: aiohttp.ClientSession, t: Target, body: bytes) -> dict[str, Any]:
-    """One streamed request; the client's marks and the request id."""
+    """One streamed request; the client's marks and the request id.  Sent again once if
+    the kept-alive connection was closed under it (``max_requests_per_connection``)."""
+    try:
+        return await _one(http, t, body)
+    except aiohttp.ClientConnectionError:
+        return await _one(http, t, body)
+
+
+async def _one(http: aiohttp.ClientSession, t: Target, body: bytes) -> dict[str, Any]:
     key = t.keys.get(TENANT, "")
     headers = {"Content-Type": "application/json"}
     if key:
@@ -188,6 +201,10 @@ async def cpu(a: argparse.Namespace, serve: Serve, eng: SimEngine) -> dict[str, 
 
     async with http_session() as http:
         await asyncio.gather(*[worker(http, WARMUP) for _ in range(a.concurrency)])
+        # what each daemon burns with nothing to do (timers, heartbeats, snapshots), per s
+        idle0 = {r: cpu_s(p) for r, p in pids.items()}
+        await asyncio.sleep(a.idle_s)
+        idle = {r: (cpu_s(p) - idle0[r]) / a.idle_s for r, p in pids.items()}
         before = {r: cpu_s(p) for r, p in pids.items()}
         t0 = time.monotonic()
         per = a.cpu // a.concurrency
@@ -196,7 +213,10 @@ async def cpu(a: argparse.Namespace, serve: Serve, eng: SimEngine) -> dict[str, 
         after = {r: cpu_s(p) for r, p in pids.items()}
     total = per * a.concurrency
     return {"requests": total, "wall_s": wall, "rps": total / wall,
-            "cpu_us_per_request": {r: (after[r] - before[r]) / total * 1e6 for r in pids}}
+            "cpu_us_per_request": {r: (after[r] - before[r]) / total * 1e6 for r in pids},
+            "idle_cpu_ms_per_s": {r: idle[r] * 1e3 for r in pids},
+            "net_cpu_us_per_request": {r: (after[r] - before[r] - idle[r] * wall) / total * 1e6
+                                       for r in pids}}
 
 
 async def amain(a: argparse.Namespace) -> int:
@@ -212,9 +232,11 @@ async def amain(a: argparse.Namespace) -> int:
     try:
         if a.cpu:
             r = await cpu(a, serve, eng)
-            cpus = ", ".join(f"{k} {v:.0f} µs" for k, v in sorted(r["cpu_us_per_request"].items()))
+            cpus = ", ".join(f"{k} {v:.0f} µs (net of idle {r['net_cpu_us_per_request'][k]:.0f})"
+                             for k, v in sorted(r["cpu_us_per_request"].items()))
+            idle = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["idle_cpu_ms_per_s"].items()))
             print(f"{r['requests']} requests at {a.concurrency} stream(s), {r['rps']:.0f} req/s:"
-                  f" CPU per request: {cpus}")
+                  f" CPU per request: {cpus}; idle CPU ms/s: {idle}")
         else:
             r = await trace(a, serve, eng, hopdir)
             print(render(r))
@@ -233,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", type=int, default=0, help="instead: CPU per request over this "
                     "many requests")
     ap.add_argument("--concurrency", type=int, default=1, help="streams for --cpu")
+    ap.add_argument("--idle-s", type=float, default=3.0, help="--cpu: idle CPU measured "
+                    "this long first, and subtracted (net figures)")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=4)
     ap.add_argument("--out", help="write the figures as JSON here")

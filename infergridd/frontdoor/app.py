@@ -96,8 +96,9 @@ async def _completions(fd: Frontdoor, request: web.Request, tenant: str, arrived
         if marks is not None:
             hops.mark(rid, "resumed")
         queued = time.monotonic() - t0  # InferGrid's queue and the link (a retry: both tries)
-        fd.metrics.queue_wait.labels(tenant, req.model).observe(queued)
-        gauge = fd.metrics.inflight.labels(tenant, req.model)
+        rm = fd.metrics.of(tenant, req.model)
+        rm.queue_wait.observe(queued)
+        gauge = rm.inflight
         gauge.inc()
         # ours, so a cancelled relay still leaves its token counts
         res = RelayResult(queued_s=queued, rid_traced=rid if marks is not None else "")
@@ -144,24 +145,23 @@ def _account(fd: Frontdoor, rid: str, tenant: str, req: ParsedRequest, t0: float
     # the phases after dispatch need a first token the client saw before the end: a
     # streamed answer's (a whole answer's "first token" is its last byte)
     first = ttft if req.stream else None
-    m = fd.metrics
-    m.requests.labels(tenant, model, outcome).inc()
+    m = fd.metrics.of(tenant, model)
+    m.outcome(outcome).inc()
     if completion or outcome == p.Outcome.OK:
-        m.tokens.labels(tenant, model, "in").inc(prompt)
-        m.tokens.labels(tenant, model, "out").inc(completion)
+        m.tokens_in.inc(prompt)
+        m.tokens_out.inc(completion)
     if outcome == p.Outcome.OK:
         if ttft is not None and req.stream:
-            m.ttft.labels(tenant, model).observe(ttft)
+            m.ttft.observe(ttft)
         if res.itl_s:
-            h = m.itl.labels(tenant, model)
+            h = m.itl
             for x in res.itl_s:
                 h.observe(x)
-        m.e2e.labels(tenant, model).observe(e2e)
-        m.phase.labels(tenant, model, "queued").observe(res.queued_s)
+        m.e2e.observe(e2e)
+        m.phase_queued.observe(res.queued_s)
         if first is not None:
-            m.phase.labels(tenant, model, "engine_first_token").observe(
-                max(0.0, first - res.queued_s))
-            m.phase.labels(tenant, model, "generation").observe(max(0.0, e2e - first))
+            m.phase_first.observe(max(0.0, first - res.queued_s))
+            m.phase_generation.observe(max(0.0, e2e - first))
     if fd.cfg.logging.requests:
         level = logging.INFO if outcome in (p.Outcome.OK, p.Outcome.CANCELLED) else logging.WARNING
         log.log(level, "%s %s %s %s", rid, tenant, model, outcome + (f": {error}" if error else ""),

@@ -48,8 +48,11 @@ async def read_body(request: web.Request, limits: Limits, ticket: Ticket) -> byt
                            f"request body is {declared} bytes; the limit is {limit}")
         ticket.reserve(declared)
     try:
-        return await asyncio.wait_for(_read(request, limit, ticket), limits.body_timeout_s)
-    except asyncio.TimeoutError:
+        # asyncio.timeout, not wait_for: no task of its own, so a body that is already
+        # in (the usual small request) is read in this iteration of the loop
+        async with asyncio.timeout(limits.body_timeout_s):
+            return await _read(request, limit, ticket)
+    except TimeoutError:
         raise ApiError(408, "request_timeout", f"the request body did not arrive within "
                        f"{limits.body_timeout_s:g}s") from None
 

@@ -135,6 +135,36 @@ class _Watched(Collector):
             yield fam
 
 
+class RequestMetrics:
+    """One (tenant, model)'s labelled children, looked up once and kept
+    (``FrontdoorMetrics.of``): ``labels()`` takes a lock and builds a key each time, and
+    a request used to call it a dozen times."""
+
+    __slots__ = ("e2e", "inflight", "itl", "phase_first", "phase_generation", "phase_queued",
+                 "queue_wait", "requests", "tokens_in", "tokens_out", "ttft", "_m", "_key")
+
+    def __init__(self, m: FrontdoorMetrics, tenant: str, model: str) -> None:
+        self._m, self._key = m, (tenant, model)
+        self.queue_wait = m.queue_wait.labels(tenant, model)
+        self.inflight = m.inflight.labels(tenant, model)
+        self.ttft = m.ttft.labels(tenant, model)
+        self.itl = m.itl.labels(tenant, model)
+        self.e2e = m.e2e.labels(tenant, model)
+        self.phase_queued = m.phase.labels(tenant, model, "queued")
+        self.phase_first = m.phase.labels(tenant, model, "engine_first_token")
+        self.phase_generation = m.phase.labels(tenant, model, "generation")
+        self.tokens_in = m.tokens.labels(tenant, model, "in")
+        self.tokens_out = m.tokens.labels(tenant, model, "out")
+        self.requests: dict[str, Counter] = {}
+
+    def outcome(self, outcome: str) -> Counter:
+        """The ``infergrid_requests`` child of this outcome."""
+        c = self.requests.get(outcome)
+        if c is None:
+            c = self.requests[outcome] = self._m.requests.labels(*self._key, outcome)
+        return c
+
+
 class FrontdoorMetrics:
     """The front door's registry; with ``multiproc_dir`` (several front-door processes,
     ``workers.py``) the counters and histograms are prometheus_client's multiprocess
@@ -176,9 +206,18 @@ class FrontdoorMetrics:
             MultiProcessCollector(r, str(multiproc_dir))
         r.register(self.snapshot)
         r.register(self._watched)
+        self._children: dict[tuple[str, str], RequestMetrics] = {}
         self._page: bytes | None = None
         self._page_at = 0.0
         self._rendering: asyncio.Future[bytes] | None = None
+
+    def of(self, tenant: str, model: str) -> RequestMetrics:
+        """The children a request of ``tenant`` on ``model`` updates (made once per pair;
+        both names are bounded: configured or added tenants, configured models)."""
+        rm = self._children.get((tenant, model))
+        if rm is None:
+            rm = self._children[(tenant, model)] = RequestMetrics(self, tenant, model)
+        return rm
 
     def watch(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A gauge read when scraped (the waiting room's bytes, open connections, ...)."""

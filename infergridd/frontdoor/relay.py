@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import msgspec
 from aiohttp import web
+from yarl import URL
 
 from .. import protocol as p
 from ..engines.unixhttp import engine_url  # a "unix:" endpoint: the engine's Unix socket
@@ -96,6 +97,28 @@ def _charge_if_taken(exc: BaseException, req: ParsedRequest, res: RelayResult) -
         res.prompt_tokens = res.prompt_tokens or req.prompt_tokens
 
 
+_URLS: dict[str, URL] = {}
+_TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
+
+
+def _url(endpoint_path: str) -> URL:
+    """An engine URL, parsed once (engines and paths are few; yarl's parse is not free)."""
+    u = _URLS.get(endpoint_path)
+    if u is None:
+        if len(_URLS) > 1024:  # engines come and go (TCP ports of external ones): bounded
+            _URLS.clear()
+        u = _URLS[endpoint_path] = URL(engine_url(endpoint_path))
+    return u
+
+
+def _timeout(total_s: float) -> aiohttp.ClientTimeout:
+    t = _TIMEOUTS.get(total_s)
+    if t is None:
+        t = _TIMEOUTS[total_s] = aiohttp.ClientTimeout(total=total_s,
+                                                       sock_connect=_CONNECT_TIMEOUT_S)
+    return t
+
+
 async def _write(resp: web.StreamResponse, data: bytes) -> None:
     try:
         await resp.write(data)
@@ -117,9 +140,8 @@ async def relay(http: aiohttp.ClientSession, request: web.Request, req: ParsedRe
         hops.mark(res.rid_traced, "engine_post")
     try:
         upstream = await http.post(
-            engine_url(d.endpoint + req.path), data=_encode(engine_body(req, d)),
-            headers=engine_headers(d, request_id),
-            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=_CONNECT_TIMEOUT_S))
+            _url(d.endpoint + req.path), data=_encode(engine_body(req, d)),
+            headers=engine_headers(d, request_id), timeout=_timeout(timeout_s))
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         _charge_if_taken(exc, req, res)
         raise EngineUnavailable(f"engine {d.engine_id} unreachable: {exc!r}") from None

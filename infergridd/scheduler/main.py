@@ -143,8 +143,11 @@ class SchedulerDaemon:
         assert self._peer_io is not None
         self._peer_io.send(peer, [p.encode(msg)], type(msg).__name__)
 
-    def _apply(self, sends: list[Send]) -> None:
-        self.observe.sent(sends)
+    def _apply(self, sends: list[Send], observe: bool = True) -> None:
+        """Send what the core decided (``observe``: and record it in the traces first; a
+        caller that passes False records it itself, after)."""
+        if observe:
+            self.observe.sent(sends)
         for s in sends:
             if s.peer:
                 self._send(s.peer, s.msg)
@@ -192,11 +195,14 @@ class SchedulerDaemon:
         elif isinstance(msg, p.Submit):
             rx = hops.now() if hops.ON else 0
             sends = self.core.submit(name, msg)
+            # the Dispatch goes first: the front door waits for it, the books do not
+            self._apply(sends, observe=False)
+            sent = hops.now() if rx else 0
             self.observe.submitted(name, msg, sends)
-            self._apply(sends)
+            self.observe.sent(sends)
             if rx:
                 hops.write("scheduler", {"rid": msg.request_id, "sched_rx": rx,
-                                         "sched_sent": hops.now()})
+                                         "sched_sent": sent, "sched_done": hops.now()})
         elif isinstance(msg, p.Progress):
             self.observe.progress(msg.items)
             for request_id, tokens in msg.items:
