@@ -6,13 +6,14 @@ Seeded (printed) schedule over 120 s of open-loop mixed load at 4 req/s:
 ``systemctl restart`` and ``systemctl kill -s SIGKILL --kill-whom=main`` of each of the
 three daemons' units, ``systemctl kill -s SIGKILL`` of the supervisor's whole unit (the
 supervisor and every engine in its cgroup), one engine SIGKILLed, and a memory limit
-that OOM-kills an engine, then lifted.  Judged as the serve harness judges: every
+that OOM-kills an engine, then lifted (where the kernel lets systemd enforce it: see
+docs/chaos.md, "Under systemd", for a host that keeps memory on cgroup v1).  Judged as the serve harness judges: every
 request ends exactly once and clearly, failures only where a fault may fail them,
 counts back to zero everywhere, every traced dispatch has its Done, counters never go
 down, no duplicate or orphan engine, flat RSS/fds, no traceback in the journal, nothing
 left after ``systemctl stop infergrid``.
 
-    pytest -m systemd tests/systemd -k chaos        (about 4 minutes)
+    pytest -m systemd tests/systemd -k chaos        (about 3 minutes, + the .deb build)
 """
 
 from __future__ import annotations
@@ -69,18 +70,21 @@ def test_chaos_under_systemd_keeps_every_invariant(rootfs: Path, deb: Path) -> N
     assert r["by_cause"].get("client_disconnect", 0) > 0 and r["by_cause"].get("bad_rejected")
     assert r["leaked_slots"] == 0 and r["traces_checked"] > 0
     not_applied = [f for f in r["faults"] if not f["applied"]]
-    # the memory limit needs a kernel that charges memory to cgroups: where it charged the
-    # engine's cgroup nothing at all (a VM kernel with memcg accounting off), it cannot
-    # kill; the run says so and the rest of it still counts
+    # the memory limit, the systemd way (MemoryMax), needs the memory controller in the
+    # namespace's cgroup2; a host kernel that keeps it on cgroup v1 offers none (systemd
+    # would accept MemoryMax and enforce nothing).  There the fault tries the same kernel
+    # limit through v1 and, where that does not kill, says so: printed, not counted
     unenforced = [f for f in not_applied if f["kind"] == "memory_limit"
-                  and ("charged to it at most: 0 bytes" in f["note"]
+                  and ("no memory controller in the namespace's cgroup2" in f["note"]
                        or os.environ.get("INFERGRID_CHAOS_NO_MEMCG"))]
     if unenforced:
-        print(f"systemd chaos: memory limit NOT enforced by this kernel: {unenforced[0]['note']}")
+        print(f"systemd chaos: memory limit NOT exercised here: {unenforced[0]['note']}")
     not_applied = [f for f in not_applied if f not in unenforced]
     assert not not_applied, not_applied
     assert {f["kind"] for f in r["faults"]} == set(SYSTEMD_MAY_FAIL)
     # restarted by systemctl and killed: every daemon ran as 3 processes at least
     for role in ("scheduler", "supervisor", "frontdoor"):
         assert r["processes_seen"][role] >= 3, r["processes_seen"]
-    assert r["processes_seen"]["engine"] >= 3 + 3 + 2, r["processes_seen"]
+    # 3 at the start, 3 after the supervisor's unit was killed, 1 after the engine's
+    # SIGKILL, 1 after the OOM kill where the memory limit was enforced
+    assert r["processes_seen"]["engine"] >= 3 + 3 + 1 + (not unenforced), r["processes_seen"]
