@@ -156,7 +156,7 @@ class Observer:
         for rid in request_ids:
             t = self.traces.get(rid)
             if t is not None and t.done is None and self.core.books.lost(rid) is not None:
-                t.done, t.outcome = now, "lost"
+                t.done, t.outcome = now, p.Outcome.LOST
                 t.notes.append(f"{why} (it died holding it): ended lost, the seat freed, "
                                "what was charged kept")
 
