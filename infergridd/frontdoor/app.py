@@ -104,7 +104,7 @@ async def _completions(fd: Frontdoor, request: web.Request, tenant: str, arrived
         res = RelayResult(queued_s=queued, rid_traced=rid if marks is not None else "")
         outcome, error = p.Outcome.CANCELLED, ""  # what an exception or cancellation means
         try:
-            await relay(fd.http, request, req, answer, rid, t0, fd.cfg.limits.request_timeout_s,
+            await relay(fd.engines, request, req, answer, rid, t0, fd.cfg.limits.request_timeout_s,
                         lambda n, rid=rid: fd.link.progress(rid, n), res)
             outcome, error = res.outcome, res.error
         except EngineUnavailable as exc:

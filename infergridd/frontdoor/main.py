@@ -31,6 +31,7 @@ from .admin import start_admin
 from .app import build_app
 from .auth import Authenticator
 from .edge import EdgeGuard, EdgeRunner, raise_fd_limit
+from .engine_client import EngineClient
 from .link import FrontdoorLink
 from .metrics import FrontdoorMetrics
 from .room import Room
@@ -66,6 +67,7 @@ class Frontdoor:
         self.draining = False
         self.notifier = Notifier()
         self.http: aiohttp.ClientSession
+        self.engines: EngineClient
         self.link: FrontdoorLink
 
     def _tenant_count_limit(self, tenant: str) -> int:
@@ -108,6 +110,7 @@ class Frontdoor:
         self.http = aiohttp.ClientSession(
             connector=EngineConnector(limit=0, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False)
+        self.engines = EngineClient(self.http)  # its own HTTP on engines' Unix sockets
         self.link.start()
         raise_fd_limit(self.cfg.limits.max_connections)
         runner = EdgeRunner(build_app(self, self.guard), self.guard, handler_cancellation=True,
@@ -143,6 +146,7 @@ class Frontdoor:
         watchdog.cancel()
         await self.link.wait_acked(2.0)
         await self.link.aclose()
+        self.engines.close()
         await self.http.close()
         ctx.term()
         log.info("front door stopped")

@@ -23,11 +23,10 @@ from typing import Any
 import aiohttp
 import msgspec
 from aiohttp import web
-from yarl import URL
 
 from .. import protocol as p
-from ..engines.unixhttp import engine_url  # a "unix:" endpoint: the engine's Unix socket
 from ..transport import hops
+from .engine_client import EngineClient, EngineConnectError
 from .errors import ApiError, engine_error
 from .sse import StreamAccount, body_whole, set_created
 from .validate import ParsedRequest
@@ -93,22 +92,12 @@ def _charge_if_taken(exc: BaseException, req: ParsedRequest, res: RelayResult) -
     computed: it may have crashed on this very request) is charged the prompt estimate,
     so a request that crashes engines is not free to retry; only one that never reached
     an engine (refused, connect timeout) costs nothing (issue 14.8)."""
-    if not isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+    if not isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
+                            EngineConnectError)):
         res.prompt_tokens = res.prompt_tokens or req.prompt_tokens
 
 
-_URLS: dict[str, URL] = {}
 _TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
-
-
-def _url(endpoint_path: str) -> URL:
-    """An engine URL, parsed once (engines and paths are few; yarl's parse is not free)."""
-    u = _URLS.get(endpoint_path)
-    if u is None:
-        if len(_URLS) > 1024:  # engines come and go (TCP ports of external ones): bounded
-            _URLS.clear()
-        u = _URLS[endpoint_path] = URL(engine_url(endpoint_path))
-    return u
 
 
 def _timeout(total_s: float) -> aiohttp.ClientTimeout:
@@ -126,7 +115,7 @@ async def _write(resp: web.StreamResponse, data: bytes) -> None:
         raise ClientGone(str(exc)) from None
 
 
-async def relay(http: aiohttp.ClientSession, request: web.Request, req: ParsedRequest,
+async def relay(engines: EngineClient, request: web.Request, req: ParsedRequest,
                 d: p.Dispatch, request_id: str, t0: float, timeout_s: float,
                 on_tokens: Callable[[int], None], res: RelayResult) -> RelayResult:
     """Run the request on the engine and answer the client; fills in and returns ``res``.
@@ -139,9 +128,9 @@ async def relay(http: aiohttp.ClientSession, request: web.Request, req: ParsedRe
     if res.rid_traced:
         hops.mark(res.rid_traced, "engine_post")
     try:
-        upstream = await http.post(
-            _url(d.endpoint + req.path), data=_encode(engine_body(req, d)),
-            headers=engine_headers(d, request_id), timeout=_timeout(timeout_s))
+        upstream = await engines.post(d.endpoint, req.path, _encode(engine_body(req, d)),
+                                      engine_headers(d, request_id), timeout_s,
+                                      _timeout(timeout_s))
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         _charge_if_taken(exc, req, res)
         raise EngineUnavailable(f"engine {d.engine_id} unreachable: {exc!r}") from None

@@ -1,11 +1,10 @@
 """The request path's cached lookups (issue 17 follow-up): per (tenant, model) metric
-children made once and still the registry's own, engine URLs parsed once."""
+children made once and still the registry's own, client timeouts made once."""
 
 from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from infergridd.engines.unixhttp import engine_url
 from infergridd.frontdoor import relay
 from infergridd.frontdoor.metrics import FrontdoorMetrics
 
@@ -25,10 +24,6 @@ def test_metric_children_are_made_once_and_count_in_the_registry() -> None:
             'tenant="t1"} 1.0') in page
 
 
-def test_engine_urls_are_parsed_once_and_match_engine_url() -> None:
-    ep = "unix:/run/infergrid/engines/Model-0.sock/v1/completions"
-    u = relay._url(ep)
-    assert relay._url(ep) is u
-    assert str(u) == engine_url(ep)
+def test_client_timeouts_are_made_once() -> None:
     assert relay._timeout(30.0) is relay._timeout(30.0)
     assert relay._timeout(30.0).total == 30.0
