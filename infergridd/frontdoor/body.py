@@ -47,19 +47,29 @@ async def read_body(request: web.Request, limits: Limits, ticket: Ticket) -> byt
             raise ApiError(413, "request_too_large",
                            f"request body is {declared} bytes; the limit is {limit}")
         ticket.reserve(declared)
+    content = request.content
+    if content.is_eof() and declared is not None:
+        # the usual small request: its whole body came with the headers and is buffered
+        # already (aiohttp ended the payload at Content-Length), so no deadline to keep
+        data = content.read_nowait(-1)
+        if len(data) == declared:
+            return data
+        chunks = [data]  # never expected; read the rest the careful way
+    else:
+        chunks = []
     try:
         # asyncio.timeout, not wait_for: no task of its own, so a body that is already
         # in (the usual small request) is read in this iteration of the loop
         async with asyncio.timeout(limits.body_timeout_s):
-            return await _read(request, limit, ticket)
+            return await _read(request, limit, ticket, chunks)
     except TimeoutError:
         raise ApiError(408, "request_timeout", f"the request body did not arrive within "
                        f"{limits.body_timeout_s:g}s") from None
 
 
-async def _read(request: web.Request, limit: int, ticket: Ticket) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
+async def _read(request: web.Request, limit: int, ticket: Ticket,
+                chunks: list[bytes]) -> bytes:
+    size = sum(len(c) for c in chunks)
     async for chunk in request.content.iter_chunked(_CHUNK):
         size += len(chunk)
         if size > limit:
