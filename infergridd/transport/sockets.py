@@ -107,8 +107,11 @@ def send_nowait(
     """
     d = drain_of(sock)
     if d is not None:
+        send = d.raw.send  # what send_multipart does, without its per-call checks
         try:
-            d.raw.send_multipart(frames, flags=zmq.NOBLOCK)
+            for f in frames[:-1]:  # a ROUTER's identity: refused here if unroutable
+                send(f, zmq.NOBLOCK | zmq.SNDMORE)
+            send(frames[-1], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # Again, EHOSTUNREACH (ROUTER_MANDATORY), closed
             _log_send_error(log, what, exc, on_unreachable)
         d.kick()
