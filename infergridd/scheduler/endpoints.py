@@ -145,8 +145,10 @@ def _deliver(handle: Callable[[str, p.Message, PeerCred | None], None],
     except p.ProtocolError as exc:
         log.warning("dropped undecodable message from %s: %s", name, exc)
         return
+    # the sender's credentials gate a Hello only (``screen``): not read for anything else
+    cred = peer_cred(frames[1]) if isinstance(msg, p.Hello) else None
     try:
-        handle(name, msg, peer_cred(frames[1]))
+        handle(name, msg, cred)
     except Exception:  # noqa: BLE001 - one bad message must not stop the hub
         log.exception("error handling %s from %s", type(msg).__name__, name)
 
