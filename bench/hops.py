@@ -193,11 +193,14 @@ async def cpu(a: argparse.Namespace, serve: Serve, eng: SimEngine) -> dict[str, 
     prompts = Prompts(0)
     n = iter(range(1 << 30))
 
+    ok = [0]
+
     async def worker(http: aiohttp.ClientSession, count: int) -> None:
         for _ in range(count):
             i = next(n)
-            await one(http, via, body_for(eng.model, prompts.get(a.prompt_tokens, i),
-                                          a.max_tokens))
+            m = await one(http, via, body_for(eng.model, prompts.get(a.prompt_tokens, i),
+                                              a.max_tokens))
+            ok[0] += m["status"] == 200 and "c_first" in m
 
     async with http_session() as http:
         await asyncio.gather(*[worker(http, WARMUP) for _ in range(a.concurrency)])
@@ -208,11 +211,12 @@ async def cpu(a: argparse.Namespace, serve: Serve, eng: SimEngine) -> dict[str, 
         before = {r: cpu_s(p) for r, p in pids.items()}
         t0 = time.monotonic()
         per = a.cpu // a.concurrency
+        ok[0] = 0
         await asyncio.gather(*[worker(http, per) for _ in range(a.concurrency)])
         wall = time.monotonic() - t0
         after = {r: cpu_s(p) for r, p in pids.items()}
     total = per * a.concurrency
-    return {"requests": total, "wall_s": wall, "rps": total / wall,
+    return {"requests": total, "ok": ok[0], "wall_s": wall, "rps": total / wall,
             "cpu_us_per_request": {r: (after[r] - before[r]) / total * 1e6 for r in pids},
             "idle_cpu_ms_per_s": {r: idle[r] * 1e3 for r in pids},
             "net_cpu_us_per_request": {r: (after[r] - before[r] - idle[r] * wall) / total * 1e6
@@ -235,7 +239,8 @@ async def amain(a: argparse.Namespace) -> int:
             cpus = ", ".join(f"{k} {v:.0f} µs (net of idle {r['net_cpu_us_per_request'][k]:.0f})"
                              for k, v in sorted(r["cpu_us_per_request"].items()))
             idle = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["idle_cpu_ms_per_s"].items()))
-            print(f"{r['requests']} requests at {a.concurrency} stream(s), {r['rps']:.0f} req/s:"
+            print(f"{r['requests']} requests ({r['ok']} ok) at {a.concurrency} stream(s), "
+                  f"{r['rps']:.0f} req/s:"
                   f" CPU per request: {cpus}; idle CPU ms/s: {idle}")
         else:
             r = await trace(a, serve, eng, hopdir)
