@@ -263,8 +263,8 @@ class EngineClient:
         if not is_unix(endpoint):
             return await self.http.post(engine_url(endpoint + path), data=body,
                                         headers=headers, timeout=aiohttp_timeout)
-        sock, _ = split_unix(endpoint + "/")
-        head = [f"POST {path} HTTP/1.1", "Host: localhost", f"Content-Length: {len(body)}"]
+        sock, target = split_unix(endpoint + path)  # a base path after .sock is kept
+        head = [f"POST {target} HTTP/1.1", "Host: localhost", f"Content-Length: {len(body)}"]
         for k, v in headers.items():
             if "\r" in v or "\n" in v or "\r" in k or "\n" in k:
                 raise ValueError(f"header {k!r} has a line break")

@@ -100,6 +100,22 @@ async def test_a_chunked_stream_split_anywhere_comes_out_whole(where: Path, spli
         eng.server.close()
 
 
+async def test_a_base_path_after_the_socket_is_kept(where: Path) -> None:
+    eng = Engine(where, lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    await eng.start()
+    c = await _client()
+    try:
+        r = await c.post(unix_endpoint(where) + "/base", "/v1/completions", b"{}", {}, 5.0,
+                         aiohttp.ClientTimeout(total=5.0))
+        assert await r.read() == b""
+        r.release()
+        assert eng.requests[0].startswith(b"POST /base/v1/completions HTTP/1.1\r\n")
+    finally:
+        c.close()
+        await c.http.close()
+        eng.server.close()
+
+
 async def test_content_length_and_read_to_the_end_of_the_connection(where: Path) -> None:
     bodies = iter([b"HTTP/1.1 400 Bad Request\r\nContent-Length: 11\r\n\r\n{\"e\":\"bad\"}",
                    b"HTTP/1.0 200 OK\r\n\r\nuntil the end"])
