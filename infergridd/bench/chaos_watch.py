@@ -5,7 +5,12 @@ uses) and ``/proc``:
 
 * fairness counters never go down, across every restart (a state-dir fault excuses
   only what was charged while the disk could not be written); runtime tenant
-  settings (weight, rpm) stay what the operator set;
+  settings (weight, rpm) stay what the operator set.  Within one scheduler process a
+  counter may dip by a correction (at most ``CORRECTION_MAX``): a ``Done`` settles the
+  prompt estimate to the engine's count and refunds a request that never reached an
+  engine (``core/charging.py``).  Charges coming in mask it, except when every engine
+  dies at once (the systemd run's SIGKILL of the supervisor's unit: −2.7%).  Clearing
+  a tenant's debt is a far larger drop, and across a restart no dip is allowed;
 * never two engine processes for one model for more than ``DUP_GRACE_S`` (an engine
   started twice on one device), never an engine the supervisor does not report for
   more than ``ORPHAN_GRACE_S`` while it reports;
@@ -34,6 +39,9 @@ PERSIST_WINDOW_S = 3.0  # snapshot_interval_s (1 s), with slack for a loaded mac
 RSS_DRIFT_MAX_KIB = 40 * 1024
 FD_DRIFT_MAX = 16
 EXEMPT_TENANTS = frozenset({"temp"})
+#: the largest dip, as a fraction of the counter, one scheduler process may show
+#: (settling estimates and refunding requests no engine ran; module docstring)
+CORRECTION_MAX = 0.10
 
 
 @dataclass
@@ -139,7 +147,8 @@ class Watch:
                 if prev is None or not self._baseline(old, s):
                     continue
                 before = float(prev.get("counter", 0.0))
-                if now_c + 1e-6 * max(1.0, before) < before:
+                slack = CORRECTION_MAX * before if old.pid == s.pid else 0.0
+                if now_c + 1e-6 * max(1.0, before) + slack < before:
                     self.violate(f"counter-{name}-{len(self.samples)}",
                                  f"tenant {name}: fairness counter went down from {before:.1f}"
                                  f" (t={old.t:.1f}s) to {now_c:.1f} (t={s.t:.1f}s)")

@@ -103,9 +103,19 @@ def _feed(w: Watch, *samples: Sample) -> None:
 
 
 def test_counter_going_down_is_a_violation_unless_it_may_not_have_been_saved() -> None:
-    w = _watch()  # one scheduler process: a counter never goes down, not even for 1 s
+    w = _watch()  # one scheduler process: a counter never goes down by more than a correction
     _feed(w, _sample(1, a=10, b=5), _sample(2, a=50, b=9), _sample(3, a=12, b=9))
     assert len(w.violations) == 1 and "tenant a" in w.violations[0], w.violations
+    # settling estimates / refunding requests no engine ran: a dip of a few percent
+    w = _watch()
+    _feed(w, _sample(1, a=23305.5), _sample(2, a=22668.5))
+    assert w.violations == []
+    _feed(w, _sample(3, a=20000))  # 14% under what was seen at t=1: not a correction
+    assert len(w.violations) == 1, w.violations
+    # across a restart not even a dip: the restarted scheduler must show what was saved
+    w = _watch([_fault("term_scheduler", "scheduler", t0=5, t1=6)])
+    _feed(w, _sample(4.5, a=50), _sample(7, pid=2, a=49))
+    assert len(w.violations) == 1, w.violations
     # across a SIGKILL: what was charged in the last persist window may be lost...
     w = _watch([_fault("kill9_scheduler", "scheduler", t0=5, t1=6)])
     _feed(w, _sample(1, a=10), _sample(4.5, a=50), _sample(7, pid=2, a=12))
