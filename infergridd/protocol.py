@@ -295,6 +295,9 @@ class Done(_Msg, tag="done"):
     ttft_s: float | None = None
     seq: int = 0  # per front-door instance, for acknowledgement (Heartbeat.ack_done_seq)
     error: str = ""
+    #: the engine could not be reached, or dropped the request before answering: the
+    #: scheduler sends it nothing more until its supervisor reports it again
+    engine_failed: bool = False
 
 
 # --------------------------------------------------------------------------- state broadcast

@@ -115,6 +115,8 @@ class SchedulerCore:
     def done(self, peer: str, d: p.Done) -> list[Send]:
         """A dispatched request ended: free its slot, charge its real usage. Idempotent."""
         now = self.clock()
+        if d.engine_failed and d.engine_id:
+            self.engine_table.suspect(d.engine_id, now)  # before the retry's Submit is placed
         if not self.charging.finish(d, now):
             return []
         return self._settle(now)

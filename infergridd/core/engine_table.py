@@ -22,6 +22,10 @@ from .residency import EngineView, Residency
 
 #: max_num_seqs for an engine that reports none and whose model is not configured
 DEFAULT_MAX_SEQS = 8
+#: a front door found an engine dead (``Done.engine_failed``): it gets nothing more
+#: until its supervisor reports it changed (a new process, another state) or has gone
+#: on calling it ready this long (the failure was the connection's, not the engine's)
+SUSPECT_HOLD_S = 1.0
 
 
 @dataclass(eq=False)
@@ -42,6 +46,8 @@ class EngineTable:
         self.books = books
         self._engines: dict[str, Engine] = {}
         self._by_model: dict[str, list[Engine]] = {}
+        #: engine id -> (when a front door found it dead, its status then)
+        self._suspects: dict[str, tuple[float, p.EngineStatus]] = {}
 
     # ================================================================== reports
     def update(self, peer: str, engines: list[p.EngineStatus], now: float) -> None:
@@ -50,6 +56,7 @@ class EngineTable:
         for eid, e in list(self._engines.items()):
             if eid not in listed and e.owner in (peer, ""):
                 del self._engines[eid]
+                self._suspects.pop(eid, None)
         for st in engines:
             e = self._engines.get(st.engine_id)
             fallback = self._fallback_max_seqs(st.model)
@@ -62,12 +69,33 @@ class EngineTable:
             elif e.owner != peer:  # another supervisor: answers to the old one's commands are lost
                 self.residency.forget_pending(st.engine_id)
             self.residency.observe(old, st, now)
+            self._clear_suspicion(st, now)
             e.status, e.owner = st, peer
             if st.state == p.EngineState.READY:
                 e.window.observe(st, self.books.engine_inflight(st.engine_id), fallback)
         self._by_model = {}
         for e in self._engines.values():
             self._by_model.setdefault(e.status.model, []).append(e)
+
+    def suspect(self, engine_id: str, now: float) -> None:
+        """A front door could not reach ``engine_id`` (or lost it before any answer).
+
+        Until its supervisor says otherwise the engine is not ``ready``: a supervisor
+        that is itself down (SIGKILLed, restarting) keeps reporting nothing, and every
+        request sent there meanwhile — the failed one's retry first — would fail too.
+        """
+        e = self._engines.get(engine_id)
+        if e is not None:
+            self._suspects[engine_id] = (now, e.status)
+
+    def _clear_suspicion(self, st: p.EngineStatus, now: float) -> None:
+        held = self._suspects.get(st.engine_id)
+        if held is None:
+            return
+        since, then = held
+        if (st.pid, st.generation, st.state) != (then.pid, then.generation, then.state) \
+                or now - since >= SUSPECT_HOLD_S:
+            del self._suspects[st.engine_id]
 
     def orphan(self, peer: str) -> None:
         """A supervisor went silent: its engines stay, owned by nobody."""
@@ -99,9 +127,11 @@ class EngineTable:
         return list(self._by_model.get(model, ()))
 
     def ready(self, model: str) -> list[Engine]:
-        """Engines of ``model`` a request may be sent to now (ready, not being drained)."""
+        """Engines of ``model`` a request may be sent to now (ready, not being drained,
+        not found dead by a front door since its supervisor last vouched for it)."""
         return [e for e in self._by_model.get(model, ())
                 if e.status.state == p.EngineState.READY
+                and e.status.engine_id not in self._suspects
                 and self.residency.dispatchable(model, e.status.engine_id)]
 
     def views(self, model: str) -> list[EngineView]:

@@ -103,12 +103,14 @@ async def _completions(fd: Frontdoor, request: web.Request, tenant: str, arrived
         # ours, so a cancelled relay still leaves its token counts
         res = RelayResult(queued_s=queued, rid_traced=rid if marks is not None else "")
         outcome, error = p.Outcome.CANCELLED, ""  # what an exception or cancellation means
+        engine_failed = False
         try:
             await relay(fd.engines, request, req, answer, rid, t0, fd.cfg.limits.request_timeout_s,
                         lambda n, rid=rid: fd.link.progress(rid, n), res)
             outcome, error = res.outcome, res.error
         except EngineUnavailable as exc:
             outcome, error = p.Outcome.ENGINE_ERROR, str(exc)
+            engine_failed = not exc.answered  # the retry must not go back to it
             retry = attempt < RETRIES_BEFORE_FIRST_BYTE
             log.warning("%s; %s", exc, "retrying once" if retry else "giving up",
                         extra=fields(tenant=tenant, model=req.model, request_id=rid,
@@ -122,14 +124,14 @@ async def _completions(fd: Frontdoor, request: web.Request, tenant: str, arrived
             raise
         finally:
             gauge.dec()
-            _account(fd, rid, tenant, req, t0, outcome, error, res)
+            _account(fd, rid, tenant, req, t0, outcome, error, res, engine_failed)
         if res.response is not None:
             return res.response
         attempt += 1
 
 
 def _account(fd: Frontdoor, rid: str, tenant: str, req: ParsedRequest, t0: float,
-             outcome: str, error: str, res: RelayResult) -> None:
+             outcome: str, error: str, res: RelayResult, engine_failed: bool = False) -> None:
     """The single place a dispatched request's books are closed: exactly one Done."""
     model = req.model
     # the engine's count when it gave one; an engine that failed without output did no
@@ -138,7 +140,8 @@ def _account(fd: Frontdoor, rid: str, tenant: str, req: ParsedRequest, t0: float
     prompt = res.prompt_tokens or (0 if failed_empty else req.prompt_tokens)
     completion = res.completion_tokens
     ttft = res.ttft_s
-    fd.link.finish(rid, outcome, prompt, completion, ttft_s=ttft, error=error)
+    fd.link.finish(rid, outcome, prompt, completion, ttft_s=ttft, error=error,
+                   engine_failed=engine_failed)
     if res.rid_traced:
         hops.close("frontdoor", rid)
     e2e = time.monotonic() - t0

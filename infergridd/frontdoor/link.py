@@ -147,7 +147,8 @@ class FrontdoorLink(PeerLink):
             self.send(p.Progress(items=items))
 
     def finish(self, request_id: str, outcome: str, prompt_tokens: int,
-               completion_tokens: int, ttft_s: float | None = None, error: str = "") -> None:
+               completion_tokens: int, ttft_s: float | None = None, error: str = "",
+               engine_failed: bool = False) -> None:
         """Exactly one ``Done`` per dispatched request; kept until acknowledged."""
         rec = self.inflight.pop(request_id, None)
         if rec is None:
@@ -157,7 +158,7 @@ class FrontdoorLink(PeerLink):
         self._send_done(p.Done(request_id=request_id, outcome=outcome,
                                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                engine_id=rec.engine_id, tenant=rec.tenant, model=rec.model,
-                               ttft_s=ttft_s, error=error))
+                               ttft_s=ttft_s, error=error, engine_failed=engine_failed))
 
     def _send_done(self, done: p.Done) -> None:
         """Number ``done``, keep it until the scheduler's heartbeat acknowledges it, send it."""

@@ -40,7 +40,15 @@ _encode = msgspec.json.encode
 
 
 class EngineUnavailable(Exception):
-    """Failed before the first byte reached the client: the request may be retried."""
+    """Failed before the first byte reached the client: the request may be retried.
+
+    ``answered``: the engine answered (a 5xx) — alive, so the scheduler keeps it;
+    otherwise it was unreachable or dropped the connection, and the ``Done`` says so
+    (``engine_failed``) so the retry is not sent to the same dead engine."""
+
+    def __init__(self, message: str, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 class ClientGone(Exception):
@@ -140,7 +148,8 @@ async def relay(engines: EngineClient, request: web.Request, req: ParsedRequest,
     try:
         if upstream.status >= 500:
             text = (await upstream.content.read(500)).decode(errors="replace")
-            raise EngineUnavailable(f"engine {d.engine_id} answered {upstream.status}: {text}")
+            raise EngineUnavailable(f"engine {d.engine_id} answered {upstream.status}: {text}",
+                                    answered=True)
         if upstream.status != 200:
             await _engine_error(upstream, request_id, res)
         elif req.stream:
