@@ -27,6 +27,17 @@ from typing import Any
 
 from .chaos_app import ROLES, ChaosAppliance
 
+#: how long an operator command is retried while the scheduler does not answer (the
+#: longest SIGSTOP of a schedule is 30 s)
+CTL_RETRY_S = 45.0
+
+
+def _applied_before(args: tuple[str, ...], err: str) -> bool:
+    """A retried ``tenant add`` / ``tenant remove`` whose first try the scheduler did
+    carry out, only too late to answer it."""
+    return (args[:2] == ("tenant", "add") and "already exists" in err) or (
+        args[:2] == ("tenant", "remove") and "unknown tenant" in err)
+
 #: fault kind -> may a request in flight fail because of it (DESIGN §3)
 MAY_FAIL = {
     "kill9_frontdoor": True, "term_frontdoor": True,
@@ -190,10 +201,21 @@ class FaultRunner:
         return pr.pid
 
     async def _ctl(self, *args: str) -> str:
-        r = await asyncio.to_thread(self.app.ctl, *args, timeout_s=90.0)
-        if r.returncode != 0:
-            raise RuntimeError(f"infergridctl {' '.join(args)}: {r.returncode} {r.stderr.strip()}")
-        return r.stdout
+        """``infergridctl ARGS``, retried as an operator would while the scheduler does not
+        answer (another fault of the schedule may have it SIGSTOPped for up to 30 s); a
+        retry that finds its earlier try applied after all (``already exists``, ``unknown
+        tenant`` for add / remove) counts as done."""
+        deadline = time.monotonic() + CTL_RETRY_S
+        retried = False
+        while True:
+            r = await asyncio.to_thread(self.app.ctl, *args, timeout_s=90.0)
+            err = r.stderr.strip()
+            if r.returncode == 0 or (retried and _applied_before(args, err)):
+                return r.stdout
+            if "no answer from the scheduler" not in err or time.monotonic() > deadline:
+                raise RuntimeError(f"infergridctl {' '.join(args)}: {r.returncode} {err}")
+            retried = True
+            await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------ faults
     async def _kill9_any(self, f: Fault) -> None:

@@ -174,3 +174,32 @@ def test_an_engine_started_twice_or_orphaned_is_a_violation() -> None:
     for t in (0.0, 30.0):
         w._check_engines([Proc(11, "engine", "chat")], {"peers": [], "engines": []}, t)
     assert w.violations == []
+
+
+def test_an_operator_command_retries_while_the_scheduler_does_not_answer() -> None:
+    """The CI run's `tenant remove` met the schedule's own SIGSTOP of the scheduler and
+    the fault counted as not applied; an operator retries, and so does the harness."""
+    import asyncio
+    import subprocess
+
+    from infergridd.bench import chaos_faults as cf
+
+    answers = [(1, "infergridctl: no answer from the scheduler at x within 5s"),
+               (1, "infergridctl: tenant 'temp' already exists")]
+
+    class _App:
+        def ctl(self, *args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+            rc, err = answers.pop(0)
+            return subprocess.CompletedProcess(list(args), rc, "", err)
+
+    runner = cf.FaultRunner.__new__(cf.FaultRunner)
+    runner.app = _App()  # type: ignore[assignment]
+    asyncio.run(runner._ctl("tenant", "add", "temp"))  # retried, then found applied
+    assert answers == []
+    answers[:] = [(1, "infergridctl: tenant 'temp' already exists")]  # a first try: an error
+    try:
+        asyncio.run(runner._ctl("tenant", "add", "temp"))
+    except RuntimeError as exc:
+        assert "already exists" in str(exc)
+    else:
+        raise AssertionError("a first-try error must not pass")
