@@ -97,7 +97,33 @@ def fd_count(pid: int) -> int:
         return 0
 
 
-class ChaosAppliance:
+class FindsProcesses:
+    """Lookups and signals over ``processes()``: one for the appliance the harness
+    starts and for the one systemd runs (``chaos_booted.BootedAppliance``)."""
+
+    def processes(self) -> list[Proc]:
+        raise NotImplementedError
+
+    def daemon(self, role: str) -> Proc | None:
+        found = [p for p in self.processes() if p.role == role]
+        return found[0] if len(found) == 1 else None
+
+    def engine(self, model: str) -> Proc | None:
+        found = [p for p in self.processes() if p.role == "engine" and p.model == model]
+        return found[0] if len(found) == 1 else None
+
+    def signal(self, pr: Proc, sig: int) -> bool:
+        """Signal ``pr`` only if it is still the very process we found (pid reuse)."""
+        if start_ticks(pr.pid) != pr.start:
+            return False
+        try:
+            os.kill(pr.pid, sig)
+            return True
+        except OSError:
+            return False
+
+
+class ChaosAppliance(FindsProcesses):
     """One ``infergrid serve`` with chaos hooks in its environment."""
 
     def __init__(self, step_s: float = 0.02, bug: str = "", tmpfs: bool = True) -> None:
@@ -223,24 +249,6 @@ class ChaosAppliance:
             elif "-m infergridd.cli.infergrid serve" in full:
                 out.append(Proc(pid, "serve", start=start_ticks(pid)))
         return [p for p in out if _state(p.pid) != "Z"]
-
-    def daemon(self, role: str) -> Proc | None:
-        found = [p for p in self.processes() if p.role == role]
-        return found[0] if len(found) == 1 else None
-
-    def engine(self, model: str) -> Proc | None:
-        found = [p for p in self.processes() if p.role == "engine" and p.model == model]
-        return found[0] if len(found) == 1 else None
-
-    def signal(self, pr: Proc, sig: int) -> bool:
-        """Signal ``pr`` only if it is still the very process we found (pid reuse)."""
-        if start_ticks(pr.pid) != pr.start:
-            return False
-        try:
-            os.kill(pr.pid, sig)
-            return True
-        except OSError:
-            return False
 
     # ------------------------------------------------------------------ control
     def control(self, command: str, args: dict[str, Any] | None = None,

@@ -32,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .chaos_app import _DAEMON, ROLES, Proc, _read, _state, rss_kib, start_ticks
+from .chaos_app import _DAEMON, ROLES, FindsProcesses, Proc, _read, _state, rss_kib, start_ticks
 from .chaos_faults import Fault, FaultRunner
 from .chaos_load import Fleet, Result, Spec, plan
 
@@ -79,7 +79,7 @@ def _nspid(pid: int) -> int:
     return 0
 
 
-class BootedAppliance:
+class BootedAppliance(FindsProcesses):
     """The installed appliance of a booted namespace, as ``Watch`` and the faults see it
     (the same methods as ``ChaosAppliance``)."""
 
@@ -116,24 +116,6 @@ class BootedAppliance:
                 out.append(Proc(pid, "engine", argv[argv.index("--model") + 1],
                                 start_ticks(pid)))
         return [p for p in out if _state(p.pid) != "Z"]
-
-    def daemon(self, role: str) -> Proc | None:
-        found = [p for p in self.processes() if p.role == role]
-        return found[0] if len(found) == 1 else None
-
-    def engine(self, model: str) -> Proc | None:
-        found = [p for p in self.processes() if p.role == "engine" and p.model == model]
-        return found[0] if len(found) == 1 else None
-
-    def signal(self, pr: Proc, sig: int) -> bool:
-        """Signal ``pr`` only if it is still the very process we found (pid reuse)."""
-        if start_ticks(pr.pid) != pr.start:
-            return False
-        try:
-            os.kill(pr.pid, sig)
-            return True
-        except OSError:
-            return False
 
     def control(self, command: str, args: dict[str, Any] | None = None,
                 timeout_s: float = 5.0) -> Any:
