@@ -338,9 +338,7 @@ async def run_booted(app: BootedAppliance, seed: int = 1, load_s: float = 120.0,
         run_fleet_in(app.ns_pid, specs, seed, t_base, client_timeout_s, app.url), runner.run())
     load_end = time.monotonic() - t_base
     leftovers = await asyncio.to_thread(watch.settle)
-    for f in faults:
-        if f.applied and not f.recovered:
-            watch.violate(f"recover-{f.kind}-{f.at}", f"{f.kind} {f.target}: {f.note}")
+    watch.check_recovered()
     traced = await asyncio.to_thread(watch.traced_without_done)
     probe = [Spec(rid=-1 - i, at=0.0, tenant="probe", key=app.config["tenants"][1]["keys"][0],
                   model=m, chat=True, stream=False, prompt_words=5, max_tokens=4)

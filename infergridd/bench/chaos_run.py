@@ -78,9 +78,7 @@ async def _run(app: ChaosAppliance, s: ChaosSettings) -> dict[str, Any]:
     await asyncio.gather(fleet.run(t_base), runner.run())
     load_end = time.monotonic() - t_base
     leftovers = await asyncio.to_thread(watch.settle)
-    for f in faults:
-        if f.applied and not f.recovered:
-            watch.violate(f"recover-{f.kind}-{f.at}", f"{f.kind} {f.target}: {f.note}")
+    watch.check_recovered()
     traced = await asyncio.to_thread(watch.traced_without_done)
     await _probe(app, watch)
     stop_watch.set()

@@ -76,6 +76,12 @@ class Watch:
             self.violations.append(f"[{self.now():7.1f}s] {text}")
             print(f"INVARIANT VIOLATED: {text}", flush=True)
 
+    def check_recovered(self) -> None:
+        """Every fault that was applied healed (the runner's recovery wait succeeded)."""
+        for f in self.faults:
+            if f.applied and not f.recovered:
+                self.violate(f"recover-{f.kind}-{f.at}", f"{f.kind} {f.target}: {f.note}")
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.to_thread(self.step)
