@@ -137,6 +137,11 @@ class SchedulerCore:
         """Completion tokens so far (cumulative): charge the new ones as they stream."""
         self.charging.progress(request_id, completion_tokens)
 
+    def after_progress(self) -> list[Send]:
+        """After a Progress message: a first token may have ended a prefill guard, which
+        held back the slot leases (leases.py); grant them now, not at the next event."""
+        return self.leases.update(self.clock())
+
     def done(self, peer: str, d: p.Done) -> list[Send]:
         """A dispatched request ended: free its slot, charge its real usage. Idempotent."""
         now = self.clock()
@@ -149,7 +154,8 @@ class SchedulerCore:
             self.charging.finish(d, now, prompt_charged=False)
             return self._settle(now)
         if not self.charging.finish(d, now):
-            return []
+            # nothing freed; a suspected engine still loses its leases
+            return self.leases.update(now) if d.engine_failed else []
         return self._settle(now)
 
     def tick(self) -> list[Send]:

@@ -210,6 +210,7 @@ class SchedulerDaemon:
             self.observe.progress(msg.items)
             for request_id, tokens in msg.items:
                 self.core.progress(request_id, tokens)
+            self._apply(self.core.after_progress())
         elif isinstance(msg, p.Done):
             peer.done_seq = max(peer.done_seq, msg.seq)
             self.observe.done(name, msg)
