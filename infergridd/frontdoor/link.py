@@ -113,6 +113,13 @@ class FrontdoorLink(PeerLink):
             for g in msg.grant:
                 self._pool.setdefault(g.model, []).append(g)
 
+    def give_up_leases(self) -> None:
+        """Draining: a Hello asking for none, so the scheduler frees the slots we hold now
+        rather than when this process has gone silent."""
+        if self.leases_wanted:
+            self.leases_wanted = 0
+            self.send_hello()
+
     def take_lease(self, model: str) -> p.LeaseInfo | None:
         """A lease on ``model`` to use now, if one is held, the scheduler is there and
         nothing of ours waits for it (then it is the scheduler's to order)."""

@@ -176,6 +176,7 @@ class Frontdoor:
         self.notifier.stopping()
         for site in list(runner.sites):
             await site.stop()
+        self.link.give_up_leases()  # their slots go back now, not when we are gone
         bound = self.cfg.limits.drain_timeout_s
         log.info("draining: %d request(s) in progress, waiting up to %.0fs", self.active, bound)
         t0 = time.monotonic()
