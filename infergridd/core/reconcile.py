@@ -44,7 +44,8 @@ class Reconciler:
                 else:
                     books.end_lost(rec)
         for d in hello.undelivered_done:
-            self.charging.finish(d, now)
+            # one sent on a slot lease: its Submit, the only charge, may never have arrived
+            self.charging.finish(d, now, prompt_charged=not d.lease_id)
         for r in hello.inflight:
             self.adopt_inflight(peer, r, now)
         for q in hello.queued:

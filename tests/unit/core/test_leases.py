@@ -243,7 +243,21 @@ def test_a_hello_listing_a_leased_request_charges_it_never_zero_times() -> None:
     assert core.policy.counter("a") == ref.policy.counter("a") > 0  # prompt and output
 
 
-def msgspec_replace(r: p.InflightRecord, **kw: object) -> p.InflightRecord:
+def test_a_hello_with_the_undelivered_done_of_a_leased_request_charges_its_prompt() -> None:
+    clock = FakeClock()
+    core = SchedulerCore(make_cfg(), clock)
+    core.engines_update(SV, [engine("m-0")])
+    done = p.Done(request_id="q", prompt_tokens=30, completion_tokens=4, engine_id="m-0",
+                  tenant="a", model="m", seq=1, lease_id="old-1")
+    core.peer_hello(FD, _hello(undelivered_done=[done]))
+    ref = SchedulerCore(make_cfg(), FakeClock())
+    ref.engines_update(SV, [engine("m-0")])
+    ref.submit(FD, submit("q", prompt=30))
+    ref.done(FD, msgspec_replace(done, lease_id=""))
+    assert core.policy.counter("a") == ref.policy.counter("a") > 0
+
+
+def msgspec_replace(r, **kw: object):  # noqa: ANN001, ANN201
     import msgspec
     return msgspec.structs.replace(r, **kw)
 
