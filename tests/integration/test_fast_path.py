@@ -119,3 +119,34 @@ async def test_under_a_flood_nothing_is_leased_and_the_shares_hold(appliance_fac
         share, expect = served[name] / total, w / wsum
         assert abs(share - expect) <= 0.10 * expect, (
             f"{name}: share {share:.3f}, weight share {expect:.3f}; all: {served}")
+
+
+async def test_a_leased_request_whose_submit_died_with_the_scheduler_is_charged_by_the_next(
+        appliance_factory) -> None:
+    """The scheduler is stopped, a quiet request runs on its lease (its Submit waits unread
+    in the stopped scheduler's socket), then the scheduler is SIGKILLed: the Submit is
+    lost.  The stream completes all the same, and the next scheduler, from the front
+    door's Hello, charges it (exactly once: one Done, the counts balance)."""
+    app = appliance_factory({"models": [sim_model(max_num_seqs=8, step_s=0.02)],
+                             "tenants": DEMO_TENANTS})
+    async with aiohttp.ClientSession() as s:
+        await asyncio.sleep(0.5)
+        old = app.daemon_pid("scheduler")
+        os.kill(old, signal.SIGSTOP)
+        task = asyncio.create_task(stream_chat(s, app.url, QUIET, chat_body(60)))
+        await asyncio.sleep(0.3)
+        os.kill(old, signal.SIGKILL)
+        os.kill(old, signal.SIGCONT)
+        r = await task
+        assert r.status == 200 and r.done and r.usage["completion_tokens"] == 60
+        assert await _fast_dispatches(s, app.url) == 1
+    app.wait_for(lambda: app.daemon_pid("scheduler") != old, 30, "a new scheduler")
+
+    def charged() -> dict | None:
+        t = _tenant(app, "quiet")
+        return t if t["tokens_out"] == 60 and t["inflight"] == 0 else None
+
+    t = app.wait_for(charged, 30, "the leased request charged by the new scheduler")
+    assert t["tokens_in"] == r.usage["prompt_tokens"] > 0
+    # its fairness counter too, prompt included (input weight 1, output weight 2)
+    assert t["counter"] == pytest.approx(t["tokens_in"] + 2 * 60)
