@@ -135,6 +135,9 @@ class Books:
         """In flight plus leased: what dispatch decisions count as taken on an engine."""
         return self._engine_inflight.get(engine_id, 0) + self._engine_reserved.get(engine_id, 0)
 
+    def engine_reserved(self, engine_id: str) -> int:
+        return self._engine_reserved.get(engine_id, 0)
+
     def reserve(self, engine_id: str, n: int) -> None:
         """``n`` slots more (or fewer, negative) held by front-door leases on the engine."""
         v = self._engine_reserved.get(engine_id, 0) + n

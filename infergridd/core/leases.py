@@ -16,7 +16,8 @@ The rules that keep fairness, quotas and "every dispatch ends in one Done":
   has strict room and where the headroom rules would let even a *heavy*
   tenant dispatch (reserve, prefill guard, prefill window): any tenant could
   have been dispatched there at once by the normal path;
-* a leased slot counts as taken (``Books.engine_occupied``) from the grant
+* at most a quarter of an engine's window (one at least) is leased at a time, and
+  a leased slot counts as taken (``Books.engine_occupied``) from the grant
   until the lease is used, given back or dropped, so nobody overfills the engine;
 * it is revoked as soon as something queues for its model or its engine leaves
   ``ready`` (not READY, suspected after ``Done.engine_failed``, drained for
@@ -50,6 +51,8 @@ from .send import Send
 MAX_PER_MODEL = 2
 #: a model grants leases only after nothing was queued for it this long
 QUIET_S = 0.25
+#: leases on one engine, at most: this share of its window (and at least one)
+ENGINE_SHARE = 4
 #: a revocation not answered in this long is sent again (a message may be dropped)
 RESEND_S = 1.0
 
@@ -162,6 +165,8 @@ class Leases:
         for e in self.engines.ready(model):
             eid = e.status.engine_id
             n = self.books.engine_occupied(eid)
+            if self.books.engine_reserved(eid) >= max(1, e.window.cap // ENGINE_SHARE):
+                continue  # several front doors: leases keep most of an engine unheld
             if not e.window.has_room(n) or not self.headroom.allows(
                     eid, "", n, e.window.cap, True, now, assisted=assisted_engine(e)):
                 continue

@@ -287,3 +287,12 @@ def test_no_lease_where_the_reserve_is_for_light_tenants() -> None:
             core.submit(FD2, submit(f"a{i}", tenant="a"))  # a past its share: heavy
         assert core.books.engine_occupied("m-0") == 7 and not core.books.model_queued("m")
         assert len(_grants(core.peer_hello(FD, _hello()))) == granted
+
+
+def test_leases_hold_at_most_a_quarter_of_an_engine() -> None:
+    clock = FakeClock()
+    core = SchedulerCore(make_cfg(), clock)
+    core.leases.prefix = "s"
+    core.engines_update(SV, [engine("m-0", max_num_seqs=8)])
+    granted = [len(_grants(core.peer_hello(f"fd-{i}", _hello()), f"fd-{i}")) for i in range(4)]
+    assert granted == [1, 1, 0, 0] and core.books.engine_occupied("m-0") == 2
