@@ -261,11 +261,11 @@ class LeaseInfo(msgspec.Struct, omit_defaults=True):
     endpoint: str
     api_key: str = ""
     priority_sign: int = 0  # 0: the engine takes no priority
+    heavy: list[str] = []  # tenants over their share when granted: not for them
 
 
 class Leases(_Msg, tag="leases"):
-    """Scheduler → front door: leases granted, and ids revoked; front door → scheduler
-    (``instance`` its own): ``revoke`` lists the revoked leases it gives back unused."""
+    """Scheduler → front door: leases granted, ids revoked; back: ``revoke`` = unused."""
 
     instance: str
     grant: list[LeaseInfo] = []

@@ -82,7 +82,7 @@ class SchedulerCore:
                                  self.residency, self.books)
         self.demand = Demand(cfg, self.residency, self.books, self.engine_table, self.admission)
         self.reconciler = Reconciler(self.books, self.charging, self.admission)
-        self.leases = Leases(self.books, self.engine_table, self.headroom)
+        self.leases = Leases(self.books, self.engine_table, self.headroom, self.tenants.weight)
 
     def _settle(self, now: float) -> list[Send]:
         """After any change: residency's commands, dispatch whatever fits, then the slot

@@ -24,6 +24,9 @@ The rules that keep fairness, quotas and "every dispatch ends in one Done":
   sleep or unload); a revoked lease still holds its slot until the front door
   gives it back (``Leases.revoke`` the other way) or a ``Submit`` uses it — a
   lease used in a race with its revocation is an ordinary request then;
+* a lease names the tenants heavy (over their share, headroom.py) when it was
+  granted; the front door does not use it for them, and sends the others' requests
+  with the light tier's engine priority, as a dispatch with nobody waiting would;
 * the ``Submit`` that uses a lease goes through the same admission, VTC and
   quota charge as any request (``SchedulerCore.submit``), and is then started on
   the lease's engine without a ``Dispatch``; the front door uses leases only for
@@ -38,6 +41,7 @@ Pure like the rest of the core: the clock comes in as ``now``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import protocol as p
@@ -69,10 +73,12 @@ class Lease:
 class Leases:
     """Grants, revocations and the slots leases hold; see the module docstring."""
 
-    def __init__(self, books: Books, engines: EngineTable, headroom: Headroom) -> None:
+    def __init__(self, books: Books, engines: EngineTable, headroom: Headroom,
+                 weight: Callable[[str], float]) -> None:
         self.books = books
         self.engines = engines
         self.headroom = headroom
+        self.weight = weight
         #: the scheduler instance, in every lease id (the daemon sets it)
         self.prefix = ""
         self._leases: dict[str, Lease] = {}
@@ -176,10 +182,14 @@ class Leases:
         if best is None:
             return None
         st = best.status
+        total_cap = sum(e.window.cap for e in self.engines.ready(model))
+        heavy = self.headroom.standing(model, total_cap, self.books.queued_n, self.weight,
+                                       now).heavy_tenants()
         self._seq += 1
         lease = Lease(f"{self.prefix}-{self._seq}", peer, model, st.engine_id)
         self._leases[lease.lease_id] = lease
         self.books.reserve(st.engine_id, 1)
         return p.LeaseInfo(lease_id=lease.lease_id, model=model, engine_id=st.engine_id,
                            endpoint=st.endpoint, api_key=st.api_key,
-                           priority_sign=st.priority_sign if st.supports_priority else 0)
+                           priority_sign=st.priority_sign if st.supports_priority else 0,
+                           heavy=heavy)

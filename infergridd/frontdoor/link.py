@@ -120,13 +120,17 @@ class FrontdoorLink(PeerLink):
             self.leases_wanted = 0
             self.send_hello()
 
-    def take_lease(self, model: str) -> p.LeaseInfo | None:
-        """A lease on ``model`` to use now, if one is held, the scheduler is there and
-        nothing of ours waits for it (then it is the scheduler's to order)."""
+    def take_lease(self, model: str, tenant: str) -> p.LeaseInfo | None:
+        """A lease on ``model`` for ``tenant`` to use now, if one is held that does not
+        name it heavy, the scheduler is there and nothing of ours waits for it (then it
+        is the scheduler's to order)."""
         pool = self._pool.get(model)
         if not pool or self.queued or not self.connected:
             return None
-        return pool.pop()
+        for i in range(len(pool) - 1, -1, -1):
+            if tenant not in pool[i].heavy:
+                return pool.pop(i)
+        return None
 
     def start_leased(self, rec: p.QueuedRecord, lease: p.LeaseInfo, band: int) -> p.Dispatch:
         """In flight at once on ``lease``; the Submit naming it tells the scheduler, which
@@ -144,8 +148,9 @@ class FrontdoorLink(PeerLink):
         if hops.ON:
             hops.mark(rid, "submit_sent")
             hops.mark(rid, "dispatch_rx")
-        # tier 1 ("neither light nor heavy", core/dispatch.py): nobody waits to compare with
-        prio = (band * 1000 + 1) * lease.priority_sign if lease.priority_sign else None
+        # the light tier (0, core/dispatch.py): the tenant was not heavy and nobody waits;
+        # a lower tier than the scheduler's dispatches would put it behind them in the engine
+        prio = band * 1000 * lease.priority_sign if lease.priority_sign else None
         return p.Dispatch(request_id=rid, engine_id=lease.engine_id, endpoint=lease.endpoint,
                           api_key=lease.api_key, engine_priority=prio)
 

@@ -79,7 +79,7 @@ class Frontdoor:
         band = self.fast_tenants.get(tenant)
         if band is None:
             return None
-        lease = self.link.take_lease(model)
+        lease = self.link.take_lease(model, tenant)
         return None if lease is None else (lease, band)
 
     def _tenant_count_limit(self, tenant: str) -> int:

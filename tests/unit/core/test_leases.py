@@ -296,3 +296,15 @@ def test_leases_hold_at_most_a_quarter_of_an_engine() -> None:
     core.engines_update(SV, [engine("m-0", max_num_seqs=8)])
     granted = [len(_grants(core.peer_hello(f"fd-{i}", _hello()), f"fd-{i}")) for i in range(4)]
     assert granted == [1, 1, 0, 0] and core.books.engine_occupied("m-0") == 2
+
+
+def test_a_lease_names_the_tenants_heavy_when_it_was_granted() -> None:
+    clock = FakeClock()
+    core = SchedulerCore(make_cfg(prefill_guard=False), clock)
+    core.leases.prefix = "s"
+    core.engines_update(SV, [engine("m-0", max_num_seqs=16)])
+    core.submit(FD2, submit("q", tenant="b"))  # b is around, light
+    for i in range(9):
+        core.submit(FD2, submit(f"a{i}", tenant="a"))  # a past its share (8 of 16): heavy
+    grants = _grants(core.peer_hello(FD, _hello()))
+    assert [g.heavy for g in grants] == [["a"]]

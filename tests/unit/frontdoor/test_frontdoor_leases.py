@@ -45,11 +45,11 @@ def test_the_hello_asks_for_leases_and_a_welcomed_grant_is_used_once(tmp_path: P
     hello = sent[0]
     assert isinstance(hello, p.Hello) and hello.leases == 1
     link._on_message(p.Leases(instance=SCHED, grant=[_lease()]))
-    lease = link.take_lease("m")
-    assert lease is not None and link.take_lease("m") is None
+    lease = link.take_lease("m", "t")
+    assert lease is not None and link.take_lease("m", "t") is None
     d = link.start_leased(_rec(), lease, band=2)
     assert (d.engine_id, d.endpoint, d.api_key, d.engine_priority) == ("m-0", "unix:/e", "k",
-                                                                       2001)
+                                                                       2000)
     sub = sent[-1]
     assert isinstance(sub, p.Submit) and (sub.lease_id, sub.engine_id) == ("sched1-1", "m-0")
     assert link.inflight["r1"].lease_id == "sched1-1"
@@ -63,15 +63,15 @@ def test_the_hello_asks_for_leases_and_a_welcomed_grant_is_used_once(tmp_path: P
 def test_grants_of_another_scheduler_or_before_the_welcome_are_not_used(tmp_path: Path) -> None:
     link, sent = _link(tmp_path)
     link._on_message(p.Leases(instance="old-scheduler", grant=[_lease("old-1")]))
-    assert link.take_lease("m") is None
+    assert link.take_lease("m", "t") is None
     link._on_message(p.Leases(instance=SCHED, grant=[_lease()]))
     link.send_hello()  # e.g. a reconnect: the scheduler drops our leases when it reads it
-    assert link.take_lease("m") is None
+    assert link.take_lease("m", "t") is None
     link._on_message(p.Leases(instance=SCHED, grant=[_lease("sched1-2")]))  # sent before
-    assert link.take_lease("m") is None
+    assert link.take_lease("m", "t") is None
     link._on_message(p.Welcome(instance=SCHED, protocol_version=p.PROTOCOL_VERSION))
     link._on_message(p.Leases(instance=SCHED, grant=[_lease("sched1-3")]))
-    lease = link.take_lease("m")
+    lease = link.take_lease("m", "t")
     assert lease is not None and lease.lease_id == "sched1-3"
     link.close()
 
@@ -79,13 +79,13 @@ def test_grants_of_another_scheduler_or_before_the_welcome_are_not_used(tmp_path
 def test_revoked_ids_all_go_back_and_leave_the_pool(tmp_path: Path) -> None:
     link, sent = _link(tmp_path)
     link._on_message(p.Leases(instance=SCHED, grant=[_lease("sched1-1"), _lease("sched1-2")]))
-    used = link.take_lease("m")
+    used = link.take_lease("m", "t")
     assert used is not None
     link._on_message(p.Leases(instance=SCHED, revoke=["sched1-1", "sched1-2"]))
     back = sent[-1]
     assert isinstance(back, p.Leases) and back.instance == "fd1"
     assert back.revoke == ["sched1-1", "sched1-2"]
-    assert link.take_lease("m") is None
+    assert link.take_lease("m", "t") is None
     link.close()
 
 
@@ -95,13 +95,13 @@ def test_no_lease_while_a_request_of_ours_waits_or_the_scheduler_is_away(tmp_pat
         link._on_message(p.Leases(instance=SCHED, grant=[_lease()]))
         waiting = asyncio.ensure_future(link.submit(_rec("q")))
         await asyncio.sleep(0)
-        assert link.take_lease("m") is None  # q waits for the scheduler: it orders
+        assert link.take_lease("m", "t") is None  # q waits for the scheduler: it orders
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
         link.last_heard = time.monotonic() - 60  # silent for a minute: away
-        assert link.take_lease("m") is None
+        assert link.take_lease("m", "t") is None
         link.last_heard = time.monotonic()
-        assert link.take_lease("m") is not None
+        assert link.take_lease("m", "t") is not None
         link.close()
 
     asyncio.run(go())
@@ -113,5 +113,17 @@ def test_draining_gives_the_leases_back_with_a_hello_asking_none(tmp_path: Path)
     link.give_up_leases()
     hello = sent[-1]
     assert isinstance(hello, p.Hello) and hello.leases == 0
-    assert link.take_lease("m") is None
+    assert link.take_lease("m", "t") is None
+    link.close()
+
+
+def test_a_lease_naming_the_tenant_heavy_is_not_for_it(tmp_path: Path) -> None:
+    link, sent = _link(tmp_path)
+    heavy = p.LeaseInfo(lease_id="sched1-1", model="m", engine_id="m-0", endpoint="unix:/e",
+                        heavy=["flooder"])
+    link._on_message(p.Leases(instance=SCHED, grant=[heavy]))
+    assert link.take_lease("m", "flooder") is None
+    lease = link.take_lease("m", "quiet")
+    assert lease is not None and lease.lease_id == "sched1-1"
+    assert link.start_leased(_rec(), lease, band=0).engine_priority is None  # none taken
     link.close()
