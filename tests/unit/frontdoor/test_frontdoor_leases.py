@@ -127,3 +127,17 @@ def test_a_lease_naming_the_tenant_heavy_is_not_for_it(tmp_path: Path) -> None:
     assert lease is not None and lease.lease_id == "sched1-1"
     assert link.start_leased(_rec(), lease, band=0).engine_priority is None  # none taken
     link.close()
+
+
+def test_no_lease_while_this_process_relays_several_streams(tmp_path: Path) -> None:
+    from infergridd.frontdoor.link import LEASE_BELOW_INFLIGHT
+
+    link, sent = _link(tmp_path)
+    link._on_message(p.Leases(instance=SCHED, grant=[_lease()]))
+    for i in range(LEASE_BELOW_INFLIGHT):
+        link.started(_rec(f"r{i}"), p.Dispatch(request_id=f"r{i}", engine_id="m-0",
+                                               endpoint="unix:/e"))
+    assert link.take_lease("m", "t") is None
+    link.finish("r0", p.Outcome.OK, 1, 1)
+    assert link.take_lease("m", "t") is not None
+    link.close()
