@@ -28,7 +28,8 @@ from ..transport.peerlink import PeerLink
 PROGRESS_EVERY_S = 0.1
 #: slot leases are used only while this process relays fewer streams than this: the
 #: round trip they save matters to a quiet front door; under concurrency the
-#: scheduler orders (measured: leased requests at 32 streams raised TTFT p99)
+#: scheduler orders (at 64 streams runs with leases showed a higher TTFT p99, on a
+#: machine too noisy to say why: bench/results/frontdoor-lease.md)
 LEASE_BELOW_INFLIGHT = 4
 
 
