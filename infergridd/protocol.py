@@ -75,10 +75,8 @@ class EngineState:
     FAILED = "failed"
     UNHEALTHY = "unhealthy"
 
-    ALL = (
-        STOPPED, STARTING, READY, DRAINING, SLEEPING1, SLEEPING2, WAKING, STOPPING, FAILED,
-        UNHEALTHY,
-    )
+    ALL = (STOPPED, STARTING, READY, DRAINING, SLEEPING1, SLEEPING2, WAKING, STOPPING,
+           FAILED, UNHEALTHY)
 
 
 class EngineStatus(msgspec.Struct, omit_defaults=True):
@@ -161,6 +159,7 @@ class InflightRecord(msgspec.Struct, omit_defaults=True):
     max_tokens: int
     completion_tokens: int = 0
     dispatched_at: float = 0.0
+    lease_id: str = ""  # sent on a slot lease (fast path): charged by the Submit naming it
 
 
 class TenantStats(msgspec.Struct, omit_defaults=True):
@@ -210,6 +209,7 @@ class Hello(_Msg, tag="hello"):
     undelivered_done: list[Done] = []
     # supervisor state
     engines: list[EngineStatus] = []
+    leases: int = 0  # front door: slot leases wanted per model (fast path); 0: none
 
 
 class Welcome(_Msg, tag="welcome"):
@@ -247,6 +247,29 @@ class Heartbeat(_Msg, tag="hb"):
 
 class Submit(_Msg, RequestHeader, tag="submit"):
     """Front door → scheduler: a new request wants a slot (its ``RequestHeader``)."""
+
+    lease_id: str = ""  # set: it already runs on ``engine_id`` in a leased slot
+    engine_id: str = ""
+
+
+class LeaseInfo(msgspec.Struct, omit_defaults=True):
+    """One idle slot on an engine a front door may fill without asking (core/leases.py)."""
+
+    lease_id: str
+    model: str
+    engine_id: str
+    endpoint: str
+    api_key: str = ""
+    priority_sign: int = 0  # 0: the engine takes no priority
+    heavy: list[str] = []  # tenants over their share when granted: not for them
+
+
+class Leases(_Msg, tag="leases"):
+    """Scheduler → front door: leases granted, ids revoked; back: ``revoke`` = unused."""
+
+    instance: str
+    grant: list[LeaseInfo] = []
+    revoke: list[str] = []
 
 
 class Dispatch(_Msg, tag="dispatch"):
@@ -298,6 +321,7 @@ class Done(_Msg, tag="done"):
     #: the engine could not be reached, or dropped the request before answering: the
     #: scheduler sends it nothing more until its supervisor reports it again
     engine_failed: bool = False
+    lease_id: str = ""  # it ran on this lease: frees the slot if its Submit was lost
 
 
 # --------------------------------------------------------------------------- state broadcast
@@ -385,6 +409,7 @@ Message = (
     | HelloRequired
     | Heartbeat
     | Submit
+    | Leases
     | Dispatch
     | Reject
     | Cancel

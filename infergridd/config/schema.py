@@ -195,6 +195,9 @@ class LoggingConfig(_Strict):
 class FrontdoorConfig(_Strict):
     #: front-door processes sharing the one listening socket; 0: min(cores, 4)
     processes: int = 1
+    #: quiet requests go to an idle engine slot leased ahead of time, skipping the
+    #: scheduler round trip (core/leases.py); false: every request asks the scheduler
+    fast_path: bool = True
 
 
 class Config(_Strict):

@@ -21,7 +21,7 @@ from .engine_table import EngineTable
 from .headroom import Headroom
 from .policy import Policy
 from .quotas import Limits, Quotas
-from .record import RecordState
+from .record import Record, RecordState
 from .residency import Residency
 from .send import Send
 from .tenants import DEFAULT_TENANT, TenantRegistry
@@ -78,6 +78,24 @@ class Admission:
         rec.quota_tokens = cost if t.tpm > 0 else 0
         self.books.enqueue(rec, now)
         return []
+
+    def admit_running(self, peer: str, s: p.RequestHeader, now: float) -> Record | None:
+        """A request a front door already runs on a slot lease (leases.py): queued here
+        whatever the queue bound, quota or residency say (the caller starts it at once),
+        its quota charged, into debt if need be.  None for a tenant that does not exist."""
+        tenant = s.tenant or (DEFAULT_TENANT if self.cfg.auth == "none" else "")
+        t = self.tenants.get(tenant)
+        if t is None:
+            return None
+        rec = self.books.new_record(s.request_id, tenant, s.model, s.prompt_tokens,
+                                    s.max_tokens, s.priority, s.submitted_at, peer)
+        cost = rec.prompt_tokens + rec.max_tokens
+        self.quotas.check(s.request_id, tenant, cost, Limits(rpm=t.rpm, tpm=t.tpm,
+                                                             burst=t.burst), now)  # syncs
+        self.quotas.charge(tenant, cost, now)
+        rec.quota_tokens = cost if t.tpm > 0 else 0
+        self.books.enqueue(rec, now)
+        return rec
 
     def _model_known(self, model: str) -> bool:
         return self.cfg.model(model) is not None or self.engines.serves(model)

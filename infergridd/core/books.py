@@ -66,6 +66,7 @@ class Books:
         self._finished: OrderedDict[str, Record | None] = OrderedDict()  # LOST keeps its record
         self._counts: dict[str, TenantCounts] = {}
         self._engine_inflight: dict[str, int] = {}
+        self._engine_reserved: dict[str, int] = {}  # slots leased to front doors (leases.py)
         self._model_queued: dict[str, int] = {}
         self._model_inflight: dict[str, int] = {}
         self._model_waiting: dict[str, OrderedDict[str, float]] = {}  # oldest first
@@ -129,6 +130,21 @@ class Books:
 
     def engine_inflight(self, engine_id: str) -> int:
         return self._engine_inflight.get(engine_id, 0)
+
+    def engine_occupied(self, engine_id: str) -> int:
+        """In flight plus leased: what dispatch decisions count as taken on an engine."""
+        return self._engine_inflight.get(engine_id, 0) + self._engine_reserved.get(engine_id, 0)
+
+    def engine_reserved(self, engine_id: str) -> int:
+        return self._engine_reserved.get(engine_id, 0)
+
+    def reserve(self, engine_id: str, n: int) -> None:
+        """``n`` slots more (or fewer, negative) held by front-door leases on the engine."""
+        v = self._engine_reserved.get(engine_id, 0) + n
+        if v > 0:
+            self._engine_reserved[engine_id] = v
+        else:
+            self._engine_reserved.pop(engine_id, None)
 
     def model_queued(self, model: str) -> int:
         return self._model_queued.get(model, 0)

@@ -56,9 +56,10 @@ class Charging:
         self.policy.on_progress(rec.tenant, delta)
         rec.charged_completion += delta
 
-    def finish(self, d: p.Done, now: float) -> bool:
+    def finish(self, d: p.Done, now: float, prompt_charged: bool = True) -> bool:
         """Apply one Done; True when it freed a slot, False when it changed nothing
-        dispatchable (a duplicate, a lost or ghost request, one never dispatched here)."""
+        dispatchable (a duplicate, a lost or ghost request, one never dispatched here).
+        ``prompt_charged=False``: a ghost whose prompt nobody charged (a slot lease's)."""
         rid = d.request_id
         books = self.books
         rec = books.get(rid)
@@ -71,7 +72,7 @@ class Charging:
                 self._charge_usage(lost, d, now)
                 books.settle_lost(rid)
                 return False
-            self._charge_ghost(d)
+            self._charge_ghost(d, prompt_charged)
             books.remember_finished(rid, None)
             return False
         if rec.state is RecordState.QUEUED:
@@ -88,15 +89,15 @@ class Charging:
         self.residency.note_activity(rec.model, now)
         return True
 
-    def _charge_ghost(self, d: p.Done) -> None:
+    def _charge_ghost(self, d: p.Done, prompt_charged: bool = True) -> None:
         """Unknown: it finished while the scheduler was away (restart).  The prompt was
-        charged by the scheduler that dispatched it; the output mostly streamed while
-        nobody counted, so charge the output."""
+        charged by the scheduler that dispatched it (unless ``prompt_charged`` is False);
+        the output mostly streamed while nobody counted, so charge the output."""
         if d.tenant not in self.tenants:
             return
         ghost = self.books.new_record(d.request_id, d.tenant, d.model, d.prompt_tokens, 0, 0,
                                       0.0)
-        ghost.charged_prompt = ghost.prompt_tokens
+        ghost.charged_prompt = ghost.prompt_tokens if prompt_charged else 0
         self.policy.on_done(ghost, d.prompt_tokens, d.completion_tokens)
         c = self.books.counts(d.tenant)
         c.tokens_in += max(0, d.prompt_tokens)

@@ -46,6 +46,7 @@ from .demand import Demand
 from .dispatch import Dispatcher
 from .engine_table import EngineTable
 from .headroom import Headroom
+from .leases import Leases
 from .policy import make_policy
 from .quotas import Quotas
 from .reconcile import Reconciler
@@ -81,10 +82,13 @@ class SchedulerCore:
                                  self.residency, self.books)
         self.demand = Demand(cfg, self.residency, self.books, self.engine_table, self.admission)
         self.reconciler = Reconciler(self.books, self.charging, self.admission)
+        self.leases = Leases(self.books, self.engine_table, self.headroom, self.tenants.weight)
 
     def _settle(self, now: float) -> list[Send]:
-        """After any change: residency's commands, then dispatch whatever fits."""
-        return self.demand.residency_commands(now) + self.dispatcher.dispatch_all(now)
+        """After any change: residency's commands, dispatch whatever fits, then the slot
+        leases that follow (revoked once anything queues, granted while nothing does)."""
+        out = self.demand.residency_commands(now) + self.dispatcher.dispatch_all(now)
+        return out + self.leases.update(now)
 
     # ================================================================== request path
     def submit(self, peer: str, s: p.Submit) -> list[Send]:
@@ -92,12 +96,33 @@ class SchedulerCore:
         if self.books.known(s.request_id):
             return []
         now = self.clock()
+        if s.lease_id:
+            return self._submit_leased(peer, s, now)
         rejected = self.admission.admit(peer, s, now)
         if rejected:
             return rejected
         self.residency.note_request(s.model, now)
         self.headroom.note_submit(s.model, s.tenant or DEFAULT_TENANT, now)
         return self._settle(now)
+
+    def _submit_leased(self, peer: str, s: p.Submit, now: float) -> list[Send]:
+        """A request the front door already sent to ``s.engine_id`` on a lease (leases.py):
+        admitted and charged as a request dispatched at once would be, whatever the
+        queue or quota says now (it runs), and started there without a Dispatch.  A
+        lease revoked in the meantime changes nothing: the request is in flight."""
+        lease = self.leases.consume(s.lease_id, peer)
+        engine_id = lease.engine_id if lease is not None else s.engine_id
+        rec = self.admission.admit_running(peer, s, now)
+        if rec is not None:  # None: its tenant was removed meanwhile; nothing to charge
+            self.residency.note_request(s.model, now)
+            self.headroom.note_submit(s.model, rec.tenant, now)
+            self.dispatcher.start_leased(rec, engine_id, now)
+        return self._settle(now)
+
+    def lease_return(self, peer: str, lease_ids: list[str]) -> list[Send]:
+        """A front door gives back revoked leases it did not use: their slots are free."""
+        self.leases.give_back(peer, lease_ids)
+        return self._settle(self.clock())
 
     def cancel(self, peer: str, request_id: str) -> list[Send]:
         """The client left while queued: forget the request; an in-flight one ends by Done."""
@@ -112,13 +137,25 @@ class SchedulerCore:
         """Completion tokens so far (cumulative): charge the new ones as they stream."""
         self.charging.progress(request_id, completion_tokens)
 
+    def after_progress(self) -> list[Send]:
+        """After a Progress message: a first token may have ended a prefill guard, which
+        held back the slot leases (leases.py); grant them now, not at the next event."""
+        return self.leases.update(self.clock())
+
     def done(self, peer: str, d: p.Done) -> list[Send]:
         """A dispatched request ended: free its slot, charge its real usage. Idempotent."""
         now = self.clock()
         if d.engine_failed and d.engine_id:
             self.engine_table.suspect(d.engine_id, now)  # before the retry's Submit is placed
+        if d.lease_id and not self.books.known(d.request_id):
+            # it ran on a lease and its Submit never arrived: the lease's slot is free,
+            # and the prompt nobody charged is charged now
+            self.leases.consume(d.lease_id, peer)
+            self.charging.finish(d, now, prompt_charged=False)
+            return self._settle(now)
         if not self.charging.finish(d, now):
-            return []
+            # nothing freed; a suspected engine still loses its leases
+            return self.leases.update(now) if d.engine_failed else []
         return self._settle(now)
 
     def tick(self) -> list[Send]:
@@ -129,7 +166,7 @@ class SchedulerCore:
         out += self.demand.residency_commands(now)
         out += self.demand.reject_unservable(now)
         out += self.dispatcher.dispatch_all(now)
-        return out
+        return out + self.leases.update(now)
 
     # ================================================================== peers
     def engines_update(self, peer: str, engines: list[p.EngineStatus], gpu_total_bytes: int = 0,
@@ -163,6 +200,7 @@ class SchedulerCore:
         if hello.role == "supervisor":
             return self.engines_update(peer, hello.engines)
         now = self.clock()
+        self.leases.hello(peer, hello.leases)  # its old leases died with its old view
         return self.reconciler.frontdoor_hello(peer, hello, now) + self._settle(now)
 
     def peer_gone(self, peer: str) -> list[Send]:
@@ -171,8 +209,9 @@ class SchedulerCore:
         Supervisor: its engines stay dispatchable as last reported (DESIGN §3)."""
         now = self.clock()
         self.books.drop_peer(peer, now)
+        self.leases.drop_peer(peer)
         self.engine_table.orphan(peer)
-        return self.dispatcher.dispatch_all(now)
+        return self.dispatcher.dispatch_all(now) + self.leases.update(now)
 
     # ================================================================== views
     def tenant_stats(self) -> list[p.TenantStats]:
@@ -219,7 +258,8 @@ class SchedulerCore:
         An unloaded model's queued requests get 503 at once (it stays down)."""
         now = self.clock()
         self.residency.request_down(model, action, level, now)
-        return self.demand.residency_commands(now) + self.demand.reject_unservable(now)
+        return self.demand.residency_commands(now) + self.demand.reject_unservable(now) \
+            + self.leases.update(now)
 
     def model_settled(self, model: str, target: str) -> bool:
         return self.residency.settled(model, self.engine_table.views(model), target)

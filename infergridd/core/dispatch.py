@@ -89,6 +89,19 @@ class Dispatcher:
                                               target.status.engine_id, now)
         return out
 
+    def start_leased(self, rec: Record, engine_id: str, now: float) -> None:
+        """Start ``rec`` (just queued) on ``engine_id``, where a front door already sent
+        it on a slot lease: what ``dispatch_all`` does for a dispatch, without the Send."""
+        total_cap = sum(e.window.cap for e in self.engines.ready(rec.model))
+        standing = self.headroom.standing(rec.model, total_cap, self.books.queued_n,
+                                          self.tenants.weight, now)
+        light = standing.light(rec.tenant)
+        self.books.start(rec, engine_id, now)
+        self.residency.note_activity(rec.model, now)
+        self.headroom.prompt_sent(rec.request_id, rec.prompt_tokens, engine_id)
+        if light and not self.books.queued_n(rec.tenant):
+            self.headroom.guard_light(rec.request_id, rec.tenant, engine_id, now)
+
     def may_dispatch(self, model: str, engine_id: str, tenant: str,
                      clock: Callable[[], float]) -> bool:
         """Whether the window and the headroom rules would let ``tenant`` start a request
@@ -97,7 +110,7 @@ class Dispatcher:
         e = self.engines.get(engine_id)
         if e is None or e not in engines:
             return False
-        if not self._has_room(e, self.books.engine_inflight(engine_id)):
+        if not self._has_room(e, self.books.engine_occupied(engine_id)):
             return False
         allow, _ = self._headroom_rule(model, e, sum(x.window.cap for x in engines), clock())
         return allow(tenant)
@@ -110,7 +123,7 @@ class Dispatcher:
         that engine-side waiting alone caused) and the headroom rules let it go.
         """
         eid, cap = e.status.engine_id, e.window.cap
-        n = self.books.engine_inflight(eid)
+        n = self.books.engine_occupied(eid)
         strict = e.window.has_room(n)
         assisted = assisted_engine(e)
         light_room = self._has_room(e, n)
@@ -135,7 +148,7 @@ class Dispatcher:
         """
         best, best_key = None, None
         for e in engines:
-            n = self.books.engine_inflight(e.status.engine_id)
+            n = self.books.engine_occupied(e.status.engine_id)
             if self._has_room(e, n):
                 key = (not e.window.has_room(n), n / e.window.cap, n, e.status.engine_id)
                 if best_key is None or key < best_key:

@@ -136,7 +136,7 @@ class EngineTable:
 
     def views(self, model: str) -> list[EngineView]:
         """``model``'s engines as residency sees them (status, owner, our in-flight)."""
-        return [EngineView(e.status, e.owner, self.books.engine_inflight(e.status.engine_id))
+        return [EngineView(e.status, e.owner, self.books.engine_occupied(e.status.engine_id))
                 for e in self._by_model.get(model, ())]
 
     def statuses(self) -> list[p.EngineStatus]:

@@ -227,6 +227,10 @@ class Standing:
         """Some light tenant is around to be protected."""
         return self._intermittent
 
+    def heavy_tenants(self) -> list[str]:
+        """Every tenant around that is heavy now (slot leases are not for them)."""
+        return [t for t in self._shares if self.heavy(t)]
+
     def heavy(self, tenant: str) -> bool:
         if not self._intermittent or tenant not in self._shares:
             return False

@@ -44,7 +44,8 @@ class Reconciler:
                 else:
                     books.end_lost(rec)
         for d in hello.undelivered_done:
-            self.charging.finish(d, now)
+            # one sent on a slot lease: its Submit, the only charge, may never have arrived
+            self.charging.finish(d, now, prompt_charged=not d.lease_id)
         for r in hello.inflight:
             self.adopt_inflight(peer, r, now)
         for q in hello.queued:
@@ -69,7 +70,14 @@ class Reconciler:
         if books.finished(r.request_id) and books.lost(r.request_id) is None:
             return  # finished already; this list is older than its Done
         rec = books.revive_lost(r.request_id, peer)  # back after we gave it up: charges kept
-        if rec is None:  # dispatched by a previous scheduler, which charged it
+        if rec is None and r.lease_id:
+            # sent on a slot lease: its Submit (the only charge) may never have reached a
+            # scheduler, so it is charged here (at worst twice, never zero times)
+            rec = books.new_record(r.request_id, r.tenant, r.model, r.prompt_tokens,
+                                   r.max_tokens, 0, 0.0, peer)
+            books.policy.on_dispatch(rec)
+            rec.charged_prompt = rec.prompt_tokens
+        elif rec is None:  # dispatched by a previous scheduler, which charged it
             rec = books.new_record(r.request_id, r.tenant, r.model, r.prompt_tokens,
                                    r.max_tokens, 0, 0.0, peer, max(0, r.completion_tokens))
             rec.charged_prompt = rec.prompt_tokens

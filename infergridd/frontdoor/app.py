@@ -84,7 +84,14 @@ async def _completions(fd: Frontdoor, request: web.Request, tenant: str, arrived
                              priority=req.priority, submitted_at=arrived)
         if marks is not None:
             hops.attach(rid, marks)
-        answer = await fd.link.submit(rec)  # cancelled here (client left) → Cancel
+        # an idle slot leased ahead of time (core/leases.py): in flight at once, no round
+        # trip; a retry goes the scheduler's way (it knows the failed engine by then)
+        leased = fd.fast_lease(tenant, req.model) if attempt == 0 else None
+        answer: p.Dispatch | p.Reject
+        if leased is not None:
+            answer = fd.link.start_leased(rec, *leased)  # in flight: no await until the try
+        else:
+            answer = await fd.link.submit(rec)  # cancelled here (client left) → Cancel
         ticket.leave()  # answered: no longer waiting (a dispatched body is the engine's seat's)
         if isinstance(answer, p.Reject):
             fd.metrics.rejections.labels(tenant, answer.code).inc()
@@ -92,7 +99,8 @@ async def _completions(fd: Frontdoor, request: web.Request, tenant: str, arrived
             raise ApiError(answer.http_status, answer.code, answer.reason,
                            retry_after_s=answer.retry_after_s, request_id=rid)
         # From here on exactly one Done: no await between started() and the try.
-        fd.link.started(rec, answer)
+        if leased is None:
+            fd.link.started(rec, answer)
         if marks is not None:
             hops.mark(rid, "resumed")
         queued = time.monotonic() - t0  # InferGrid's queue and the link (a retry: both tries)

@@ -26,6 +26,11 @@ from ..transport import hops
 from ..transport.peerlink import PeerLink
 
 PROGRESS_EVERY_S = 0.1
+#: slot leases are used only while this process relays fewer streams than this: the
+#: round trip they save matters to a quiet front door; under concurrency the
+#: scheduler orders (at 64 streams runs with leases showed a higher TTFT p99, on a
+#: machine too noisy to say why: bench/results/frontdoor-lease.md)
+LEASE_BELOW_INFLIGHT = 4
 
 
 class FrontdoorLink(PeerLink):
@@ -35,9 +40,15 @@ class FrontdoorLink(PeerLink):
     log = logging.getLogger("infergrid.frontdoor.link")
 
     def __init__(self, ctx: zmq.asyncio.Context, sock_path: Path, instance: str,
-                 on_snapshot: Callable[[p.Snapshot], None]) -> None:
+                 on_snapshot: Callable[[p.Snapshot], None], leases: int = 0) -> None:
         super().__init__(ctx, sock_path, instance)
         self.on_snapshot = on_snapshot
+        #: slot leases wanted per model (``frontdoor.fast_path``; core/leases.py), and the
+        #: unused ones held, per model; valid only under the scheduler that granted them
+        self.leases_wanted = leases
+        self._pool: dict[str, list[p.LeaseInfo]] = {}
+        self._pool_open = False  # closed from a Hello until its Welcome
+        self.fast_dispatches = 0
         self.queued: dict[str, tuple[p.QueuedRecord, asyncio.Future[p.Dispatch | p.Reject]]] = {}
         self.inflight: dict[str, p.InflightRecord] = {}
         self.unacked: dict[int, p.Done] = {}
@@ -50,12 +61,21 @@ class FrontdoorLink(PeerLink):
     def send_hello(self) -> None:
         self._flush_first()  # the Progress goes before the Hello that supersedes it
         self._flush_progress()
+        # the scheduler drops our leases when it reads the Hello; grants it sent before
+        # that are not to be used (they arrive before its Welcome)
+        self._pool.clear()
+        self._pool_open = False
         super().send_hello()
 
     def _fill_hello(self, hello: p.Hello) -> None:
         hello.queued = [rec for rec, _ in self.queued.values()]
         hello.inflight = list(self.inflight.values())
         hello.undelivered_done = list(self.unacked.values())
+        hello.leases = self.leases_wanted
+
+    def _on_welcome(self, msg: p.Welcome) -> None:
+        super()._on_welcome(msg)
+        self._pool_open = self.welcomed
 
     def _digest(self) -> dict[str, int]:
         return {"queued": len(self.queued), "inflight": len(self.inflight)}
@@ -73,12 +93,72 @@ class FrontdoorLink(PeerLink):
     def _on_role_message(self, msg: p.Message) -> bool:
         if isinstance(msg, (p.Dispatch, p.Reject)):
             self._resolve(msg.request_id, msg)
+        elif isinstance(msg, p.Leases):
+            self._on_leases(msg)
         elif isinstance(msg, p.Snapshot):
             self._check_instance(msg.instance)
             self.on_snapshot(msg)
         else:
             return False
         return True
+
+    # ------------------------------------------------------------------ slot leases
+    def _on_leases(self, msg: p.Leases) -> None:
+        """Grants go to the pool (from this scheduler, after its Welcome); every revoked id
+        goes back: one already used had its Submit sent first on this same pipe, so the
+        scheduler has booked it before it reads the return."""
+        if msg.instance != self.scheduler_instance:
+            return  # an old scheduler's: it died with them
+        if msg.revoke:
+            gone = set(msg.revoke)
+            for model, pool in self._pool.items():
+                self._pool[model] = [x for x in pool if x.lease_id not in gone]
+            self.send(p.Leases(instance=self.instance, revoke=msg.revoke))
+        if msg.grant and self._pool_open:
+            for g in msg.grant:
+                self._pool.setdefault(g.model, []).append(g)
+
+    def give_up_leases(self) -> None:
+        """Draining: a Hello asking for none, so the scheduler frees the slots we hold now
+        rather than when this process has gone silent."""
+        if self.leases_wanted:
+            self.leases_wanted = 0
+            self.send_hello()
+
+    def take_lease(self, model: str, tenant: str) -> p.LeaseInfo | None:
+        """A lease on ``model`` for ``tenant`` to use now, if one is held that does not
+        name it heavy, the scheduler is there and nothing of ours waits for it (then it
+        is the scheduler's to order)."""
+        pool = self._pool.get(model)
+        if not pool or self.queued or len(self.inflight) >= LEASE_BELOW_INFLIGHT \
+                or not self.connected:
+            return None
+        for i in range(len(pool) - 1, -1, -1):
+            if tenant not in pool[i].heavy:
+                return pool.pop(i)
+        return None
+
+    def start_leased(self, rec: p.QueuedRecord, lease: p.LeaseInfo, band: int) -> p.Dispatch:
+        """In flight at once on ``lease``; the Submit naming it tells the scheduler, which
+        charges it as any dispatch.  Exactly one Done follows (``finish``)."""
+        rid = rec.request_id
+        self.inflight[rid] = p.InflightRecord(
+            request_id=rid, tenant=rec.tenant, model=rec.model, engine_id=lease.engine_id,
+            prompt_tokens=rec.prompt_tokens, max_tokens=rec.max_tokens,
+            dispatched_at=time.time(), lease_id=lease.lease_id)
+        self.send(p.Submit(request_id=rid, tenant=rec.tenant, model=rec.model,
+                           prompt_tokens=rec.prompt_tokens, max_tokens=rec.max_tokens,
+                           priority=rec.priority, submitted_at=rec.submitted_at,
+                           lease_id=lease.lease_id, engine_id=lease.engine_id))
+        self.fast_dispatches += 1
+        if hops.ON:
+            hops.mark(rid, "submit_sent")
+            hops.mark(rid, "dispatch_rx")
+        # the light tier (0, core/dispatch.py): the tenant was not heavy and nobody waits;
+        # a lower tier than the scheduler's dispatches would put it behind them in the engine
+        prio = band * 1000 * lease.priority_sign if lease.priority_sign else None
+        return p.Dispatch(request_id=rid, engine_id=lease.engine_id, endpoint=lease.endpoint,
+                          api_key=lease.api_key, engine_priority=prio)
 
     # ------------------------------------------------------------------ request path
     async def submit(self, rec: p.QueuedRecord) -> p.Dispatch | p.Reject:
@@ -158,7 +238,8 @@ class FrontdoorLink(PeerLink):
         self._send_done(p.Done(request_id=request_id, outcome=outcome,
                                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                engine_id=rec.engine_id, tenant=rec.tenant, model=rec.model,
-                               ttft_s=ttft_s, error=error, engine_failed=engine_failed))
+                               ttft_s=ttft_s, error=error, engine_failed=engine_failed,
+                               lease_id=rec.lease_id))
 
     def _send_done(self, done: p.Done) -> None:
         """Number ``done``, keep it until the scheduler's heartbeat acknowledges it, send it."""

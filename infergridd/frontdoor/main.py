@@ -38,6 +38,9 @@ from .room import Room
 
 log = logging.getLogger("infergrid.frontdoor")
 
+#: slot leases a front door asks for per model with ``frontdoor.fast_path`` (core/leases.py)
+LEASES_PER_MODEL = 1
+
 
 class Frontdoor:
     def __init__(self, cfg: Config, dirs: Dirs) -> None:
@@ -61,6 +64,7 @@ class Frontdoor:
                                max_requests_per_connection=lim.max_requests_per_connection)
         self._watch_edge()
         self.snapshot: p.Snapshot | None = None
+        self.fast_tenants: dict[str, int] = {}
         self.ever_ready: set[str] = set()  # models seen loaded (see app.missing_models)
         self.active = 0
         self.idle = asyncio.Event()
@@ -69,6 +73,14 @@ class Frontdoor:
         self.http: aiohttp.ClientSession
         self.engines: EngineClient
         self.link: FrontdoorLink
+
+    def fast_lease(self, tenant: str, model: str) -> tuple[p.LeaseInfo, int] | None:
+        """A slot lease for this request and the tenant's band; None: ask the scheduler."""
+        band = self.fast_tenants.get(tenant)
+        if band is None:
+            return None
+        lease = self.link.take_lease(model, tenant)
+        return None if lease is None else (lease, band)
 
     def _tenant_count_limit(self, tenant: str) -> int:
         """The per-tenant request bound the front door applies itself: only while the
@@ -88,6 +100,9 @@ class Frontdoor:
                 lambda: len(guard.conns))
         m.watch("infergrid_frontdoor_connections_evicted", "idle or slow connections closed "
                 "to make room for new ones", lambda: guard.evicted)
+        m.watch("infergrid_frontdoor_fast_path_dispatches", "requests this process sent "
+                "to an engine on a slot lease, without waiting for the scheduler",
+                lambda: self.link.fast_dispatches if hasattr(self, "link") else 0)
         m.watch("infergrid_frontdoor_connections_timed_out", "connections closed for sending "
                 "no whole request in time", lambda: guard.timed_out)
 
@@ -96,6 +111,9 @@ class Frontdoor:
             self.auth.update(snap.auth_version, snap.auth)
         self.auth.set_none_tenant(snap.auth_none_tenant)
         self.snapshot = snap
+        # tenants the fast path may serve (no rpm/tpm quota: those stay on the
+        # scheduler's path), with their bands for the engine priority
+        self.fast_tenants = {t.name: t.band for t in snap.tenants if not t.rpm and not t.tpm}
         self.ever_ready.update(m.name for m in snap.models if m.ready_engines > 0 or
                                m.state in (p.EngineState.SLEEPING1, p.EngineState.SLEEPING2))
         self.metrics.snapshot.snapshot = snap
@@ -105,7 +123,8 @@ class Frontdoor:
     async def run(self) -> int:
         self.dirs.runtime.mkdir(mode=0o750, parents=True, exist_ok=True)
         ctx = zmq.asyncio.Context()
-        self.link = FrontdoorLink(ctx, self.dirs.frontdoor_sock, self.instance, self.on_snapshot)
+        self.link = FrontdoorLink(ctx, self.dirs.frontdoor_sock, self.instance, self.on_snapshot,
+                                  LEASES_PER_MODEL if self.cfg.frontdoor.fast_path else 0)
         self.metrics.snapshot.connected = lambda: self.link.connected
         self.http = aiohttp.ClientSession(
             connector=EngineConnector(limit=0, keepalive_timeout=30),
@@ -157,6 +176,7 @@ class Frontdoor:
         self.notifier.stopping()
         for site in list(runner.sites):
             await site.stop()
+        self.link.give_up_leases()  # their slots go back now, not when we are gone
         bound = self.cfg.limits.drain_timeout_s
         log.info("draining: %d request(s) in progress, waiting up to %.0fs", self.active, bound)
         t0 = time.monotonic()

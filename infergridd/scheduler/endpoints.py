@@ -46,7 +46,8 @@ class PeerRole:
 
 PEER_ROLES: dict[str, PeerRole] = {
     "frontdoor": PeerRole("frontdoor", "fd-",
-                          (p.Heartbeat, p.Submit, p.Progress, p.Done, p.Cancel)),
+                          (p.Heartbeat, p.Submit, p.Progress, p.Done, p.Cancel,
+                           p.Leases)),
     "supervisor": PeerRole("supervisor", "sv-",
                            (p.Heartbeat, p.EngineUpdate, p.EngineCommandResult)),
 }

@@ -55,6 +55,7 @@ class SchedulerDaemon:
         self.clock = clock
         self.instance = uuid.uuid4().hex[:12]
         self.core = SchedulerCore(cfg, clock, new_key)
+        self.core.leases.prefix = self.instance  # a lease dies with this process
         self.peers = PeerTable()
         self.observe = Observer(self.core, dirs.state)  # usage and request traces
         self.notifier = Notifier()
@@ -198,7 +199,9 @@ class SchedulerDaemon:
             # the Dispatch goes first: the front door waits for it, the books do not
             self._apply(sends, observe=False)
             sent = hops.now() if rx else 0
-            self.observe.submitted(name, msg, sends)
+            self.observe.submitted(name, msg, sends, why=not msg.lease_id)
+            if msg.lease_id:
+                self.observe.leased(msg)
             self.observe.sent(sends)
             if rx:
                 hops.write("scheduler", {"rid": msg.request_id, "sched_rx": rx,
@@ -207,10 +210,13 @@ class SchedulerDaemon:
             self.observe.progress(msg.items)
             for request_id, tokens in msg.items:
                 self.core.progress(request_id, tokens)
+            self._apply(self.core.after_progress())
         elif isinstance(msg, p.Done):
             peer.done_seq = max(peer.done_seq, msg.seq)
             self.observe.done(name, msg)
             self._apply(self.core.done(name, msg))
+        elif isinstance(msg, p.Leases):  # revoked leases given back unused
+            self._apply(self.core.lease_return(name, msg.revoke))
         elif isinstance(msg, p.Cancel):
             self.observe.cancelled(msg.request_id)
             self._apply(self.core.cancel(name, msg.request_id))

@@ -62,6 +62,12 @@ class Observer:
             except Exception:  # noqa: BLE001 - an explanation must never stop scheduling
                 log.exception("cannot explain why %s waits", s.request_id)
 
+    def leased(self, s: p.Submit) -> None:
+        """A request a front door sent on a slot lease: dispatched when it arrived."""
+        t = self.traces.get(s.request_id)
+        if t is not None and t.dispatched is None:
+            t.dispatched, t.engine_id, t.queue_wait_s = t.queued or self.wall(), s.engine_id, 0.0
+
     def sent(self, sends: Iterable[Send]) -> None:
         """The core's Dispatches and Rejects, whatever caused them."""
         now = None

@@ -1,0 +1,152 @@
+"""The fast path through the real appliance (``frontdoor.fast_path``, core/leases.py).
+
+A quiet request goes to an idle engine slot the scheduler leased to the front
+door ahead of time: no Submit/Dispatch round trip.  Shown the hard way: with the
+scheduler SIGSTOPped, a quiet request still completes (the normal path holds it
+in the waiting room until the scheduler is back), and the scheduler charges it
+once it runs again.  Under a flood nothing is leased (something is always
+queued), so the weighted shares hold as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+
+import aiohttp
+import pytest
+from appliance import DEMO_TENANTS, sim_model
+from sse import chat_body, stream_chat
+
+pytestmark = pytest.mark.slow
+
+QUIET = "sk-quiet-demo"
+
+
+async def _fast_dispatches(s: aiohttp.ClientSession, url: str) -> int:
+    await asyncio.sleep(0.15)  # the page is cached for 0.1 s
+    async with s.get(url + "/metrics") as r:
+        text = await r.text()
+    m = re.search(r"^infergrid_frontdoor_fast_path_dispatches(?:\{[^}]*\})? (\S+)$", text, re.M)
+    assert m is not None, "no fast-path counter on /metrics"
+    return int(float(m.group(1)))
+
+
+def _tenant(app, name: str) -> dict:  # noqa: ANN001
+    return next(t for t in app.status()["tenants"] if t["name"] == name)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+async def test_a_quiet_request_runs_while_the_scheduler_is_stopped_and_is_charged(
+        appliance_factory, fast_path: bool) -> None:
+    app = appliance_factory({"models": [sim_model(max_num_seqs=8)], "tenants": DEMO_TENANTS,
+                             "frontdoor": {"fast_path": fast_path}})
+    async with aiohttp.ClientSession() as s:
+        for _ in range(5):  # one by one: each finds the engine idle and a lease held
+            await asyncio.sleep(0.3)
+            r = await stream_chat(s, app.url, QUIET, chat_body(8))
+            assert r.status == 200 and r.done
+        assert await _fast_dispatches(s, app.url) == (5 if fast_path else 0)
+        before = _tenant(app, "quiet")["tokens_in"]
+        assert before > 0  # the leased ones were charged as they ran
+        await asyncio.sleep(0.3)
+        sched = app.daemon_pid("scheduler")
+        os.kill(sched, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            try:
+                r = await asyncio.wait_for(stream_chat(s, app.url, QUIET, chat_body(8)), 1.5)
+                took: float | None = time.monotonic() - t0
+            except asyncio.TimeoutError:
+                took = None
+        finally:
+            os.kill(sched, signal.SIGCONT)
+        if not fast_path:
+            assert took is None  # held for the scheduler: there is a round trip
+            return
+        assert took is not None and r.status == 200 and r.done, "the lease was not used"
+        # the scheduler, back, reads the Submit that named the lease and charges it
+        app.wait_for(lambda: _tenant(app, "quiet")["tokens_in"] > before, 10,
+                     "the leased request to be charged")
+        assert await _fast_dispatches(s, app.url) == 6
+
+
+# as tests/integration/test_fairness_shares.py, with the fast path on
+WEIGHTS = {"t1a": 1, "t1b": 1, "t2a": 2, "t2b": 2, "t3a": 3, "t3b": 3, "t4a": 4, "t4b": 4}
+OUTSTANDING = 6  # per tenant: 48 requests against 8 engine slots keeps everyone backlogged
+WARMUP_S, MEASURE_S = 2.0, 8.0
+
+
+async def test_under_a_flood_nothing_is_leased_and_the_shares_hold(appliance_factory) -> None:
+    tenants = [{"name": n, "keys": [f"sk-{n}"], "weight": w} for n, w in WEIGHTS.items()]
+    app = appliance_factory({"models": [sim_model(max_num_seqs=8, step_s=0.005)],
+                             "tenants": tenants, "frontdoor": {"fast_path": True}})
+    served = {n: 0 for n in WEIGHTS}
+    counted = 0
+    t0 = time.monotonic()
+    stop_at = t0 + WARMUP_S + MEASURE_S
+
+    async def client(s: aiohttp.ClientSession, name: str) -> None:
+        nonlocal counted
+        while time.monotonic() < stop_at:
+            r = await stream_chat(s, app.url, f"sk-{name}", chat_body(max_tokens=20))
+            assert r.status == 200, r.body
+            if t0 + WARMUP_S <= time.monotonic() <= stop_at:
+                served[name] += r.usage["completion_tokens"]
+                counted += 1
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        # quiet first: the front door holds a lease, and uses it
+        await asyncio.sleep(0.5)
+        r = await stream_chat(s, app.url, "sk-t1a", chat_body(4))
+        assert r.status == 200
+        assert await _fast_dispatches(s, app.url) == 1
+        flood = asyncio.gather(*[client(s, n) for n in WEIGHTS for _ in range(OUTSTANDING)])
+        await asyncio.sleep(WARMUP_S)
+        at_warm = await _fast_dispatches(s, app.url)
+        await flood
+        after = await _fast_dispatches(s, app.url)
+
+    total = sum(served.values())
+    wsum = sum(WEIGHTS.values())
+    assert total > 2000, f"too little service to judge: {served}"
+    # backlogged all along: no lease granted, so none used (the fairness is the scheduler's)
+    assert after - at_warm == 0, (at_warm, after, counted)
+    for name, w in WEIGHTS.items():
+        share, expect = served[name] / total, w / wsum
+        assert abs(share - expect) <= 0.10 * expect, (
+            f"{name}: share {share:.3f}, weight share {expect:.3f}; all: {served}")
+
+
+async def test_a_leased_request_whose_submit_died_with_the_scheduler_is_charged_by_the_next(
+        appliance_factory) -> None:
+    """The scheduler is stopped, a quiet request runs on its lease (its Submit waits unread
+    in the stopped scheduler's socket), then the scheduler is SIGKILLed: the Submit is
+    lost.  The stream completes all the same, and the next scheduler, from the front
+    door's Hello, charges it (exactly once: one Done, the counts balance)."""
+    app = appliance_factory({"models": [sim_model(max_num_seqs=8, step_s=0.02)],
+                             "tenants": DEMO_TENANTS})
+    async with aiohttp.ClientSession() as s:
+        await asyncio.sleep(0.5)
+        old = app.daemon_pid("scheduler")
+        os.kill(old, signal.SIGSTOP)
+        task = asyncio.create_task(stream_chat(s, app.url, QUIET, chat_body(60)))
+        await asyncio.sleep(0.3)
+        os.kill(old, signal.SIGKILL)
+        os.kill(old, signal.SIGCONT)
+        r = await task
+        assert r.status == 200 and r.done and r.usage["completion_tokens"] == 60
+        assert await _fast_dispatches(s, app.url) == 1
+    app.wait_for(lambda: app.daemon_pid("scheduler") != old, 30, "a new scheduler")
+
+    def charged() -> dict | None:
+        t = _tenant(app, "quiet")
+        return t if t["tokens_out"] == 60 and t["inflight"] == 0 else None
+
+    t = app.wait_for(charged, 30, "the leased request charged by the new scheduler")
+    assert t["tokens_in"] == r.usage["prompt_tokens"] > 0
+    # its fairness counter too, prompt included (input weight 1, output weight 2)
+    assert t["counter"] == pytest.approx(t["tokens_in"] + 2 * 60)

@@ -1,0 +1,143 @@
+"""The front door's side of slot leases (frontdoor/link.py, core/leases.py).
+
+A lease is used only under the scheduler that granted it, after that scheduler
+welcomed our latest Hello, while it is reachable and nothing of ours waits for a
+dispatch; every revoked id is given back (one already used had its Submit sent
+first on the same pipe); the Submit and the Done of a leased request name it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import zmq.asyncio
+
+from infergridd import protocol as p
+from infergridd.frontdoor.link import FrontdoorLink
+
+SCHED = "sched1"
+
+
+def _lease(lid: str = "sched1-1", model: str = "m") -> p.LeaseInfo:
+    return p.LeaseInfo(lease_id=lid, model=model, engine_id="m-0", endpoint="unix:/e",
+                       api_key="k", priority_sign=1)
+
+
+def _rec(rid: str = "r1") -> p.QueuedRecord:
+    return p.QueuedRecord(request_id=rid, tenant="t", model="m", prompt_tokens=5,
+                          max_tokens=8, submitted_at=1.0)
+
+
+def _link(tmp_path: Path) -> tuple[FrontdoorLink, list[p.Message]]:
+    link = FrontdoorLink(zmq.asyncio.Context.instance(), tmp_path / "fd.sock", "fd1",
+                         lambda snap: None, leases=1)
+    sent: list[p.Message] = []
+    link.send = sent.append  # type: ignore[method-assign]
+    link.send_hello()
+    link._on_message(p.Welcome(instance=SCHED, protocol_version=p.PROTOCOL_VERSION))
+    return link, sent
+
+
+def test_the_hello_asks_for_leases_and_a_welcomed_grant_is_used_once(tmp_path: Path) -> None:
+    link, sent = _link(tmp_path)
+    hello = sent[0]
+    assert isinstance(hello, p.Hello) and hello.leases == 1
+    link._on_message(p.Leases(instance=SCHED, grant=[_lease()]))
+    lease = link.take_lease("m", "t")
+    assert lease is not None and link.take_lease("m", "t") is None
+    d = link.start_leased(_rec(), lease, band=2)
+    assert (d.engine_id, d.endpoint, d.api_key, d.engine_priority) == ("m-0", "unix:/e", "k",
+                                                                       2000)
+    sub = sent[-1]
+    assert isinstance(sub, p.Submit) and (sub.lease_id, sub.engine_id) == ("sched1-1", "m-0")
+    assert link.inflight["r1"].lease_id == "sched1-1"
+    link.finish("r1", p.Outcome.OK, 5, 3)
+    done = sent[-1]
+    assert isinstance(done, p.Done) and done.lease_id == "sched1-1"
+    assert link.fast_dispatches == 1
+    link.close()
+
+
+def test_grants_of_another_scheduler_or_before_the_welcome_are_not_used(tmp_path: Path) -> None:
+    link, sent = _link(tmp_path)
+    link._on_message(p.Leases(instance="old-scheduler", grant=[_lease("old-1")]))
+    assert link.take_lease("m", "t") is None
+    link._on_message(p.Leases(instance=SCHED, grant=[_lease()]))
+    link.send_hello()  # e.g. a reconnect: the scheduler drops our leases when it reads it
+    assert link.take_lease("m", "t") is None
+    link._on_message(p.Leases(instance=SCHED, grant=[_lease("sched1-2")]))  # sent before
+    assert link.take_lease("m", "t") is None
+    link._on_message(p.Welcome(instance=SCHED, protocol_version=p.PROTOCOL_VERSION))
+    link._on_message(p.Leases(instance=SCHED, grant=[_lease("sched1-3")]))
+    lease = link.take_lease("m", "t")
+    assert lease is not None and lease.lease_id == "sched1-3"
+    link.close()
+
+
+def test_revoked_ids_all_go_back_and_leave_the_pool(tmp_path: Path) -> None:
+    link, sent = _link(tmp_path)
+    link._on_message(p.Leases(instance=SCHED, grant=[_lease("sched1-1"), _lease("sched1-2")]))
+    used = link.take_lease("m", "t")
+    assert used is not None
+    link._on_message(p.Leases(instance=SCHED, revoke=["sched1-1", "sched1-2"]))
+    back = sent[-1]
+    assert isinstance(back, p.Leases) and back.instance == "fd1"
+    assert back.revoke == ["sched1-1", "sched1-2"]
+    assert link.take_lease("m", "t") is None
+    link.close()
+
+
+def test_no_lease_while_a_request_of_ours_waits_or_the_scheduler_is_away(tmp_path: Path) -> None:
+    async def go() -> None:
+        link, sent = _link(tmp_path)
+        link._on_message(p.Leases(instance=SCHED, grant=[_lease()]))
+        waiting = asyncio.ensure_future(link.submit(_rec("q")))
+        await asyncio.sleep(0)
+        assert link.take_lease("m", "t") is None  # q waits for the scheduler: it orders
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        link.last_heard = time.monotonic() - 60  # silent for a minute: away
+        assert link.take_lease("m", "t") is None
+        link.last_heard = time.monotonic()
+        assert link.take_lease("m", "t") is not None
+        link.close()
+
+    asyncio.run(go())
+
+
+def test_draining_gives_the_leases_back_with_a_hello_asking_none(tmp_path: Path) -> None:
+    link, sent = _link(tmp_path)
+    link._on_message(p.Leases(instance=SCHED, grant=[_lease()]))
+    link.give_up_leases()
+    hello = sent[-1]
+    assert isinstance(hello, p.Hello) and hello.leases == 0
+    assert link.take_lease("m", "t") is None
+    link.close()
+
+
+def test_a_lease_naming_the_tenant_heavy_is_not_for_it(tmp_path: Path) -> None:
+    link, sent = _link(tmp_path)
+    heavy = p.LeaseInfo(lease_id="sched1-1", model="m", engine_id="m-0", endpoint="unix:/e",
+                        heavy=["flooder"])
+    link._on_message(p.Leases(instance=SCHED, grant=[heavy]))
+    assert link.take_lease("m", "flooder") is None
+    lease = link.take_lease("m", "quiet")
+    assert lease is not None and lease.lease_id == "sched1-1"
+    assert link.start_leased(_rec(), lease, band=0).engine_priority is None  # none taken
+    link.close()
+
+
+def test_no_lease_while_this_process_relays_several_streams(tmp_path: Path) -> None:
+    from infergridd.frontdoor.link import LEASE_BELOW_INFLIGHT
+
+    link, sent = _link(tmp_path)
+    link._on_message(p.Leases(instance=SCHED, grant=[_lease()]))
+    for i in range(LEASE_BELOW_INFLIGHT):
+        link.started(_rec(f"r{i}"), p.Dispatch(request_id=f"r{i}", engine_id="m-0",
+                                               endpoint="unix:/e"))
+    assert link.take_lease("m", "t") is None
+    link.finish("r0", p.Outcome.OK, 1, 1)
+    assert link.take_lease("m", "t") is not None
+    link.close()
