@@ -196,8 +196,9 @@ class FrontdoorConfig(_Strict):
     #: front-door processes sharing the one listening socket; 0: min(cores, 4)
     processes: int = 1
     #: quiet requests go to an idle engine slot leased ahead of time, skipping the
-    #: scheduler round trip (core/leases.py); false: every request asks the scheduler
-    fast_path: bool = True
+    #: scheduler round trip (core/leases.py); off by default until its effect under
+    #: many concurrent streams is measured on a quiet machine (bench/results/frontdoor-lease.md)
+    fast_path: bool = False
 
 
 class Config(_Strict):

@@ -128,7 +128,7 @@ async def test_a_leased_request_whose_submit_died_with_the_scheduler_is_charged_
     lost.  The stream completes all the same, and the next scheduler, from the front
     door's Hello, charges it (exactly once: one Done, the counts balance)."""
     app = appliance_factory({"models": [sim_model(max_num_seqs=8, step_s=0.02)],
-                             "tenants": DEMO_TENANTS})
+                             "tenants": DEMO_TENANTS, "frontdoor": {"fast_path": True}})
     async with aiohttp.ClientSession() as s:
         await asyncio.sleep(0.5)
         old = app.daemon_pid("scheduler")
