@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     defaults = ChaosSettings()
     for f in fields(ChaosSettings):
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            ap.add_argument("--no-" + f.name, dest=f.name, action="store_false", default=None)
+        if f.type in ("bool", bool):  # a flag that turns the default around
+            on = getattr(defaults, f.name)
+            ap.add_argument(("--no-" + f.name) if on else flag, dest=f.name,
+                            action="store_false" if on else "store_true", default=None)
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]
             ap.add_argument(flag, type=kind, default=None,

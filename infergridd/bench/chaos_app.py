@@ -38,7 +38,7 @@ def tenant_key(name: str) -> str:
     return f"sk-chaos-{name}"
 
 
-def chaos_config(port: int, step_s: float) -> dict[str, Any]:
+def chaos_config(port: int, step_s: float, fast_path: bool = False) -> dict[str, Any]:
     """Three models (one slow), four tenants (one with a quota), short per-run timeouts."""
 
     def model(name: str, seqs: int, step: float, **extra: Any) -> dict[str, Any]:
@@ -56,6 +56,7 @@ def chaos_config(port: int, step_s: float) -> dict[str, Any]:
                     {"name": "beta", "keys": [tenant_key("beta")]},
                     {"name": "gamma", "keys": [tenant_key("gamma")], "rpm": 600}],
         "logging": {"level": "info", "requests": False},
+        "frontdoor": {"fast_path": fast_path},
     }
 
 
@@ -126,11 +127,12 @@ class FindsProcesses:
 class ChaosAppliance(FindsProcesses):
     """One ``infergrid serve`` with chaos hooks in its environment."""
 
-    def __init__(self, step_s: float = 0.02, bug: str = "", tmpfs: bool = True) -> None:
+    def __init__(self, step_s: float = 0.02, bug: str = "", tmpfs: bool = True,
+                 fast_path: bool = False) -> None:
         self.root = Path(tempfile.mkdtemp(dir="/tmp", prefix="igx"))  # IPC paths < 107 bytes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.config = chaos_config(self.port, step_s)
+        self.config = chaos_config(self.port, step_s, fast_path)
         self.config_path = self.root / "infergrid.yaml"
         self.runtime = self.root / "run"
         self.state = self.root / "state"

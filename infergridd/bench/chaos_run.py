@@ -40,6 +40,7 @@ class ChaosSettings:
     client_timeout_s: float = 120.0
     out: str = ""  # write the report (JSON) here
     logs: str = ""  # copy the appliance's logs (serve, engines) into this directory
+    fast_path: bool = False  # frontdoor.fast_path (core/leases.py) on in the appliance
 
 
 def hour_settings(seed: int = 1) -> ChaosSettings:
@@ -50,7 +51,7 @@ def hour_settings(seed: int = 1) -> ChaosSettings:
 
 def run_chaos(s: ChaosSettings) -> dict[str, Any]:
     """Run once; the report's ``violations`` is empty when every invariant held."""
-    app = ChaosAppliance(step_s=s.step_s, bug=s.bug)
+    app = ChaosAppliance(step_s=s.step_s, bug=s.bug, fast_path=s.fast_path)
     try:
         return asyncio.run(_run(app, s))
     finally:
@@ -64,7 +65,8 @@ async def _run(app: ChaosAppliance, s: ChaosSettings) -> dict[str, Any]:
     specs = plan(s.seed, s.load_s, s.rate, MODELS,
                  {t["name"]: t["keys"][0] for t in app.config["tenants"]})
     print(f"chaos run: seed {s.seed}, {len(specs)} requests over {s.load_s:g}s, "
-          f"{len(faults)} faults{', bug ' + s.bug if s.bug else ''}; state dir "
+          f"{len(faults)} faults{', bug ' + s.bug if s.bug else ''}"
+          f"{', frontdoor.fast_path on' if s.fast_path else ''}; state dir "
           f"{'tmpfs (16m)' if app.tmpfs else 'a plain directory (no tmpfs: state faults skipped)'}",
           flush=True)
     print("fault schedule:\n" + "\n".join("  " + f.line() for f in faults), flush=True)

@@ -203,3 +203,17 @@ def test_an_operator_command_retries_while_the_scheduler_does_not_answer() -> No
         assert "already exists" in str(exc)
     else:
         raise AssertionError("a first-try error must not pass")
+
+
+def test_fast_path_flag_reaches_the_appliance_config() -> None:
+    """``bench/chaos.py --fast-path`` runs the appliance with ``frontdoor.fast_path`` on
+    (off by default, as in the product), and the config it writes is a valid one."""
+    import yaml
+
+    from infergridd.bench.chaos_app import chaos_config
+    from infergridd.config import loads
+
+    assert chaos_config(8000, 0.02)["frontdoor"]["fast_path"] is False
+    cfg = chaos_config(8000, 0.02, fast_path=True)
+    assert cfg["frontdoor"]["fast_path"] is True
+    assert loads(yaml.safe_dump(cfg)).frontdoor.fast_path is True
