@@ -83,7 +83,7 @@ async def hold_streams(url: str, pids: list[int], listen_port: int, max_tokens: 
     The processes share one accept queue, so which takes a connection is a race: on
     a loaded machine one process can win all of a batch (CI once saw 40 of 40).  So
     batches are added, up to ``most``, until each holds a stream.  Returns the tasks
-    and, per pid, the client ports of the connections it held when last read."""
+    and, per pid, the client ports of these streams it held when last read."""
     ports: list[int] = []
     tasks: list[asyncio.Task[tuple[int, bool, int]]] = []
     held: dict[int, set[int]] = {p: set() for p in pids}
@@ -92,7 +92,10 @@ async def hold_streams(url: str, pids: list[int], listen_port: int, max_tokens: 
         deadline = time.monotonic() + 10
         while len(ports) < len(tasks) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        held = {p: peer_ports(p, listen_port) for p in pids}
+        # only this call's streams: a process's table may still hold the closing
+        # sockets of earlier connections (CI once read a stale one as a held stream)
+        mine = set(ports)
+        held = {p: peer_ports(p, listen_port) & mine for p in pids}
         if all(held.values()):
             break
     return tasks, held
