@@ -139,14 +139,14 @@ async def test_two_frontdoors_share_a_port_and_survive_each_other(appliance_fact
 
     # SIGKILL one while both hold streams: every stream on the other completes
     victim, survivor = pids
-    streams, held = await hold_streams(app.url, pids, port, 150)
+    streams, held = await hold_streams(app.url, pids, port, 300)  # 6 s: none ends before the kill
     on_victim, on_survivor = held[victim], held[survivor]
     os.kill(victim, signal.SIGKILL)
     results = await asyncio.gather(*streams)
     mine = [r for r in results if r[0] in on_survivor]
     lost = [r for r in results if r[0] in on_victim]
     assert mine and lost, (len(mine), len(lost))  # both held streams
-    assert all(d and n == 150 for _, d, n in mine), mine
+    assert all(d and n == 300 for _, d, n in mine), mine
     assert not any(d for _, d, _ in lost)  # the killed one's did break (the test can fail)
     # serve restarts the killed one; the scheduler lists two again, the survivor unchanged
     app.wait_for(lambda: (lambda ps: ps if len(ps) == 2 and survivor in ps else None)(
@@ -200,12 +200,12 @@ async def test_one_frontdoor_command_leads_n_processes_on_a_passed_socket(
         # a worker killed under load: the others' streams complete, it comes back alone
         worker = next(p for p in three if p != leader.pid)
         listen_port = int(url.rsplit(":", 1)[1])
-        streams, held = await hold_streams(url, three, listen_port, 150)
+        streams, held = await hold_streams(url, three, listen_port, 300)
         others = set().union(*(ports for p, ports in held.items() if p != worker))
         os.kill(worker, signal.SIGKILL)
         results = await asyncio.gather(*streams)
         mine = [r for r in results if r[0] in others]
-        assert mine and all(d and n == 150 for _, d, n in mine), mine
+        assert mine and all(d and n == 300 for _, d, n in mine), mine
         again = app.wait_for(lambda: (lambda g: g if len(g) == 3 and worker not in g
                                       else None)(group()), timeout=30, what="worker restarted")
         assert leader.pid in again and set(three) - {worker} <= set(again)
