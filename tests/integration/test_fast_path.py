@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from appliance import DEMO_TENANTS, sim_model
 from sse import chat_body, stream_chat
+from weighted_flood import WARMUP_S, assert_shares, flood, tenants
 
 pytestmark = pytest.mark.slow
 
@@ -74,51 +75,25 @@ async def test_a_quiet_request_runs_while_the_scheduler_is_stopped_and_is_charge
         assert await _fast_dispatches(s, app.url) == 6
 
 
-# as tests/integration/test_fairness_shares.py, with the fast path on
-WEIGHTS = {"t1a": 1, "t1b": 1, "t2a": 2, "t2b": 2, "t3a": 3, "t3b": 3, "t4a": 4, "t4b": 4}
-OUTSTANDING = 6  # per tenant: 48 requests against 8 engine slots keeps everyone backlogged
-WARMUP_S, MEASURE_S = 2.0, 8.0
-
-
 async def test_under_a_flood_nothing_is_leased_and_the_shares_hold(appliance_factory) -> None:
-    tenants = [{"name": n, "keys": [f"sk-{n}"], "weight": w} for n, w in WEIGHTS.items()]
+    """tests/integration/test_fairness_shares.py's flood, with the fast path on."""
     app = appliance_factory({"models": [sim_model(max_num_seqs=8, step_s=0.005)],
-                             "tenants": tenants, "frontdoor": {"fast_path": True}})
-    served = {n: 0 for n in WEIGHTS}
-    counted = 0
-    t0 = time.monotonic()
-    stop_at = t0 + WARMUP_S + MEASURE_S
-
-    async def client(s: aiohttp.ClientSession, name: str) -> None:
-        nonlocal counted
-        while time.monotonic() < stop_at:
-            r = await stream_chat(s, app.url, f"sk-{name}", chat_body(max_tokens=20))
-            assert r.status == 200, r.body
-            if t0 + WARMUP_S <= time.monotonic() <= stop_at:
-                served[name] += r.usage["completion_tokens"]
-                counted += 1
-
+                             "tenants": tenants(), "frontdoor": {"fast_path": True}})
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
         # quiet first: the front door holds a lease, and uses it
         await asyncio.sleep(0.5)
         r = await stream_chat(s, app.url, "sk-t1a", chat_body(4))
         assert r.status == 200
         assert await _fast_dispatches(s, app.url) == 1
-        flood = asyncio.gather(*[client(s, n) for n in WEIGHTS for _ in range(OUTSTANDING)])
+        load = asyncio.create_task(flood(s, app.url))
         await asyncio.sleep(WARMUP_S)
         at_warm = await _fast_dispatches(s, app.url)
-        await flood
+        served = await load
         after = await _fast_dispatches(s, app.url)
 
-    total = sum(served.values())
-    wsum = sum(WEIGHTS.values())
-    assert total > 2000, f"too little service to judge: {served}"
     # backlogged all along: no lease granted, so none used (the fairness is the scheduler's)
-    assert after - at_warm == 0, (at_warm, after, counted)
-    for name, w in WEIGHTS.items():
-        share, expect = served[name] / total, w / wsum
-        assert abs(share - expect) <= 0.10 * expect, (
-            f"{name}: share {share:.3f}, weight share {expect:.3f}; all: {served}")
+    assert after - at_warm == 0, (at_warm, after, served)
+    assert_shares(served)
 
 
 async def test_a_leased_request_whose_submit_died_with_the_scheduler_is_charged_by_the_next(
