@@ -128,6 +128,11 @@ class Leases:
             if lease is not None and lease.peer == peer:
                 self._free(lease)
 
+    def summary(self) -> dict[str, object]:
+        """For ``infergridctl status``: slots held by leases, and who wants how many now
+        (a busy front door wants none)."""
+        return {"held": len(self._leases), "granted": self._seq, "wants": dict(self._wants)}
+
     def held(self, engine_id: str) -> int:
         """Leases (revoked or not) holding a slot on ``engine_id`` (tests)."""
         return sum(1 for x in self._leases.values() if x.engine_id == engine_id)

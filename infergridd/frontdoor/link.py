@@ -31,8 +31,9 @@ PROGRESS_EVERY_S = 0.1
 #: (a lease it would not use only keeps a slot from the scheduler's dispatches; under
 #: concurrency the scheduler orders: bench/results/frontdoor-lease.md) ...
 LEASE_BUSY_AT = 4
-#: ... until it is down to this many again (apart, so it does not flap at the edge)
+#: ... until it has been down to this many for this long (apart, so it does not flap)
 LEASE_QUIET_AT = 1
+LEASE_QUIET_S = 0.25
 
 
 class FrontdoorLink(PeerLink):
@@ -51,6 +52,8 @@ class FrontdoorLink(PeerLink):
         self._pool: dict[str, list[p.LeaseInfo]] = {}
         self._pool_open = False  # closed from a Hello until its Welcome
         self._busy = False  # too busy for leases: asked for none (LEASE_BUSY_AT)
+        self._busy_seen = 0.0  # when it last had more than LEASE_QUIET_AT requests
+        self._quiet_timer: asyncio.TimerHandle | None = None
         self.fast_dispatches = 0
         self.queued: dict[str, tuple[p.QueuedRecord, asyncio.Future[p.Dispatch | p.Reject]]] = {}
         self.inflight: dict[str, p.InflightRecord] = {}
@@ -105,6 +108,11 @@ class FrontdoorLink(PeerLink):
             return False
         return True
 
+    def close(self) -> None:
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+        super().close()
+
     # ------------------------------------------------------------------ slot leases
     def _on_leases(self, msg: p.Leases) -> None:
         """Grants go to the pool (from this scheduler, after its Welcome); every revoked id
@@ -126,21 +134,37 @@ class FrontdoorLink(PeerLink):
                 self._pool.setdefault(g.model, []).append(g)
 
     def _load_changed(self) -> None:
-        """Busy ↔ quiet for leases (``LEASE_BUSY_AT``/``LEASE_QUIET_AT``): the scheduler is
-        told at the edge only, with the leases held given back when it turns busy."""
+        """Busy ↔ quiet for leases: the scheduler is told at the edges only, with the
+        leases held given back when it turns busy (``LEASE_BUSY_AT``); quiet again takes
+        ``LEASE_QUIET_S`` at ``LEASE_QUIET_AT`` or less (closed-loop clients dip between
+        their requests: it must not flap)."""
         if not self.leases_wanted:
             return
         load = len(self.inflight) + len(self.queued)
-        if not self._busy and load >= LEASE_BUSY_AT:
-            self._busy = True
-            held = [x.lease_id for pool in self._pool.values() for x in pool]
-            self._pool.clear()
-            if self.welcomed:  # else the next Hello says it (and drops the leases)
-                self.send(p.Leases(instance=self.instance, revoke=held, wants=0))
-        elif self._busy and load <= LEASE_QUIET_AT:
-            self._busy = False
-            if self.welcomed:
-                self.send(p.Leases(instance=self.instance, wants=self.leases_wanted))
+        if load > LEASE_QUIET_AT:
+            if self._busy:
+                self._busy_seen = time.monotonic()
+            elif load >= LEASE_BUSY_AT:
+                self._busy, self._busy_seen = True, time.monotonic()
+                held = [x.lease_id for pool in self._pool.values() for x in pool]
+                self._pool.clear()
+                if self.welcomed:  # else the next Hello says it (and drops the leases)
+                    self.send(p.Leases(instance=self.instance, revoke=held, wants=0))
+        elif self._busy and self._quiet_timer is None:
+            self._quiet_timer = asyncio.get_running_loop().call_later(LEASE_QUIET_S,
+                                                                      self._maybe_quiet)
+
+    def _maybe_quiet(self) -> None:
+        self._quiet_timer = None
+        if not self._busy or len(self.inflight) + len(self.queued) > LEASE_QUIET_AT:
+            return  # the next dip starts the timer again
+        wait = self._busy_seen + LEASE_QUIET_S - time.monotonic()
+        if wait > 0:
+            self._quiet_timer = asyncio.get_running_loop().call_later(wait, self._maybe_quiet)
+            return
+        self._busy = False
+        if self.welcomed:
+            self.send(p.Leases(instance=self.instance, wants=self.leases_wanted))
 
     def give_up_leases(self) -> None:
         """Draining: a Hello asking for none, so the scheduler frees the slots we hold now

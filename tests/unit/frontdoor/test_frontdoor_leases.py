@@ -12,6 +12,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
 import zmq.asyncio
 
 from infergridd import protocol as p
@@ -130,39 +131,53 @@ def test_a_lease_naming_the_tenant_heavy_is_not_for_it(tmp_path: Path) -> None:
 
 
 def test_a_busy_front_door_gives_its_leases_back_and_asks_again_once_quiet(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """From LEASE_BUSY_AT requests of its own it holds none (one it cannot use would only
     keep a slot from the scheduler's dispatches): it gives them back and asks for none,
-    returns a grant that crossed that message, and asks again at LEASE_QUIET_AT."""
-    from infergridd.frontdoor.link import LEASE_BUSY_AT, LEASE_QUIET_AT
+    returns a grant that crossed that message, and asks again only once it has been at
+    LEASE_QUIET_AT for LEASE_QUIET_S (a closed-loop client dips between requests)."""
+    from infergridd.frontdoor import link as link_mod
 
-    link, sent = _link(tmp_path)
-    link._on_message(p.Leases(instance=SCHED, grant=[_lease()]))
-    for i in range(LEASE_BUSY_AT - 1):
+    monkeypatch.setattr(link_mod, "LEASE_QUIET_S", 0.05)
+    busy_at, quiet_at = link_mod.LEASE_BUSY_AT, link_mod.LEASE_QUIET_AT
+
+    def start(link: FrontdoorLink, i: int) -> None:
         link.started(_rec(f"r{i}"), p.Dispatch(request_id=f"r{i}", engine_id="m-0",
                                                endpoint="unix:/e"))
-    assert not [m for m in sent if isinstance(m, p.Leases)]  # not busy yet
-    i = LEASE_BUSY_AT - 1
-    link.started(_rec(f"r{i}"), p.Dispatch(request_id=f"r{i}", engine_id="m-0",
-                                           endpoint="unix:/e"))
-    busy = sent[-1]
-    assert isinstance(busy, p.Leases) and (busy.revoke, busy.wants) == (["sched1-1"], 0)
-    assert link.take_lease("m", "t") is None
-    link._on_message(p.Leases(instance=SCHED, grant=[_lease("sched1-2")]))  # crossed it
-    back = sent[-1]
-    assert isinstance(back, p.Leases) and back.revoke == ["sched1-2"] and back.wants == -1
-    link.send_hello()  # a reconnect while busy asks for none either
-    assert isinstance(sent[-1], p.Hello) and sent[-1].leases == 0
-    link._on_message(p.Welcome(instance=SCHED, protocol_version=p.PROTOCOL_VERSION))
-    n = len(sent)
-    for k in range(LEASE_BUSY_AT - LEASE_QUIET_AT - 1):
-        link.finish(f"r{k}", p.Outcome.OK, 1, 1)
-    assert len(sent) == n + LEASE_BUSY_AT - LEASE_QUIET_AT - 1  # only the Dones: still busy
-    assert link.take_lease("m", "t") is None
-    link.finish(f"r{LEASE_BUSY_AT - LEASE_QUIET_AT - 1}", p.Outcome.OK, 1, 1)
-    quiet = [m for m in sent[n:] if isinstance(m, p.Leases)]
-    assert len(quiet) == 1 and (quiet[0].wants, quiet[0].revoke) == (1, [])
-    link._on_message(p.Leases(instance=SCHED, grant=[_lease("sched1-3")]))
-    lease = link.take_lease("m", "t")
-    assert lease is not None and lease.lease_id == "sched1-3"
-    link.close()
+
+    def asks(sent: list[p.Message]) -> list[p.Leases]:
+        return [m for m in sent if isinstance(m, p.Leases) and m.wants > 0]
+
+    async def go() -> None:
+        link, sent = _link(tmp_path)
+        link._on_message(p.Leases(instance=SCHED, grant=[_lease()]))
+        for i in range(busy_at - 1):
+            start(link, i)
+        assert not [m for m in sent if isinstance(m, p.Leases)]  # not busy yet
+        start(link, busy_at - 1)
+        busy = sent[-1]
+        assert isinstance(busy, p.Leases) and (busy.revoke, busy.wants) == (["sched1-1"], 0)
+        assert link.take_lease("m", "t") is None
+        link._on_message(p.Leases(instance=SCHED, grant=[_lease("sched1-2")]))  # crossed it
+        back = sent[-1]
+        assert isinstance(back, p.Leases) and back.revoke == ["sched1-2"] and back.wants == -1
+        link.send_hello()  # a reconnect while busy asks for none either
+        assert isinstance(sent[-1], p.Hello) and sent[-1].leases == 0
+        link._on_message(p.Welcome(instance=SCHED, protocol_version=p.PROTOCOL_VERSION))
+        down = busy_at - quiet_at
+        for k in range(down):  # a dip to LEASE_QUIET_AT ...
+            link.finish(f"r{k}", p.Outcome.OK, 1, 1)
+        start(link, 100)  # ... that ends at once (the client's next request)
+        await asyncio.sleep(0.1)
+        assert not asks(sent) and link.take_lease("m", "t") is None  # still busy
+        link.finish("r100", p.Outcome.OK, 1, 1)  # down for good
+        assert not asks(sent)  # not at once ...
+        await asyncio.sleep(0.1)
+        ask = asks(sent)  # ... but after LEASE_QUIET_S
+        assert len(ask) == 1 and (ask[0].wants, ask[0].revoke) == (1, [])
+        link._on_message(p.Leases(instance=SCHED, grant=[_lease("sched1-3")]))
+        lease = link.take_lease("m", "t")
+        assert lease is not None and lease.lease_id == "sched1-3"
+        link.close()
+
+    asyncio.run(go())
