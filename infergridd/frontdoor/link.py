@@ -62,6 +62,8 @@ class FrontdoorLink(PeerLink):
         self._first: dict[str, int] = {}  # first tokens, sent at the end of the iteration
         self._first_pending = False
         self._done_seq = 0
+        #: Submits of leased requests, sent once their engine POST is written (below)
+        self._leased_submits: dict[str, p.Submit] = {}
 
     # ------------------------------------------------------------------ the peer link's hooks
     def send_hello(self) -> None:
@@ -107,6 +109,20 @@ class FrontdoorLink(PeerLink):
         else:
             return False
         return True
+
+    def send(self, msg: p.Message) -> None:
+        """As the peer link's, but after the leased Submits not sent yet: the scheduler
+        must book a leased request before any later word of it (its Done, a lease given
+        back, a Hello)."""
+        if self._leased_submits:
+            self._flush_submits()
+        super().send(msg)
+
+    def _flush_submits(self) -> None:
+        subs = list(self._leased_submits.values())
+        self._leased_submits.clear()
+        for sub in subs:
+            self.send(sub)
 
     def close(self) -> None:
         if self._quiet_timer is not None:
@@ -194,10 +210,15 @@ class FrontdoorLink(PeerLink):
             prompt_tokens=rec.prompt_tokens, max_tokens=rec.max_tokens,
             dispatched_at=time.time(), lease_id=lease.lease_id)
         self._load_changed()
-        self.send(p.Submit(request_id=rid, tenant=rec.tenant, model=rec.model,
-                           prompt_tokens=rec.prompt_tokens, max_tokens=rec.max_tokens,
-                           priority=rec.priority, submitted_at=rec.submitted_at,
-                           lease_id=lease.lease_id, engine_id=lease.engine_id))
+        # sent at the end of this loop iteration, after the engine POST is written: the
+        # send (and the scheduler it wakes) is off the path to the first token; every
+        # other message of ours goes after it (``send``), the Done included
+        if not self._leased_submits:
+            asyncio.get_running_loop().call_soon(self._flush_submits)
+        self._leased_submits[rid] = p.Submit(
+            request_id=rid, tenant=rec.tenant, model=rec.model, prompt_tokens=rec.prompt_tokens,
+            max_tokens=rec.max_tokens, priority=rec.priority, submitted_at=rec.submitted_at,
+            lease_id=lease.lease_id, engine_id=lease.engine_id)
         self.fast_dispatches += 1
         if hops.ON:
             hops.mark(rid, "submit_sent")
