@@ -272,6 +272,9 @@ async def amain(a: argparse.Namespace) -> int:
             arms = {names[n]: Target(s.url, eng.model, {TENANT: tenant_key(TENANT)})
                     for n, s in serves.items()}
             roots = {names[n]: s.proc.pid for n, s in serves.items() if s.proc is not None}
+            if a.ceiling_direct:  # the engine alone: what is left of the ceiling without us
+                arms = {"engine direct": direct, **arms}
+                roots["engine direct"] = roots[names[a.processes[0]]]
             rows = await ceiling_rows(arms, rates, a.ceiling_seconds, prompts, a.ttft_p99_ms,
                                       a.loadgen, roots)
             results["ceiling"] = rows
@@ -342,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-rate", type=float, default=25.0)
     ap.add_argument("--max-doublings", type=int, default=7, help="25 → 3200 req/s")
     ap.add_argument("--ceiling-seconds", type=float, default=6.0)
+    ap.add_argument("--ceiling-direct", action="store_true",
+                    help="a ceiling arm straight to the engine's socket too (--loadgen raw)")
     ap.add_argument("--loadgen", choices=sorted(GENERATORS), default="raw",
                     help="the ceiling's load generator (the latency part always uses aiohttp): "
                          "raw asyncio, about half aiohttp's CPU per request "
@@ -349,8 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="directory for logs, overhead.json and overhead.md")
+    a = ap.parse_args(argv)
+    if a.ceiling_direct and a.loadgen != "raw":
+        ap.error("--ceiling-direct needs --loadgen raw (aiohttp's open loop has no Unix socket)")
     try:
-        return asyncio.run(amain(ap.parse_args(argv)))
+        return asyncio.run(amain(a))
     except RuntimeError as exc:
         print(f"overhead: {exc}", file=sys.stderr)
         return 1

@@ -78,3 +78,18 @@ async def test_ceiling_rows_with_either_generator(url: str, generator: str) -> N
         assert r["ok_frac"] == 1.0 and r["sent"] == int(r["rate"] * 0.5) and r["sustained"]
         assert r["generator"] == generator and set(r["cpu_ms"]) == {"generator"}
         assert r["cpu_ms"]["generator"] > 0
+
+
+def test_direct_ceiling_needs_the_raw_generator(capsys: pytest.CaptureFixture[str]) -> None:
+    """aiohttp's open loop cannot reach the engine's Unix socket: refused up front."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[3] / "bench" / "overhead.py"
+    spec = importlib.util.spec_from_file_location("bench_overhead_cli", script)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--ceiling-direct", "--loadgen", "aiohttp"])
+    assert e.value.code == 2 and "--loadgen raw" in capsys.readouterr().err
