@@ -443,7 +443,7 @@ async def open_loop(target: Target, plan: list[Planned], prompts: Prompts, *, la
 
 async def send_one(target: Target, p: Planned, prompt: list[int], t0: float, res: Result,
                    pool: Pool | None = None) -> Pool:
-    """One request on ``pool`` (a new one if None), awaited: for tests and closed loops."""
+    """One request on ``pool`` (a new one if None), awaited with all the pool has in flight."""
     pool = pool or Pool(target)
     pool.submit(Exchange(res, p.tenant, t0, None), pool.request(p.tenant, prompt, p.max_tokens))
     await pool.quiet.wait()
