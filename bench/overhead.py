@@ -58,7 +58,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from infergridd.bench import stats  # noqa: E402
+from infergridd.bench import rawload, stats  # noqa: E402
 from infergridd.bench.appliance import Serve, free_port, make_config, tenant_key  # noqa: E402
 from infergridd.bench.engines import SimEngine  # noqa: E402
 from infergridd.bench.loadgen import OK, Prompts, Result, Target, stream_one  # noqa: E402
@@ -83,15 +83,18 @@ WARMUP_S = 1.0
 
 
 async def alternating_closed_loop(targets: dict[str, Target], concurrency: int, seconds: float,
-                                  prompts: Prompts, prompt_tokens: int, max_tokens: int
-                                  ) -> dict[str, list[Result]]:
+                                  prompts: Prompts, prompt_tokens: int, max_tokens: int,
+                                  generator: str = "aiohttp") -> dict[str, list[Result]]:
     """``concurrency`` streams in all, each alternating between the two paths.
 
     Requests sent in the first ``WARMUP_S`` seconds are dropped (connection set-up,
-    the engine's first batch).
+    the engine's first batch).  ``generator`` "raw": each stream sends with rawload on a
+    keep-alive connection of its own per path (about half aiohttp's CPU per request, so
+    less of the 2 cores goes to the generator; the same ``Result`` either way).
     """
     out: dict[str, list[Result]] = {p: [] for p in targets}
     paths = tuple(targets)
+    pools: list[rawload.Pool] = []
     async with http_session() as http:
         t0 = time.monotonic()
         stop = t0 + seconds
@@ -99,17 +102,29 @@ async def alternating_closed_loop(targets: dict[str, Target], concurrency: int, 
 
         async def worker(first: int) -> None:
             k = first
+            mine: dict[str, rawload.Pool | None] = dict.fromkeys(paths)
             while time.monotonic() < stop:
                 path = paths[k % 2]
                 k += 1
                 i = next(n)
                 p = Planned(TENANT, i, 0.0, prompt_tokens, max_tokens)
                 r = Result(TENANT, i, time.monotonic() - t0)
-                await stream_one(http, targets[path], p, prompts.get(prompt_tokens, i), t0, r)
+                prompt = prompts.get(prompt_tokens, i)
+                if generator == "raw":
+                    pool = await rawload.send_one(targets[path], p, prompt, t0, r, mine[path])
+                    if mine[path] is None:
+                        mine[path] = pool
+                        pools.append(pool)
+                else:
+                    await stream_one(http, targets[path], p, prompt, t0, r)
                 if r.status == OK and r.sent_s >= WARMUP_S:
                     out[path].append(r)
 
-        await asyncio.gather(*[worker(j) for j in range(concurrency)])
+        try:
+            await asyncio.gather(*[worker(j) for j in range(concurrency)])
+        finally:
+            for pool in pools:
+                pool.close()
     return out
 
 
@@ -181,7 +196,8 @@ def _latency_md(a: argparse.Namespace, latency: dict[str, Any], what: str,
                 via: str = "InferGrid") -> list[str]:
     return [f"Simulated engine `{a.profile}` (max_num_seqs {a.max_num_seqs}), prompts of "
             f"{a.prompt_tokens} tokens, {a.max_tokens} output tokens; {a.seconds:g} s per "
-            f"concurrency, first {WARMUP_S:g} s dropped. {what} Each stream alternates between "
+            f"concurrency, first {WARMUP_S:g} s dropped, load generator "
+            f"{a.latency_loadgen}. {what} Each stream alternates between "
             "the two paths request by request. Added = through the proxy − direct; CIs are "
             f"bootstrap 95% ({a.n_boot} resamples of both sides); ⚠: a p99 from fewer than "
             "100 requests (in effect the maximum).", "", table(latency, via), ""]
@@ -206,7 +222,8 @@ async def _litellm(a: argparse.Namespace, logdir: Path, prompts: Prompts,
         for c in a.concurrency[:1]:
             print(f"LiteLLM latency at {c} stream(s) ...", flush=True)
             res = await alternating_closed_loop(targets, c, a.seconds, prompts,
-                                                a.prompt_tokens, a.max_tokens)
+                                                a.prompt_tokens, a.max_tokens,
+                                                a.latency_loadgen)
             lat[str(c)] = latency_stats(res, a.seed, a.n_boot)
         print("LiteLLM ceiling:", flush=True)
         rows = await ceiling_rows({"litellm": targets["litellm"]}, a.litellm_rates,
@@ -258,7 +275,8 @@ async def amain(a: argparse.Namespace) -> int:
         for c in a.concurrency:
             print(f"latency at {c} stream(s), {a.seconds:g} s ...", flush=True)
             res = await alternating_closed_loop(targets, c, a.seconds, prompts,
-                                                a.prompt_tokens, a.max_tokens)
+                                                a.prompt_tokens, a.max_tokens,
+                                                a.latency_loadgen)
             results["latency"][str(c)] = latency_stats(res, a.seed, a.n_boot)
         if a.concurrency:
             md += _latency_md(a, results["latency"], f"Same engine on both paths (direct: its "
@@ -336,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                     "the latency part's)")
     ap.add_argument("--ttft-p99-ms", type=float, default=20.0,
                     help="a ceiling rate is sustained only with TTFT p99 at most this")
+    ap.add_argument("--latency-loadgen", choices=("aiohttp", "raw"), default="aiohttp",
+                    help="the latency part's load generator: aiohttp (as before), or raw "
+                    "(rawload, a keep-alive connection per stream and path)")
     ap.add_argument("--loadgen-cpu", type=int, default=None,
                     help="pin this load generator to that CPU, InferGrid to the others")
     ap.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm",

@@ -133,3 +133,29 @@ def test_open_loop_through_the_front_door(appliance: tuple[Serve, SimEngine]) ->
     assert all(r.tokens_out == 4 for r in run.results)
     assert run.connections < 50  # kept alive and reused, not one per request
     assert np.percentile([r.lag_s for r in run.results], 50) < 0.02
+
+
+@pytest.mark.parametrize("generator", ["raw", "aiohttp"])
+def test_the_latency_parts_closed_loop_with_either_generator(
+        appliance: tuple[Serve, SimEngine], generator: str) -> None:
+    """``bench/overhead.py --latency-loadgen``: four streams alternating between the two
+    paths for 2 s; every kept request complete (4 tokens, a TTFT), both paths
+    served about equally, the warm-up dropped."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_overhead_live", Path(__file__).resolve().parents[2] / "bench" / "overhead.py")
+    assert spec and spec.loader
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    serve, eng = appliance
+    t = _targets(serve, eng)
+    out = asyncio.run(overhead.alternating_closed_loop(
+        {"direct": t["direct"], "infergrid": t["infergrid"]}, 4, 2.0, Prompts(2), 8, 4,
+        generator))
+    assert set(out) == {"direct", "infergrid"}
+    n = [len(out["direct"]), len(out["infergrid"])]
+    assert min(n) >= 10 and abs(n[0] - n[1]) <= 4, n
+    for r in out["direct"] + out["infergrid"]:
+        assert r.status == OK and r.tokens_out == 4 and r.ttft_s is not None, r
+        assert len(r.itl_s) <= 3 and r.sent_s >= overhead.WARMUP_S  # gaps between reads
