@@ -26,7 +26,9 @@ The rules that keep fairness, quotas and "every dispatch ends in one Done":
   lease used in a race with its revocation is an ordinary request then;
 * a lease names the tenants heavy (over their share, headroom.py) when it was
   granted; the front door does not use it for them, and sends the others' requests
-  with the light tier's engine priority, as a dispatch with nobody waiting would;
+  at the neutral tier's engine priority (1, not light: a flooder's first requests
+  may come on leases, one per front door, before anyone knows it floods, and a
+  light request must still be able to take their seat in an assisted engine);
 * the ``Submit`` that uses a lease goes through the same admission, VTC and
   quota charge as any request (``SchedulerCore.submit``), and is then started on
   the lease's engine without a ``Dispatch``; the front door uses leases only for

@@ -62,7 +62,7 @@ def test_the_hello_asks_for_leases_and_a_welcomed_grant_is_used_once(tmp_path: P
         assert lease is not None and link.take_lease("m", "t") is None
         d = link.start_leased(_rec(), lease, band=2)
         assert (d.engine_id, d.endpoint, d.api_key, d.engine_priority) == (
-            "m-0", "unix:/e", "k", 2000)
+            "m-0", "unix:/e", "k", 2001)  # band 2, the neutral tier: a light one may preempt
         assert not isinstance(sent[-1], p.Submit)  # not before the engine POST is written
         await asyncio.sleep(0)  # the end of the loop's iteration
         sub = sent[-1]
