@@ -21,7 +21,8 @@ def test_processes_resolved() -> None:
     assert workers.processes(0, cores=2) == 2
     assert workers.processes(0, cores=32) == workers.AUTO_MAX == 4
     assert workers.processes(0, cores=1) == 1
-    assert loads(BASE).frontdoor.processes == 1
+    assert loads(BASE).frontdoor.processes == 0  # the default: automatic
+    assert loads(BASE + "frontdoor: {processes: 1}\n").frontdoor.processes == 1
     assert loads(BASE + "frontdoor: {processes: 0}\n").frontdoor.processes == 0
 
 
