@@ -135,6 +135,27 @@ class _Watched(Collector):
             yield fam
 
 
+class _Merged(Collector):
+    """Every front-door process's counters and histograms, summed from their files, and
+    the family (HELP and TYPE, no sample) of each one no process has written yet: one
+    process alone exports them all from its start, and the dashboards and alert rules
+    read them (a family missing until its first rejection reads as "no data")."""
+
+    def __init__(self, files: MultiProcessCollector, declared: list[Collector]) -> None:
+        self.files = files
+        self.declared = declared
+
+    def collect(self) -> Iterator[Metric]:
+        seen: set[str] = set()
+        for fam in self.files.collect():
+            seen.add(fam.name)
+            yield fam
+        for m in self.declared:
+            for fam in m.describe():
+                if fam.name not in seen:
+                    yield fam
+
+
 class RequestMetrics:
     """One (tenant, model)'s labelled children, looked up once and kept
     (``FrontdoorMetrics.of``): ``labels()`` takes a lock and builds a key each time, and
@@ -202,8 +223,10 @@ class FrontdoorMetrics:
         self.snapshot = SnapshotCollector()
         self._watched = _Watched(process if multiproc_dir is not None else "")
         if multiproc_dir is not None:  # the page: every process's files, plus ours
+            own = [self.requests, self.ttft, self.queue_wait, self.phase, self.itl, self.e2e,
+                   self.tokens, self.inflight, self.rejections]
             r = self.registry = CollectorRegistry()
-            MultiProcessCollector(r, str(multiproc_dir))
+            r.register(_Merged(MultiProcessCollector(None, str(multiproc_dir)), own))
         r.register(self.snapshot)
         r.register(self._watched)
         self._children: dict[tuple[str, str], RequestMetrics] = {}

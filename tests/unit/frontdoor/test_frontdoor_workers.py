@@ -79,3 +79,25 @@ def test_metrics_page_sums_every_process(tmp_path: Path) -> None:
     assert _value(page, 'infergrid_inflight{') == 0.0
     workers.clear_metrics(tmp_path)
     assert not list(d.glob("*.db"))
+
+
+def test_metrics_page_of_several_processes_declares_every_family_before_any_sample(
+        tmp_path: Path) -> None:
+    """One process alone exports each family (HELP and TYPE) from its start; the summed
+    page of several must too: the dashboards and alert rules read
+    ``infergrid_rejections_total`` and the phase histogram before anything is refused or
+    answered (prometheus_client's multiprocess collector alone drops them until then)."""
+    d = workers.metrics_dir(tmp_path)
+    workers.clear_metrics(tmp_path)
+    page = _run(d, "0", 0, 0, render=True).stdout
+    for fam, kind in (("infergrid_requests_total", "counter"),
+                      ("infergrid_rejections_total", "counter"),
+                      ("infergrid_tokens_total", "counter"),
+                      ("infergrid_request_phase_seconds", "histogram"),
+                      ("infergrid_ttft_seconds", "histogram"),
+                      ("infergrid_inflight", "gauge")):
+        assert f"# TYPE {fam} {kind}\n" in page, fam
+    # once written, a family is the files' sum, declared once
+    page = _run(d, "1", 2, 0, render=True).stdout
+    assert page.count("# TYPE infergrid_requests_total counter\n") == 1
+    assert _value(page, 'infergrid_requests_total{') == 2.0
