@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable
 
 import aiohttp
 import zmq.asyncio
@@ -70,6 +71,8 @@ class Frontdoor:
         self.idle = asyncio.Event()
         self.draining = False
         self.notifier = Notifier()
+        #: called when told to stop, before draining (``main``: the leader's workers)
+        self.on_stop: Callable[[], None] | None = None
         self.http: aiohttp.ClientSession
         self.engines: EngineClient
         self.link: FrontdoorLink
@@ -159,6 +162,8 @@ class Frontdoor:
         self.notifier.ready(f"serving on {where}")
         log.info("front door %s serving on %s", self.instance, where)
         await stop.wait()
+        if self.on_stop is not None:  # the unit's leader: its workers drain beside it
+            self.on_stop()
         await self.drain(runner)
         if admin is not None:
             await admin.cleanup()
@@ -196,7 +201,9 @@ def main(cfg: Config, dirs: Dirs) -> int:
         return aio.run(Frontdoor(cfg, dirs).run())
     group = workers.Workers(n, listen_fds(), dirs.runtime)  # the unit's N processes
     group.start()
+    leader = Frontdoor(cfg, dirs)
+    leader.on_stop = group.terminate
     try:
-        return aio.run(Frontdoor(cfg, dirs).run())
+        return aio.run(leader.run())
     finally:
         group.stop(cfg.limits.drain_timeout_s + 5)
