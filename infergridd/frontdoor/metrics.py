@@ -242,6 +242,19 @@ class FrontdoorMetrics:
             rm = self._children[(tenant, model)] = RequestMetrics(self, tenant, model)
         return rm
 
+    def summed(self, *metrics: Counter | Histogram) -> Iterator[Metric]:
+        """``metrics``' families summed over every front-door process (this one's alone
+        when it is the only one): what the status page's history samples.  With several
+        it reads every process's files: call it off the event loop."""
+        if self.multiproc_dir is None:
+            for m in metrics:
+                yield from m.collect()
+            return
+        names = {fam.name for m in metrics for fam in m.describe()}
+        for fam in MultiProcessCollector(None, str(self.multiproc_dir)).collect():
+            if fam.name in names:
+                yield fam
+
     def watch(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A gauge read when scraped (the waiting room's bytes, open connections, ...)."""
         self._watched.gauges.append((name, help_text, read))

@@ -101,3 +101,32 @@ def test_metrics_page_of_several_processes_declares_every_family_before_any_samp
     page = _run(d, "1", 2, 0, render=True).stdout
     assert page.count("# TYPE infergrid_requests_total counter\n") == 1
     assert _value(page, 'infergrid_requests_total{') == 2.0
+
+
+SAMPLER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from infergridd.frontdoor.metrics import FrontdoorMetrics
+    from infergridd.frontdoor.status_page import read_sample
+    m = FrontdoorMetrics(Path(sys.argv[1]), sys.argv[2])
+    m.tokens.labels("acme", "demo", "out").inc(int(sys.argv[3]))
+    m.ttft.labels("acme", "demo").observe(0.2)
+    s = read_sample(m, 1.0)
+    print(s.tokens_out["acme"], s.ttft["acme"][0.25])
+""")
+
+
+def test_status_page_history_sums_every_process(tmp_path: Path) -> None:
+    """The status page's throughput and TTFT come from whichever process answers it:
+    each must sample every process's counters (it sampled only its own: a page showing
+    half the appliance's tokens, a different half on each refresh)."""
+    d = workers.metrics_dir(tmp_path)
+    workers.clear_metrics(tmp_path)
+
+    def sample(index: str, tokens: int) -> list[float]:
+        r = subprocess.run([sys.executable, "-c", SAMPLER, str(d), index, str(tokens)],
+                           capture_output=True, text=True, timeout=60, check=True)
+        return [float(x) for x in r.stdout.split()]
+
+    assert sample("0", 30) == [30.0, 1.0]
+    assert sample("1", 12) == [42.0, 2.0]  # its own 12 and the other's 30
