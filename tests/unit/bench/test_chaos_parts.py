@@ -214,6 +214,8 @@ def test_fast_path_flag_reaches_the_appliance_config() -> None:
     from infergridd.config import loads
 
     assert chaos_config(8000, 0.02)["frontdoor"]["fast_path"] is False
+    # the harness signals "the" front door: one process, whatever the cores
+    assert loads(yaml.safe_dump(chaos_config(8000, 0.02))).frontdoor.processes == 1
     cfg = chaos_config(8000, 0.02, fast_path=True)
     assert cfg["frontdoor"]["fast_path"] is True
     assert loads(yaml.safe_dump(cfg)).frontdoor.fast_path is True
