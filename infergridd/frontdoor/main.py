@@ -83,7 +83,10 @@ class Frontdoor:
         if band is None:
             return None
         lease = self.link.take_lease(model, tenant)
-        return None if lease is None else (lease, band)
+        if lease is None:
+            return None
+        self.metrics.fast_dispatches.inc()  # the caller starts it on the lease at once
+        return lease, band
 
     def _tenant_count_limit(self, tenant: str) -> int:
         """The per-tenant request bound the front door applies itself: only while the
@@ -103,9 +106,6 @@ class Frontdoor:
                 lambda: len(guard.conns))
         m.watch("infergrid_frontdoor_connections_evicted", "idle or slow connections closed "
                 "to make room for new ones", lambda: guard.evicted)
-        m.watch("infergrid_frontdoor_fast_path_dispatches", "requests this process sent "
-                "to an engine on a slot lease, without waiting for the scheduler",
-                lambda: self.link.fast_dispatches if hasattr(self, "link") else 0)
         m.watch("infergrid_frontdoor_connections_timed_out", "connections closed for sending "
                 "no whole request in time", lambda: guard.timed_out)
 

@@ -220,11 +220,16 @@ class FrontdoorMetrics:
                               ["tenant", "model"], registry=r, multiprocess_mode="livesum")
         self.rejections = Counter("infergrid_rejections", "requests refused",
                                   ["tenant", "reason"], registry=r)
+        # a gauge by name since it was one (a count read from the link), now summed over
+        # the processes, the exited ones included, like a counter
+        self.fast_dispatches = Gauge("infergrid_frontdoor_fast_path_dispatches", "requests "
+                                     "sent to an engine on a slot lease, without waiting for "
+                                     "the scheduler", registry=r, multiprocess_mode="sum")
         self.snapshot = SnapshotCollector()
         self._watched = _Watched(process if multiproc_dir is not None else "")
         if multiproc_dir is not None:  # the page: every process's files, plus ours
             own = [self.requests, self.ttft, self.queue_wait, self.phase, self.itl, self.e2e,
-                   self.tokens, self.inflight, self.rejections]
+                   self.tokens, self.inflight, self.rejections, self.fast_dispatches]
             r = self.registry = CollectorRegistry()
             r.register(_Merged(MultiProcessCollector(None, str(multiproc_dir)), own))
         r.register(self.snapshot)

@@ -41,6 +41,7 @@ WRITER = textwrap.dedent("""
     for _ in range(int(sys.argv[3])):
         m.requests.labels("t", "m", "ok").inc()
         m.ttft.labels("t", "m").observe(0.01)
+        m.fast_dispatches.inc()
     m.inflight.labels("t", "m").inc(int(sys.argv[4]))
     if sys.argv[5] == "render":
         sys.stdout.write(m.render().decode())
@@ -68,6 +69,8 @@ def test_metrics_page_sums_every_process(tmp_path: Path) -> None:
     assert _value(page, 'infergrid_requests_total{') == 7.0
     assert _value(page, 'infergrid_ttft_seconds_count{') == 7.0
     assert _value(page, 'infergrid_inflight{') == 3.0  # both still counted (no one reaped)
+    # the fast path's count too (it was the answering process's own: 4)
+    assert _value(page, 'infergrid_frontdoor_fast_path_dispatches ') == 7.0
     # per process, labelled: the answering one's own
     assert 'infergrid_frontdoor_connections{process="1"} 7.0' in page
     # in flight: live processes only; a dead one's files are dropped by process_gone
@@ -76,6 +79,7 @@ def test_metrics_page_sums_every_process(tmp_path: Path) -> None:
         workers.process_gone(tmp_path, pid)
     page = _run(d, "2", 0, 0, render=True).stdout
     assert _value(page, 'infergrid_requests_total{') == 7.0  # counters stay summed
+    assert _value(page, 'infergrid_frontdoor_fast_path_dispatches ') == 7.0
     assert _value(page, 'infergrid_inflight{') == 0.0
     workers.clear_metrics(tmp_path)
     assert not list(d.glob("*.db"))
