@@ -654,13 +654,16 @@ async def test_sigterm_to_the_leader_stops_every_process_accepting_and_all_exit(
     await asyncio.sleep(0.4)
     with pytest.raises(ConnectionRefusedError):  # neither process accepts any more
         socket.create_connection(("127.0.0.1", world.fd.port), timeout=2).close()
-    for status, headers, raw in await asyncio.gather(*streams):
+    answers = await asyncio.gather(*streams)
+    for status, _, raw in answers:
         assert status == 200 and events(raw)[-1] == "[DONE]" and len(events(raw)) == 16
-        (done,) = world.dones(headers["X-Request-Id"])
-        assert done.outcome == "ok"
     rc = await asyncio.get_running_loop().run_in_executor(None, world.fd.proc.wait, 15)
     assert rc == 0, world.fd.logs()
     assert not any(os.path.exists(f"/proc/{pid}") for pid in group if pid != world.fd.proc.pid)
+    for _, headers, _ in answers:  # each process's Done reached the scheduler (sent after
+        rid = headers["X-Request-Id"]  # the client's last byte: read once all have exited)
+        (done,) = await _until(lambda rid=rid: world.dones(rid), what=f"the Done of {rid}")
+        assert done.outcome == "ok"
 
 
 def _pgrep(fd: FrontdoorProc) -> list[int]:
