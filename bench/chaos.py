@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):  # a flag that turns the default around
             on = getattr(defaults, f.name)
-            ap.add_argument(("--no-" + f.name) if on else flag, dest=f.name,
+            ap.add_argument(("--no-" + flag[2:]) if on else flag, dest=f.name,
                             action="store_false" if on else "store_true", default=None)
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]

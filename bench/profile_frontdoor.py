@@ -44,12 +44,13 @@ BUCKETS = [
      ["frontdoor/link.py", "transport/", "zmq/", "infergridd/protocol.py"]),
     ("request parsing and validation (JSON body, token estimate)",
      ["frontdoor/validate.py", "frontdoor/body.py", "engines/fields.py"]),
-    ("the engine request (aiohttp client: send, read the engine's bytes)",
-     ["aiohttp/client", "aiohttp/connector", "aiohttp/streams.py", "engines/unixhttp",
-      "client_proto", "client_reqrep"]),
-    ("HTTP server and handler (aiohttp parse, middlewares, auth, relay glue)",
-     ["web_protocol", "web_app", "web_request", "http_parser", "web_middlewares",
-      "frontdoor/edge.py", "frontdoor/app.py", "frontdoor/auth.py", "frontdoor/room.py",
+    ("the engine request (frontdoor/engine_client.py on Unix sockets; aiohttp's client "
+     "on TCP)", ["frontdoor/engine_client.py", "aiohttp/client", "aiohttp/connector",
+                 "aiohttp/streams.py", "engines/unixhttp", "client_proto", "client_reqrep"]),
+    ("HTTP server (aiohttp: parse, request objects, routing, middleware chain)",
+     ["web_protocol", "web_app", "web_request", "http_parser", "web_middlewares"]),
+    ("our handler (edge guard, auth, waiting room, relay glue, errors)",
+     ["frontdoor/edge.py", "frontdoor/app.py", "frontdoor/auth.py", "frontdoor/room.py",
       "frontdoor/relay.py", "frontdoor/errors.py"]),
 ]
 LOOP = "the event loop itself (uvloop's C code: epoll, callbacks, transports)"

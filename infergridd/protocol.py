@@ -265,11 +265,13 @@ class LeaseInfo(msgspec.Struct, omit_defaults=True):
 
 
 class Leases(_Msg, tag="leases"):
-    """Scheduler → front door: leases granted, ids revoked; back: ``revoke`` = unused."""
+    """Scheduler → front door: leases granted, ids revoked; back: ``revoke`` = unused, and
+    ``wants``: leases per model from now on (0 while the front door is busy; -1: as was)."""
 
     instance: str
     grant: list[LeaseInfo] = []
     revoke: list[str] = []
+    wants: int = -1
 
 
 class Dispatch(_Msg, tag="dispatch"):
@@ -404,23 +406,9 @@ class ControlReply(_Msg, tag="ctl_reply"):
 
 
 Message = (
-    Hello
-    | Welcome
-    | HelloRequired
-    | Heartbeat
-    | Submit
-    | Leases
-    | Dispatch
-    | Reject
-    | Cancel
-    | Progress
-    | Done
-    | Snapshot
-    | EngineUpdate
-    | EngineCommand
-    | EngineCommandResult
-    | ControlRequest
-    | ControlReply
+    Hello | Welcome | HelloRequired | Heartbeat | Submit | Leases | Dispatch | Reject | Cancel
+    | Progress | Done | Snapshot | EngineUpdate | EngineCommand | EngineCommandResult
+    | ControlRequest | ControlReply
 )
 
 _encoder = msgspec.msgpack.Encoder()

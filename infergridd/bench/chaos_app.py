@@ -38,7 +38,7 @@ def tenant_key(name: str) -> str:
     return f"sk-chaos-{name}"
 
 
-def chaos_config(port: int, step_s: float, fast_path: bool = False) -> dict[str, Any]:
+def chaos_config(port: int, step_s: float, fast_path: bool = True) -> dict[str, Any]:
     """Three models (one slow), four tenants (one with a quota), short per-run timeouts."""
 
     def model(name: str, seqs: int, step: float, **extra: Any) -> dict[str, Any]:
@@ -130,7 +130,7 @@ class ChaosAppliance(FindsProcesses):
     """One ``infergrid serve`` with chaos hooks in its environment."""
 
     def __init__(self, step_s: float = 0.02, bug: str = "", tmpfs: bool = True,
-                 fast_path: bool = False) -> None:
+                 fast_path: bool = True) -> None:
         self.root = Path(tempfile.mkdtemp(dir="/tmp", prefix="igx"))  # IPC paths < 107 bytes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -40,7 +40,7 @@ class ChaosSettings:
     client_timeout_s: float = 120.0
     out: str = ""  # write the report (JSON) here
     logs: str = ""  # copy the appliance's logs (serve, engines) into this directory
-    fast_path: bool = False  # frontdoor.fast_path (core/leases.py) on in the appliance
+    fast_path: bool = True  # frontdoor.fast_path (core/leases.py), the product's default
 
 
 def hour_settings(seed: int = 1) -> ChaosSettings:
@@ -66,7 +66,7 @@ async def _run(app: ChaosAppliance, s: ChaosSettings) -> dict[str, Any]:
                  {t["name"]: t["keys"][0] for t in app.config["tenants"]})
     print(f"chaos run: seed {s.seed}, {len(specs)} requests over {s.load_s:g}s, "
           f"{len(faults)} faults{', bug ' + s.bug if s.bug else ''}"
-          f"{', frontdoor.fast_path on' if s.fast_path else ''}; state dir "
+          f"{'' if s.fast_path else ', frontdoor.fast_path off'}; state dir "
           f"{'tmpfs (16m)' if app.tmpfs else 'a plain directory (no tmpfs: state faults skipped)'}",
           flush=True)
     print("fault schedule:\n" + "\n".join("  " + f.line() for f in faults), flush=True)

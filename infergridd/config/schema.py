@@ -196,9 +196,9 @@ class FrontdoorConfig(_Strict):
     #: front-door processes sharing the one listening socket; 0 (the default): min(cores, 4)
     processes: int = 0
     #: quiet requests go to an idle engine slot leased ahead of time, skipping the
-    #: scheduler round trip (core/leases.py); off by default: it raised TTFT p99 at 64
-    #: concurrent streams on a quiet machine (bench/results/frontdoor-lease.md)
-    fast_path: bool = False
+    #: scheduler round trip (core/leases.py); a busy front door holds and asks for none
+    #: (bench/results/frontdoor-lease.md)
+    fast_path: bool = True
 
 
 class Config(_Strict):

@@ -119,9 +119,12 @@ class SchedulerCore:
             self.dispatcher.start_leased(rec, engine_id, now)
         return self._settle(now)
 
-    def lease_return(self, peer: str, lease_ids: list[str]) -> list[Send]:
-        """A front door gives back revoked leases it did not use: their slots are free."""
+    def lease_return(self, peer: str, lease_ids: list[str], wants: int = -1) -> list[Send]:
+        """A front door gives back leases it did not use (their slots are free) and may say
+        how many it wants from now on (none while it is busy: leases.py)."""
         self.leases.give_back(peer, lease_ids)
+        if wants >= 0:
+            self.leases.want(peer, wants)
         return self._settle(self.clock())
 
     def cancel(self, peer: str, request_id: str) -> list[Send]:

@@ -32,6 +32,9 @@ The rules that keep fairness, quotas and "every dispatch ends in one Done":
   the lease's engine without a ``Dispatch``; the front door uses leases only for
   tenants without rpm/tpm quotas, but a quota that appeared meanwhile is still
   charged (into debt, like a prompt the estimate undercounted);
+* a front door relaying several streams wants none (``Leases.wants``: 0, and it
+  gives back those it holds, so no slot is kept for a request that will not use
+  it), and asks again once it is quiet;
 * leases die with either process: ids carry the scheduler instance (the front
   door drops its leases on every Hello and on a new scheduler instance), and the
   core drops a front door's leases at its Hello and when it goes silent.
@@ -93,6 +96,15 @@ class Leases:
         if wants > 0:
             self._wants[peer] = min(wants, MAX_PER_MODEL)
 
+    def want(self, peer: str, wants: int) -> None:
+        """A front door's new wish: none while it is busy (it gave back what it held, and
+        a lease it cannot use would only keep a slot from the scheduler's own dispatches),
+        some again once it is quiet.  Its leases already granted stay as they are."""
+        if wants > 0:
+            self._wants[peer] = min(wants, MAX_PER_MODEL)
+        else:
+            self._wants.pop(peer, None)
+
     def drop_peer(self, peer: str) -> None:
         """A front door went silent or said Hello: every lease it held frees its slot."""
         self._wants.pop(peer, None)
@@ -115,6 +127,11 @@ class Leases:
             lease = self._leases.get(lid)
             if lease is not None and lease.peer == peer:
                 self._free(lease)
+
+    def summary(self) -> dict[str, object]:
+        """For ``infergridctl status``: slots held by leases, and who wants how many now
+        (a busy front door wants none)."""
+        return {"held": len(self._leases), "granted": self._seq, "wants": dict(self._wants)}
 
     def held(self, engine_id: str) -> int:
         """Leases (revoked or not) holding a slot on ``engine_id`` (tests)."""

@@ -26,11 +26,14 @@ from ..transport import hops
 from ..transport.peerlink import PeerLink
 
 PROGRESS_EVERY_S = 0.1
-#: slot leases are used only while this process relays fewer streams than this: the
-#: round trip they save matters to a quiet front door; under concurrency the
-#: scheduler orders (at 64 streams runs with leases showed a higher TTFT p99, on a
-#: machine too noisy to say why: bench/results/frontdoor-lease.md)
-LEASE_BELOW_INFLIGHT = 4
+#: slot leases are for a quiet front door: with this many requests of its own in
+#: flight or waiting it is busy, gives back the leases it holds and asks for none
+#: (a lease it would not use only keeps a slot from the scheduler's dispatches; under
+#: concurrency the scheduler orders: bench/results/frontdoor-lease.md) ...
+LEASE_BUSY_AT = 4
+#: ... until it has been down to this many for this long (apart, so it does not flap)
+LEASE_QUIET_AT = 1
+LEASE_QUIET_S = 0.25
 
 
 class FrontdoorLink(PeerLink):
@@ -48,6 +51,9 @@ class FrontdoorLink(PeerLink):
         self.leases_wanted = leases
         self._pool: dict[str, list[p.LeaseInfo]] = {}
         self._pool_open = False  # closed from a Hello until its Welcome
+        self._busy = False  # too busy for leases: asked for none (LEASE_BUSY_AT)
+        self._busy_seen = 0.0  # when it last had more than LEASE_QUIET_AT requests
+        self._quiet_timer: asyncio.TimerHandle | None = None
         self.fast_dispatches = 0
         self.queued: dict[str, tuple[p.QueuedRecord, asyncio.Future[p.Dispatch | p.Reject]]] = {}
         self.inflight: dict[str, p.InflightRecord] = {}
@@ -56,6 +62,8 @@ class FrontdoorLink(PeerLink):
         self._first: dict[str, int] = {}  # first tokens, sent at the end of the iteration
         self._first_pending = False
         self._done_seq = 0
+        #: Submits of leased requests, sent once their engine POST is written (below)
+        self._leased_submits: dict[str, p.Submit] = {}
 
     # ------------------------------------------------------------------ the peer link's hooks
     def send_hello(self) -> None:
@@ -71,7 +79,7 @@ class FrontdoorLink(PeerLink):
         hello.queued = [rec for rec, _ in self.queued.values()]
         hello.inflight = list(self.inflight.values())
         hello.undelivered_done = list(self.unacked.values())
-        hello.leases = self.leases_wanted
+        hello.leases = 0 if self._busy else self.leases_wanted
 
     def _on_welcome(self, msg: p.Welcome) -> None:
         super()._on_welcome(msg)
@@ -102,6 +110,25 @@ class FrontdoorLink(PeerLink):
             return False
         return True
 
+    def send(self, msg: p.Message) -> None:
+        """As the peer link's, but after the leased Submits not sent yet: the scheduler
+        must book a leased request before any later word of it (its Done, a lease given
+        back, a Hello)."""
+        if self._leased_submits:
+            self._flush_submits()
+        super().send(msg)
+
+    def _flush_submits(self) -> None:
+        subs = list(self._leased_submits.values())
+        self._leased_submits.clear()
+        for sub in subs:
+            self.send(sub)
+
+    def close(self) -> None:
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+        super().close()
+
     # ------------------------------------------------------------------ slot leases
     def _on_leases(self, msg: p.Leases) -> None:
         """Grants go to the pool (from this scheduler, after its Welcome); every revoked id
@@ -115,8 +142,45 @@ class FrontdoorLink(PeerLink):
                 self._pool[model] = [x for x in pool if x.lease_id not in gone]
             self.send(p.Leases(instance=self.instance, revoke=msg.revoke))
         if msg.grant and self._pool_open:
+            if self._busy:  # granted before it read our "none": back at once
+                self.send(p.Leases(instance=self.instance,
+                                   revoke=[g.lease_id for g in msg.grant]))
+                return
             for g in msg.grant:
                 self._pool.setdefault(g.model, []).append(g)
+
+    def _load_changed(self) -> None:
+        """Busy ↔ quiet for leases: the scheduler is told at the edges only, with the
+        leases held given back when it turns busy (``LEASE_BUSY_AT``); quiet again takes
+        ``LEASE_QUIET_S`` at ``LEASE_QUIET_AT`` or less (closed-loop clients dip between
+        their requests: it must not flap)."""
+        if not self.leases_wanted:
+            return
+        load = len(self.inflight) + len(self.queued)
+        if load > LEASE_QUIET_AT:
+            if self._busy:
+                self._busy_seen = time.monotonic()
+            elif load >= LEASE_BUSY_AT:
+                self._busy, self._busy_seen = True, time.monotonic()
+                held = [x.lease_id for pool in self._pool.values() for x in pool]
+                self._pool.clear()
+                if self.welcomed:  # else the next Hello says it (and drops the leases)
+                    self.send(p.Leases(instance=self.instance, revoke=held, wants=0))
+        elif self._busy and self._quiet_timer is None:
+            self._quiet_timer = asyncio.get_running_loop().call_later(LEASE_QUIET_S,
+                                                                      self._maybe_quiet)
+
+    def _maybe_quiet(self) -> None:
+        self._quiet_timer = None
+        if not self._busy or len(self.inflight) + len(self.queued) > LEASE_QUIET_AT:
+            return  # the next dip starts the timer again
+        wait = self._busy_seen + LEASE_QUIET_S - time.monotonic()
+        if wait > 0:
+            self._quiet_timer = asyncio.get_running_loop().call_later(wait, self._maybe_quiet)
+            return
+        self._busy = False
+        if self.welcomed:
+            self.send(p.Leases(instance=self.instance, wants=self.leases_wanted))
 
     def give_up_leases(self) -> None:
         """Draining: a Hello asking for none, so the scheduler frees the slots we hold now
@@ -130,8 +194,7 @@ class FrontdoorLink(PeerLink):
         name it heavy, the scheduler is there and nothing of ours waits for it (then it
         is the scheduler's to order)."""
         pool = self._pool.get(model)
-        if not pool or self.queued or len(self.inflight) >= LEASE_BELOW_INFLIGHT \
-                or not self.connected:
+        if not pool or self.queued or self._busy or not self.connected:
             return None
         for i in range(len(pool) - 1, -1, -1):
             if tenant not in pool[i].heavy:
@@ -146,10 +209,16 @@ class FrontdoorLink(PeerLink):
             request_id=rid, tenant=rec.tenant, model=rec.model, engine_id=lease.engine_id,
             prompt_tokens=rec.prompt_tokens, max_tokens=rec.max_tokens,
             dispatched_at=time.time(), lease_id=lease.lease_id)
-        self.send(p.Submit(request_id=rid, tenant=rec.tenant, model=rec.model,
-                           prompt_tokens=rec.prompt_tokens, max_tokens=rec.max_tokens,
-                           priority=rec.priority, submitted_at=rec.submitted_at,
-                           lease_id=lease.lease_id, engine_id=lease.engine_id))
+        self._load_changed()
+        # sent at the end of this loop iteration, after the engine POST is written: the
+        # send (and the scheduler it wakes) is off the path to the first token; every
+        # other message of ours goes after it (``send``), the Done included
+        if not self._leased_submits:
+            asyncio.get_running_loop().call_soon(self._flush_submits)
+        self._leased_submits[rid] = p.Submit(
+            request_id=rid, tenant=rec.tenant, model=rec.model, prompt_tokens=rec.prompt_tokens,
+            max_tokens=rec.max_tokens, priority=rec.priority, submitted_at=rec.submitted_at,
+            lease_id=lease.lease_id, engine_id=lease.engine_id)
         self.fast_dispatches += 1
         if hops.ON:
             hops.mark(rid, "submit_sent")
@@ -168,6 +237,7 @@ class FrontdoorLink(PeerLink):
         """
         fut: asyncio.Future[p.Dispatch | p.Reject] = asyncio.get_running_loop().create_future()
         self.queued[rec.request_id] = (rec, fut)
+        self._load_changed()
         self.send(p.Submit(request_id=rec.request_id, tenant=rec.tenant, model=rec.model,
                            prompt_tokens=rec.prompt_tokens, max_tokens=rec.max_tokens,
                            priority=rec.priority, submitted_at=rec.submitted_at))
@@ -178,6 +248,7 @@ class FrontdoorLink(PeerLink):
         except asyncio.CancelledError:
             if self.queued.pop(rec.request_id, None) is not None:
                 self.send(p.Cancel(request_id=rec.request_id))
+                self._load_changed()
             elif fut.done() and not fut.cancelled() and isinstance(fut.result(), p.Dispatch):
                 # dispatched in the same instant the client left: close the books on it
                 d = fut.result()
@@ -190,6 +261,7 @@ class FrontdoorLink(PeerLink):
             request_id=rec.request_id, tenant=rec.tenant, model=rec.model,
             engine_id=d.engine_id, prompt_tokens=rec.prompt_tokens, max_tokens=rec.max_tokens,
             dispatched_at=time.time())
+        self._load_changed()
 
     def progress(self, request_id: str, completion_tokens: int) -> None:
         """Tokens streamed so far; batched every ``PROGRESS_EVERY_S``, except the first.
@@ -233,6 +305,7 @@ class FrontdoorLink(PeerLink):
         rec = self.inflight.pop(request_id, None)
         if rec is None:
             return
+        self._load_changed()
         self._progress.pop(request_id, None)
         self._first.pop(request_id, None)  # the Done carries the count (as for _progress)
         self._send_done(p.Done(request_id=request_id, outcome=outcome,
@@ -252,6 +325,8 @@ class FrontdoorLink(PeerLink):
         if hops.ON:
             hops.mark(request_id, "dispatch_rx", self.rx_at)
         entry = self.queued.pop(request_id, None)
+        if entry is not None and isinstance(msg, p.Reject):
+            self._load_changed()
         if entry is not None:
             _, fut = entry
             if not fut.done():

@@ -215,8 +215,8 @@ class SchedulerDaemon:
             peer.done_seq = max(peer.done_seq, msg.seq)
             self.observe.done(name, msg)
             self._apply(self.core.done(name, msg))
-        elif isinstance(msg, p.Leases):  # revoked leases given back unused
-            self._apply(self.core.lease_return(name, msg.revoke))
+        elif isinstance(msg, p.Leases):  # leases given back unused; how many it wants now
+            self._apply(self.core.lease_return(name, msg.revoke, msg.wants))
         elif isinstance(msg, p.Cancel):
             self.observe.cancelled(msg.request_id)
             self._apply(self.core.cancel(name, msg.request_id))

@@ -155,10 +155,12 @@ async def test_what_waits_while_the_scheduler_is_away_is_bounded(
         "models": [sim_model(max_num_seqs=4)], "tenants": DEMO_TENANTS,
         "limits": {"max_body_bytes": 2 * MIB, "max_queued_bytes_per_tenant": 8 * MIB,
                    "max_queued_bytes": 64 * MIB},
+        "logging": {"requests": False},
+        # the waiting room is the subject: none of the 20 may skip it on a slot lease
+        # (with the fast path one would run at once: tests/integration/test_fast_path.py);
         # one process: the bytes bound is each process's own waiting room, and with
         # two the 20 uploads split between two 8 MiB rooms by the kernel's choice
-        "frontdoor": {"processes": 1},
-        "logging": {"requests": False}})
+        "frontdoor": {"fast_path": False, "processes": 1}})
     sched = app.daemon_pid("scheduler")
     body = _big_body()
     os.kill(sched, signal.SIGSTOP)

@@ -96,6 +96,47 @@ async def test_under_a_flood_nothing_is_leased_and_the_shares_hold(appliance_fac
     assert_shares(served)
 
 
+async def test_a_busy_front_door_holds_no_lease_and_asks_again_once_quiet(
+        appliance_factory) -> None:
+    """Twelve streams at once through one front door, on an engine with room for all of
+    them (so nothing queues and the scheduler would go on granting): the front door,
+    busy, gives its leases back and asks for none, so no slot is held for a request that
+    would not use it; once quiet it asks again and the next request goes on a lease."""
+    app = appliance_factory({"models": [sim_model(max_num_seqs=64, step_s=0.005)],
+                             "tenants": DEMO_TENANTS, "frontdoor": {"fast_path": True}})
+    app.wait_for(lambda: app.status()["leases"]["held"] == 1, 10, "a lease held while idle")
+    stop = time.monotonic() + 4.0
+
+    async def stream(s: aiohttp.ClientSession) -> int:
+        n = 0
+        while time.monotonic() < stop:
+            r = await stream_chat(s, app.url, QUIET, chat_body(20))
+            assert r.status == 200 and r.done
+            n += 1
+        return n
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        load = asyncio.gather(*(stream(s) for _ in range(12)))
+        await asyncio.sleep(1.5)
+        busy = app.status()["leases"]
+        at_busy = await _fast_dispatches(s, app.url)
+        await asyncio.sleep(1.5)
+        still = app.status()["leases"]
+        in_busy = await _fast_dispatches(s, app.url) - at_busy
+        served = sum(await load)
+        app.wait_for(lambda: app.status()["leases"]["held"] == 1, 10,
+                     "the lease asked for again once quiet")
+        await asyncio.sleep(0.1)
+        r = await stream_chat(s, app.url, QUIET, chat_body(4))
+        assert r.status == 200
+        after = await _fast_dispatches(s, app.url)
+    assert served > 24
+    for seen in (busy, still):  # busy: nothing held, nothing wanted by it
+        assert seen["held"] == 0 and not seen["wants"], seen
+    assert in_busy == 0
+    assert after == at_busy + 1  # quiet again: the next request went on a lease
+
+
 async def test_a_leased_request_whose_submit_died_with_the_scheduler_is_charged_by_the_next(
         appliance_factory) -> None:
     """The scheduler is stopped, a quiet request runs on its lease (its Submit waits unread

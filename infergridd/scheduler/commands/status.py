@@ -32,6 +32,8 @@ class Status(Command):
             "peers": [{"name": p.name, "role": p.role, "pid": p.pid} for p in ctx.peers.all()],
             "engines": [_engine(e) for e in ctx.core.engine_statuses()],
             "tenants": [msgspec.structs.asdict(t) for t in ctx.core.tenant_stats()],
+            # the fast path's slot leases (frontdoor.fast_path, core/leases.py)
+            "leases": ctx.core.leases.summary(),
         }
 
     @classmethod
@@ -57,6 +59,7 @@ class Status(Command):
                     e.get("assist") or "-"]
                    for e in r["engines"]]) if r["engines"] else "no engines reported",
             *_assist_lines(r["engines"]),
+            *_lease_line(r.get("leases") or {}),
             "",
             table(["TENANT", "WEIGHT", "QUEUED", "INFLIGHT", "COUNTER", "TOKENS_IN", "TOKENS_OUT",
                    "REJECTED"],
@@ -66,6 +69,15 @@ class Status(Command):
                    for t in r["tenants"]]),
         ]
         return "\n".join(out)
+
+
+def _lease_line(leases: dict[str, Any]) -> list[str]:
+    """The fast path's leases, where a front door asks for them (frontdoor.fast_path)."""
+    if not leases.get("wants") and not leases.get("held"):
+        return []
+    wants = ", ".join(f"{k} {v}" for k, v in sorted(leases["wants"].items())) or "none"
+    return [f"slot leases: {leases['held']} held, {leases.get('granted', 0)} granted "
+            f"since start; wanted per model by {wants}"]
 
 
 def _assist_lines(engines: list[dict[str, Any]]) -> list[str]:

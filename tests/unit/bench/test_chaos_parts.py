@@ -206,16 +206,32 @@ def test_an_operator_command_retries_while_the_scheduler_does_not_answer() -> No
 
 
 def test_fast_path_flag_reaches_the_appliance_config() -> None:
-    """``bench/chaos.py --fast-path`` runs the appliance with ``frontdoor.fast_path`` on
-    (off by default, as in the product), and the config it writes is a valid one."""
+    """``bench/chaos.py`` runs the appliance with ``frontdoor.fast_path`` on, as in the
+    product, ``--no-fast-path`` with it off, and the config it writes is a valid one."""
+    import importlib.util
+    from pathlib import Path
+
     import yaml
 
     from infergridd.bench.chaos_app import chaos_config
     from infergridd.config import loads
 
-    assert chaos_config(8000, 0.02)["frontdoor"]["fast_path"] is False
+    assert chaos_config(8000, 0.02)["frontdoor"]["fast_path"] is True
+    cfg = chaos_config(8000, 0.02, fast_path=False)
+    assert loads(yaml.safe_dump(cfg)).frontdoor.fast_path is False
+    assert loads(yaml.safe_dump(chaos_config(8000, 0.02))).frontdoor.fast_path is True
     # the harness signals "the" front door: one process, whatever the cores
     assert loads(yaml.safe_dump(chaos_config(8000, 0.02))).frontdoor.processes == 1
-    cfg = chaos_config(8000, 0.02, fast_path=True)
-    assert cfg["frontdoor"]["fast_path"] is True
-    assert loads(yaml.safe_dump(cfg)).frontdoor.fast_path is True
+    spec = importlib.util.spec_from_file_location(
+        "chaos_cli", Path(__file__).resolve().parents[3] / "bench" / "chaos.py")
+    assert spec and spec.loader
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    seen: list[bool] = []
+    real = cli.run_chaos
+    try:
+        cli.run_chaos = lambda s: seen.append(s.fast_path) or {"violations": []}
+        assert cli.main([]) == 0 and cli.main(["--no-fast-path"]) == 0
+    finally:
+        cli.run_chaos = real
+    assert seen == [True, False]

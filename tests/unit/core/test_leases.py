@@ -207,6 +207,27 @@ def test_a_silent_front_door_or_its_next_hello_frees_its_leases() -> None:
     assert core.leases.held("m-0") == 1
 
 
+def test_a_busy_front_door_that_wants_none_gets_none_and_its_slot_is_free() -> None:
+    """``Leases.wants``: a front door too busy to use leases gives its back and asks for
+    none; its slot goes to the scheduler's own dispatches, and nothing is granted to it
+    until it asks again."""
+    clock = FakeClock()
+    core, lease = _core(clock)
+    sends = core.lease_return(FD, [lease.lease_id], wants=0)
+    assert not _grants(sends) and core.books.engine_occupied("m-0") == 0
+    clock.advance(5.0)
+    assert not _grants(core.lease_return(FD, [], wants=-1))  # -1: as it was (none)
+    sends = []
+    for i in range(4):  # all four slots are the scheduler's again
+        sends += core.submit(FD2, submit(f"r{i}", tenant="b"))
+    assert dispatched(sends) == ["r0", "r1", "r2", "r3"]
+    for i in range(4):
+        core.done(FD2, p.Done(request_id=f"r{i}", outcome=p.Outcome.OK, engine_id="m-0"))
+    clock.advance(QUIET_S)
+    sends = core.lease_return(FD, [], wants=1)  # quiet again
+    assert len(_grants(sends)) == 1 and core.books.engine_occupied("m-0") == 1
+
+
 def test_a_done_whose_leased_submit_was_lost_frees_the_lease_and_charges_the_prompt() -> None:
     clock = FakeClock()
     core, lease = _core(clock)

@@ -153,3 +153,27 @@ def test_status_says_where_the_instance_lives(tmp_path) -> None:
     assert (s["config"], s["runtime_dir"], s["state_dir"]) == (
         "/srv/ig.yaml", str(tmp_path / "run"), str(tmp_path / "state"))
     assert "config /srv/ig.yaml" in registry()["status"].render(r.result)
+
+
+def test_status_shows_the_fast_paths_leases() -> None:
+    """Leases held and who wants how many (a busy front door wants none): an operator
+    must be able to see slots lent out, as they count as taken."""
+    cfg = loads(CONFIG)
+    core = SchedulerCore(cfg, lambda: 0.0)
+    ctx = CommandContext(core=core, cfg=cfg, instance="t", started_at=0.0, peers=PeerTable(),
+                         apply=lambda s: None, persist=lambda: None)
+    status = registry()["status"]
+
+    def run() -> dict:
+        r = ControlHandler(ctx, after_write=lambda: None).handle(p.encode(p.ControlRequest(
+            command="status", args={}, protocol_version=p.PROTOCOL_VERSION)))
+        return r.result
+
+    r = run()
+    assert r["leases"] == {"held": 0, "granted": 0, "wants": {}}
+    assert "slot leases" not in status.render(r)  # nobody asks: no line
+    core.leases.hello("fd-a", 1)
+    r = run()
+    assert r["leases"]["wants"] == {"fd-a": 1}
+    assert "slot leases: 0 held, 0 granted since start; wanted per model by fd-a 1" in \
+        status.render(r)
