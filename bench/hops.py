@@ -231,6 +231,7 @@ async def amain(a: argparse.Namespace) -> int:
         os.environ["INFERGRID_HOPS"] = str(hopdir)  # the daemons inherit it
     eng = SimEngine(a.profile, 256)
     conf = make_config("vtc", eng.model_config(), [(TENANT, 1.0)], free_port())
+    conf["frontdoor"] = {"processes": 1}  # one front door: pids_of and its CPU are its own
     serve = Serve(conf, logdir)
     serve.start()
     try:

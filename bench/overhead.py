@@ -186,8 +186,8 @@ def table(latency: dict[str, dict[str, Any]], via: str = "InferGrid") -> str:
 
 def _serve(processes: int, a: argparse.Namespace, eng: SimEngine, logdir: Path) -> Serve:
     conf = make_config("vtc", eng.model_config(), [(TENANT, 1.0)], free_port())
-    if processes != 1:  # (1: the default; a tree from before the key runs too)
-        conf["frontdoor"] = {"processes": processes}
+    # always named: the default (0) is one per core, so "1" must be said
+    conf["frontdoor"] = {"processes": processes}
     (logdir / f"serve-{processes}").mkdir(parents=True, exist_ok=True)
     return Serve(conf, logdir / f"serve-{processes}")
 

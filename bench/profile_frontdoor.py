@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     eng = SimEngine("fast-test", 256)
-    serve = Serve(make_config("vtc", eng.model_config(), [("bench", 1.0)], free_port()), out)
+    conf = make_config("vtc", eng.model_config(), [("bench", 1.0)], free_port())
+    conf["frontdoor"] = {"processes": 1}  # py-spy follows one process: all the load on it
+    serve = Serve(conf, out)
     serve.start()
     try:
         time.sleep(0.5)

@@ -99,6 +99,10 @@ class Appliance:
         )
         if wait_healthy:
             self.wait_healthy(timeout)
+            # /health answers from whichever front door accepts: wait for all of them
+            n = self.frontdoors
+            self.wait_for(lambda: len(self.peer_pids("frontdoor")) == n, timeout,
+                          what=f"{n} front door(s) among the scheduler's peers")
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         import urllib.error
@@ -133,14 +137,32 @@ class Appliance:
     def status(self) -> dict[str, Any]:
         return json.loads(self.ctl("--json", "status").stdout)
 
-    def daemon_pid(self, role: str) -> int:
-        """PID of a daemon by its process title (``infergridd ROLE --config FILE``)."""
+    @property
+    def frontdoors(self) -> int:
+        """How many front-door processes this config runs (``frontdoor.processes``; its
+        default 0 is the cores, capped: 2 on a 2-core machine)."""
+        from infergridd.frontdoor import workers
+
+        return workers.processes(int((self.config.get("frontdoor") or {}).get("processes", 0)))
+
+    def daemon_pids(self, role: str) -> list[int]:
+        """PIDs of a daemon's processes by their title (``infergridd ROLE --config FILE``),
+        sorted: the front door runs as ``frontdoors`` processes."""
         out = subprocess.run(["pgrep", "-f", f"infergridd {role} --config {self.config_path}"],
                              capture_output=True, text=True).stdout.split()
-        pids = [int(x) for x in out if int(x) != os.getpid()]
+        return sorted(int(x) for x in out if int(x) != os.getpid())
+
+    def daemon_pid(self, role: str) -> int:
+        """PID of a daemon that runs as one process (scheduler, supervisor, or a front
+        door pinned to ``frontdoor.processes: 1``)."""
+        pids = self.daemon_pids(role)
         if len(pids) != 1:
             raise AssertionError(f"expected one {role} process, found {pids}")
         return pids[0]
+
+    def peer_pids(self, role: str) -> list[int]:
+        """PIDs of the scheduler's connected peers of ``role``, sorted (infergridctl status)."""
+        return sorted(p["pid"] for p in self.status()["peers"] if p["role"] == role)
 
     def wait_for(self, predicate, timeout: float = 20.0, what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout

@@ -56,7 +56,9 @@ def chaos_config(port: int, step_s: float, fast_path: bool = True) -> dict[str, 
                     {"name": "beta", "keys": [tenant_key("beta")]},
                     {"name": "gamma", "keys": [tenant_key("gamma")], "rpm": 600}],
         "logging": {"level": "info", "requests": False},
-        "frontdoor": {"fast_path": fast_path},
+        # one front-door process: the harness kills, restarts and reads "the" front door
+        # (FindsProcesses.daemon); frontdoor.processes' default is one per core
+        "frontdoor": {"fast_path": fast_path, "processes": 1},
     }
 
 

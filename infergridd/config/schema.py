@@ -193,8 +193,8 @@ class LoggingConfig(_Strict):
 
 
 class FrontdoorConfig(_Strict):
-    #: front-door processes sharing the one listening socket; 0: min(cores, 4)
-    processes: int = 1
+    #: front-door processes sharing the one listening socket; 0 (the default): min(cores, 4)
+    processes: int = 0
     #: quiet requests go to an idle engine slot leased ahead of time, skipping the
     #: scheduler round trip (core/leases.py); a busy front door holds and asks for none
     #: (bench/results/frontdoor-lease.md)

@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable
 
 import aiohttp
 import zmq.asyncio
@@ -70,6 +71,8 @@ class Frontdoor:
         self.idle = asyncio.Event()
         self.draining = False
         self.notifier = Notifier()
+        #: called when told to stop, before draining (``main``: the leader's workers)
+        self.on_stop: Callable[[], None] | None = None
         self.http: aiohttp.ClientSession
         self.engines: EngineClient
         self.link: FrontdoorLink
@@ -80,7 +83,10 @@ class Frontdoor:
         if band is None:
             return None
         lease = self.link.take_lease(model, tenant)
-        return None if lease is None else (lease, band)
+        if lease is None:
+            return None
+        self.metrics.fast_dispatches.inc()  # the caller starts it on the lease at once
+        return lease, band
 
     def _tenant_count_limit(self, tenant: str) -> int:
         """The per-tenant request bound the front door applies itself: only while the
@@ -100,9 +106,6 @@ class Frontdoor:
                 lambda: len(guard.conns))
         m.watch("infergrid_frontdoor_connections_evicted", "idle or slow connections closed "
                 "to make room for new ones", lambda: guard.evicted)
-        m.watch("infergrid_frontdoor_fast_path_dispatches", "requests this process sent "
-                "to an engine on a slot lease, without waiting for the scheduler",
-                lambda: self.link.fast_dispatches if hasattr(self, "link") else 0)
         m.watch("infergrid_frontdoor_connections_timed_out", "connections closed for sending "
                 "no whole request in time", lambda: guard.timed_out)
 
@@ -159,6 +162,8 @@ class Frontdoor:
         self.notifier.ready(f"serving on {where}")
         log.info("front door %s serving on %s", self.instance, where)
         await stop.wait()
+        if self.on_stop is not None:  # the unit's leader: its workers drain beside it
+            self.on_stop()
         await self.drain(runner)
         if admin is not None:
             await admin.cleanup()
@@ -196,7 +201,9 @@ def main(cfg: Config, dirs: Dirs) -> int:
         return aio.run(Frontdoor(cfg, dirs).run())
     group = workers.Workers(n, listen_fds(), dirs.runtime)  # the unit's N processes
     group.start()
+    leader = Frontdoor(cfg, dirs)
+    leader.on_stop = group.terminate
     try:
-        return aio.run(Frontdoor(cfg, dirs).run())
+        return aio.run(leader.run())
     finally:
         group.stop(cfg.limits.drain_timeout_s + 5)

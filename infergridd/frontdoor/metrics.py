@@ -135,6 +135,27 @@ class _Watched(Collector):
             yield fam
 
 
+class _Merged(Collector):
+    """Every front-door process's counters and histograms, summed from their files, and
+    the family (HELP and TYPE, no sample) of each one no process has written yet: one
+    process alone exports them all from its start, and the dashboards and alert rules
+    read them (a family missing until its first rejection reads as "no data")."""
+
+    def __init__(self, files: MultiProcessCollector, declared: list[Collector]) -> None:
+        self.files = files
+        self.declared = declared
+
+    def collect(self) -> Iterator[Metric]:
+        seen: set[str] = set()
+        for fam in self.files.collect():
+            seen.add(fam.name)
+            yield fam
+        for m in self.declared:
+            for fam in m.describe():
+                if fam.name not in seen:
+                    yield fam
+
+
 class RequestMetrics:
     """One (tenant, model)'s labelled children, looked up once and kept
     (``FrontdoorMetrics.of``): ``labels()`` takes a lock and builds a key each time, and
@@ -199,11 +220,18 @@ class FrontdoorMetrics:
                               ["tenant", "model"], registry=r, multiprocess_mode="livesum")
         self.rejections = Counter("infergrid_rejections", "requests refused",
                                   ["tenant", "reason"], registry=r)
+        # a gauge by name since it was one (a count read from the link), now summed over
+        # the processes, the exited ones included, like a counter
+        self.fast_dispatches = Gauge("infergrid_frontdoor_fast_path_dispatches", "requests "
+                                     "sent to an engine on a slot lease, without waiting for "
+                                     "the scheduler", registry=r, multiprocess_mode="sum")
         self.snapshot = SnapshotCollector()
         self._watched = _Watched(process if multiproc_dir is not None else "")
         if multiproc_dir is not None:  # the page: every process's files, plus ours
+            own = [self.requests, self.ttft, self.queue_wait, self.phase, self.itl, self.e2e,
+                   self.tokens, self.inflight, self.rejections, self.fast_dispatches]
             r = self.registry = CollectorRegistry()
-            MultiProcessCollector(r, str(multiproc_dir))
+            r.register(_Merged(MultiProcessCollector(None, str(multiproc_dir)), own))
         r.register(self.snapshot)
         r.register(self._watched)
         self._children: dict[tuple[str, str], RequestMetrics] = {}
@@ -218,6 +246,19 @@ class FrontdoorMetrics:
         if rm is None:
             rm = self._children[(tenant, model)] = RequestMetrics(self, tenant, model)
         return rm
+
+    def summed(self, *metrics: Counter | Histogram) -> Iterator[Metric]:
+        """``metrics``' families summed over every front-door process (this one's alone
+        when it is the only one): what the status page's history samples.  With several
+        it reads every process's files: call it off the event loop."""
+        if self.multiproc_dir is None:
+            for m in metrics:
+                yield from m.collect()
+            return
+        names = {fam.name for m in metrics for fam in m.describe()}
+        for fam in MultiProcessCollector(None, str(self.multiproc_dir)).collect():
+            if fam.name in names:
+                yield fam
 
     def watch(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A gauge read when scraped (the waiting room's bytes, open connections, ...)."""

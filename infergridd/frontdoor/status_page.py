@@ -14,6 +14,7 @@ from a ``StatusInput`` to the HTML, which the unit tests drive without a daemon.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import time
 import weakref
@@ -52,17 +53,16 @@ class Sample:
 
 
 def read_sample(m: FrontdoorMetrics, t: float) -> Sample:
-    """The counters the page needs, summed over models, from the front door's registry."""
+    """The counters the page needs, summed over models and over every front-door
+    process (any one of them may answer the page: each shows the whole appliance)."""
     s = Sample(t=t)
-    for fam in m.tokens.collect():
+    for fam in m.summed(m.tokens, m.ttft):
         for x in fam.samples:
             if x.name.endswith("_total"):
                 d = s.tokens_out if x.labels.get("direction") == "out" else s.tokens_in
                 tenant = x.labels.get("tenant", "")
                 d[tenant] = d.get(tenant, 0.0) + x.value
-    for fam in m.ttft.collect():
-        for x in fam.samples:
-            if x.name.endswith("_bucket"):
+            elif x.name.endswith("_bucket"):
                 b = s.ttft.setdefault(x.labels.get("tenant", ""), {})
                 le = float(x.labels["le"])
                 b[le] = b.get(le, 0.0) + x.value
@@ -75,6 +75,8 @@ class History:
     def __init__(self, every_s: float = SAMPLE_EVERY_S, minutes: int = MINUTES) -> None:
         self.every_s = every_s
         self.samples: deque[Sample] = deque(maxlen=int((minutes + 1) * 60 / every_s) + 2)
+        #: a sample being read in a worker thread (several processes: ``observe``)
+        self.reading = False
 
     def due(self, t: float) -> bool:
         return not self.samples or t - self.samples[-1].t >= self.every_s
@@ -106,8 +108,21 @@ def observe(fd: Frontdoor) -> None:
     """Called on each Snapshot: take a sample when one is due (cheap otherwise)."""
     h = history_of(fd)
     now = time.monotonic()
-    if h.due(now):
+    if h.reading or not h.due(now):
+        return
+    if fd.metrics.multiproc_dir is None:
         h.add(read_sample(fd.metrics, now))
+        return
+    # several processes: every process's files are read, in a thread, as /metrics is
+    h.reading = True
+
+    def added(f: asyncio.Future[Sample]) -> None:
+        h.reading = False
+        if not f.cancelled() and f.exception() is None:
+            h.add(f.result())
+
+    asyncio.get_running_loop().run_in_executor(None, read_sample, fd.metrics, now
+                                               ).add_done_callback(added)
 
 
 # ---------------------------------------------------------------------- the pure half

@@ -148,15 +148,25 @@ class Workers:
                 due[i] = now + wait
                 self.procs[i] = None
 
-    def stop(self, timeout_s: float) -> None:
-        """After the leader drained: the workers drain too (SIGTERM), then are waited for."""
+    def terminate(self) -> None:
+        """The leader was told to stop: every worker starts draining now, beside it (not
+        after it: none keeps accepting while the leader drains, and the stop takes one
+        drain, not two).  Under systemd the whole cgroup got the signal already; a second
+        SIGTERM changes nothing.  None is restarted from here on."""
         import signal
-        import subprocess
 
         self._stop.set()
+        for p in self.procs.values():
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s: float) -> None:
+        """After the leader drained: the workers (told by ``terminate``) are waited for."""
+        import subprocess
+
+        if not self._stop.is_set():
+            self.terminate()
         live = [p for p in self.procs.values() if p is not None and p.poll() is None]
-        for p in live:
-            p.send_signal(signal.SIGTERM)
         for p in live:
             try:
                 p.wait(timeout_s)

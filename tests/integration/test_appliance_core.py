@@ -102,18 +102,22 @@ async def test_supervisor_sigkill_engine_is_readopted(appliance_factory) -> None
 async def test_frontdoor_sigterm_drains_streams(appliance_factory) -> None:
     app = appliance_factory({"models": [sim_model(max_num_seqs=32, step_s=0.02)],
                              "tenants": DEMO_TENANTS})
-    fd = app.daemon_pid("frontdoor")
+    fds = app.daemon_pids("frontdoor")  # every front-door process, each draining its own
+    assert len(fds) == app.frontdoors
     async with _session() as s:
         tasks = [asyncio.create_task(stream_chat(s, app.url, KEYS[i % 2], chat_body(80)))
                  for i in range(10)]
         await asyncio.sleep(0.5)
-        os.kill(fd, signal.SIGTERM)
+        for fd in fds:
+            os.kill(fd, signal.SIGTERM)
         t0 = time.monotonic()
         results = await asyncio.gather(*tasks)
     for r in results:
         _assert_ok(r, 80)
-    # it exited after draining (serve then starts a new one)
-    app.wait_for(lambda: not os.path.exists(f"/proc/{fd}") or _is_zombie(fd), what="exit")
+    # each exited after draining (serve then starts a new one)
+    for fd in fds:
+        app.wait_for(lambda fd=fd: not os.path.exists(f"/proc/{fd}") or _is_zombie(fd),
+                     what=f"exit of {fd}")
     assert time.monotonic() - t0 < 30
 
 
@@ -202,7 +206,9 @@ def test_infergridctl_status_and_models(appliance) -> None:
     assert "ready" in appliance.ctl("models").stdout
     st = appliance.status()
     assert st["scheduler"]["policy"] == "vtc"
-    assert sorted(p["role"] for p in st["peers"]) == ["frontdoor", "supervisor"]
+    assert sorted(p["role"] for p in st["peers"]) == \
+        ["frontdoor"] * appliance.frontdoors + ["supervisor"]
+    assert f"front doors {appliance.frontdoors}" in out
 
 
 def test_infergridctl_not_running_is_a_clear_error(tmp_path) -> None:

@@ -27,16 +27,20 @@ async def test_front_door_restart_under_serve_queues_new_connections(appliance_f
     async with aiohttp.ClientSession() as s:
         long = asyncio.create_task(stream_chat(s, app.url, "sk-quiet-demo", chat_body(150)))
         await asyncio.sleep(1.0)  # the stream is under way (~4.5 s in all)
-        old = app.daemon_pid("frontdoor")
-        os.kill(old, signal.SIGTERM)
-        await asyncio.sleep(0.5)  # it has stopped accepting and is draining the stream
+        old = app.daemon_pids("frontdoor")  # all of them: else another one just accepts
+        assert len(old) == app.frontdoors
+        for pid in old:
+            os.kill(pid, signal.SIGTERM)
+        await asyncio.sleep(0.5)  # they have stopped accepting; one is draining the stream
         t0 = time.monotonic()
         short = await stream_chat(s, app.url, "sk-flooder-demo", chat_body(4, stream=False))
         waited = time.monotonic() - t0
         first = await long
     assert first.status == 200 and first.done and first.error is None, first.error
     assert short.status == 200, short.body  # the old code: ClientConnectorError (refused)
-    assert app.daemon_pid("frontdoor") != old
+    # every one replaced (the one that held the stream exits once it has drained it)
+    app.wait_for(lambda: (lambda ps: len(ps) == app.frontdoors and not set(ps) & set(old))(
+        app.daemon_pids("frontdoor")), what="every front door replaced")
     assert waited < 30, waited
 
 

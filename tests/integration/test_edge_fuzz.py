@@ -194,8 +194,8 @@ class Client:
         raise AssertionError("unreachable")
 
 
-def _pids(app: Appliance) -> dict[str, int]:
-    return {role: app.daemon_pid(role) for role in ("frontdoor", "scheduler", "supervisor")}
+def _pids(app: Appliance) -> dict[str, list[int]]:
+    return {role: app.daemon_pids(role) for role in ("frontdoor", "scheduler", "supervisor")}
 
 
 @pytest.fixture(scope="module")

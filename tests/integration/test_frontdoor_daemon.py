@@ -224,7 +224,12 @@ class FrontdoorProc:
                           {"name": "lazy", "engine": "sim", "preload": False}],
                "tenants": [{"name": "alpha", "keys": [KEY]}],
                "limits": {"max_body_bytes": 4096, "max_tokens_cap": 1000,
-                          "drain_timeout_s": 20}}
+                          "drain_timeout_s": 20},
+               # one process: the fake scheduler plays the scheduler to one peer (it
+               # sends Snapshots to the last one that said Hello) and these tests read
+               # one process's link messages; N processes: the test below and
+               # test_frontdoor_processes.py (the real scheduler)
+               "frontdoor": {"processes": 1}}
         cfg.update(extra or {})
         self.config = root / "ig.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
@@ -628,6 +633,43 @@ async def test_sigterm_lets_the_stream_finish_then_exits_0(make: Make) -> None:
     assert rc == 0, world.fd.logs()
     (done,) = world.dones(headers["X-Request-Id"])
     assert done.outcome == "ok"
+
+
+async def test_sigterm_to_the_leader_stops_every_process_accepting_and_all_exit(
+        make: Make) -> None:
+    """One ``infergridd frontdoor`` leading two processes (no systemd to signal them all):
+    its SIGTERM reaches the worker at once, so neither accepts while the streams drain
+    (the old leader drained alone, its worker still accepting, then stopped the worker:
+    two drains in a row)."""
+    world = await make(delay=0.1, config={"frontdoor": {"processes": 2}})
+    assert world.fd.proc is not None
+    group = await _until(lambda: (lambda g: g if len(g) == 2 else None)(_pgrep(world.fd)),
+                         what="the leader and its worker")
+    await _until(lambda: len(world.sched.known) == 2, timeout=20,
+                 what="both processes the scheduler's peers (both serving)")
+    streams = [asyncio.create_task(world.post(chat(15))) for _ in range(6)]
+    await _until(lambda: len(world.engine.requests) == 6, what="the streams to start")
+    await asyncio.sleep(0.2)
+    world.fd.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.4)
+    with pytest.raises(ConnectionRefusedError):  # neither process accepts any more
+        socket.create_connection(("127.0.0.1", world.fd.port), timeout=2).close()
+    answers = await asyncio.gather(*streams)
+    for status, _, raw in answers:
+        assert status == 200 and events(raw)[-1] == "[DONE]" and len(events(raw)) == 16
+    rc = await asyncio.get_running_loop().run_in_executor(None, world.fd.proc.wait, 15)
+    assert rc == 0, world.fd.logs()
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in group if pid != world.fd.proc.pid)
+    for _, headers, _ in answers:  # each process's Done reached the scheduler (sent after
+        rid = headers["X-Request-Id"]  # the client's last byte: read once all have exited)
+        (done,) = await _until(lambda rid=rid: world.dones(rid), what=f"the Done of {rid}")
+        assert done.outcome == "ok"
+
+
+def _pgrep(fd: FrontdoorProc) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"infergridd frontdoor --config {fd.config}"],
+                         capture_output=True, text=True).stdout.split()
+    return sorted(int(x) for x in out)
 
 
 # --------------------------------------------------------------------------- the simulated engine

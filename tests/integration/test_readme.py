@@ -48,6 +48,8 @@ import pytest
 import yaml
 from appliance import Appliance, free_port, short_tmpdir
 
+from infergridd.frontdoor import workers
+
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 FIRST_SCREEN = README[:3000]
@@ -187,11 +189,12 @@ class FirstHour:
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
-    def pids(self) -> tuple[int, int, int]:
-        """(front door, engine, scheduler) pids, as the running scheduler reports them."""
+    def pids(self) -> tuple[tuple[int, ...], int, int]:
+        """(front doors, engine, scheduler) pids, as the running scheduler reports them
+        (``frontdoor.processes``: one per core by default)."""
         s = self.status()
-        frontdoor = next(p["pid"] for p in s["peers"] if p["role"] == "frontdoor")
-        return frontdoor, s["engines"][0]["pid"], s["scheduler"]["pid"]
+        frontdoors = tuple(sorted(p["pid"] for p in s["peers"] if p["role"] == "frontdoor"))
+        return frontdoors, s["engines"][0]["pid"], s["scheduler"]["pid"]
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")[-6000:] if self.log.exists() else ""
@@ -242,7 +245,12 @@ def test_first_screen_in_order() -> None:
         # 1. Run it
         h.start(f"{run_it.strip()} --listen 127.0.0.1:{h.port}")
         h.wait_healthy(300)
-        frontdoor, engine, scheduler = h.pids()
+        # a front door per core (at most 4) by default, each a peer in infergridctl status
+        deadline = time.monotonic() + 30
+        while len(h.pids()[0]) != workers.processes(0) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        frontdoors, engine, scheduler = h.pids()
+        assert len(frontdoors) == workers.processes(0), frontdoors
         venv = h.clone / ".venv"
         venv_id = (venv.stat().st_ino, (venv / "pyvenv.cfg").stat().st_ino)
 
@@ -251,9 +259,9 @@ def test_first_screen_in_order() -> None:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert (venv.stat().st_ino, (venv / "pyvenv.cfg").stat().st_ino) == venv_id, \
             "the test command replaced the running server's .venv"
-        for pid in (frontdoor, engine, scheduler):
+        for pid in (*frontdoors, engine, scheduler):
             assert _deleted_venv_maps(pid, venv) == [], f"pid {pid} lost its files"
-        assert h.health() == 200 and h.pids() == (frontdoor, engine, scheduler)
+        assert h.health() == 200 and h.pids() == (frontdoors, engine, scheduler)
         assert "passed" in r.stdout and (h.clone / ".venv-ci" / "bin" / "pytest").exists()
 
         # 3. From another terminal: the examples, infergridctl, doctor
@@ -286,7 +294,7 @@ def test_first_screen_in_order() -> None:
                         + re.escape(str(h.root / "run")) + r"\)", lines[0])
         assert took < 5.0, f"took {took:.1f}s"
         time.sleep(1.0)
-        assert h.health() == 200 and h.pids() == (frontdoor, engine, scheduler)
+        assert h.health() == 200 and h.pids() == (frontdoors, engine, scheduler)
 
         # 5. Stopped: what to check, for a pip install and for the units
         h.stop()

@@ -228,6 +228,29 @@ def test_each_unit_runs_as_its_own_user(box: NsSystemd) -> None:
                      "frontdoor": "infergrid-frontdoor"}
 
 
+def test_the_front_door_unit_runs_one_process_per_core(box: NsSystemd) -> None:
+    """The packaged config names no ``frontdoor.processes``: its default runs one front
+    door per core (at most 4), all in the one unit's cgroup and as its user, each a peer
+    of the scheduler (``infergridctl status``), the unit's main process among them."""
+    py = "/opt/venvs/infergrid/bin/python"
+    want = int(box.run_in([py, "-c", "from infergridd.frontdoor import workers; "
+                           "print(workers.processes(0))"], check=True).stdout)
+
+    def peers() -> list[int]:
+        st = json.loads(box.run_in(["infergridctl", "--json", "status"], check=True).stdout)
+        return sorted(p["pid"] for p in st["peers"] if p["role"] == "frontdoor")
+
+    wait_for(lambda: len(peers()) == want, 30, f"{want} front doors in infergridctl status")
+    pids = peers()
+    print(f"systemd tier: front-door processes {pids} (one per core, at most 4)")
+    assert int(show(box, "infergrid-frontdoor.service", "MainPID")) in pids
+    for pid in pids:
+        cg = box.run_in(["cat", f"/proc/{pid}/cgroup"], check=True).stdout
+        assert "/infergrid-frontdoor.service" in cg, (pid, cg)
+        who = box.run_in(["ps", "-o", "user=", "-p", str(pid)], check=True).stdout.strip()
+        assert who == "infergrid-frontdoor", (pid, who)
+
+
 CONNECT = """
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -220,6 +220,8 @@ def test_fast_path_flag_reaches_the_appliance_config() -> None:
     cfg = chaos_config(8000, 0.02, fast_path=False)
     assert loads(yaml.safe_dump(cfg)).frontdoor.fast_path is False
     assert loads(yaml.safe_dump(chaos_config(8000, 0.02))).frontdoor.fast_path is True
+    # the harness signals "the" front door: one process, whatever the cores
+    assert loads(yaml.safe_dump(chaos_config(8000, 0.02))).frontdoor.processes == 1
     spec = importlib.util.spec_from_file_location(
         "chaos_cli", Path(__file__).resolve().parents[3] / "bench" / "chaos.py")
     assert spec and spec.loader
