@@ -262,6 +262,7 @@ class LeaseInfo(msgspec.Struct, omit_defaults=True):
     api_key: str = ""
     priority_sign: int = 0  # 0: the engine takes no priority
     heavy: list[str] = []  # tenants over their share when granted: not for them
+    tier: int = 1  # the engine-priority tier to send at: one a light request can preempt
 
 
 class Leases(_Msg, tag="leases"):

@@ -26,9 +26,10 @@ The rules that keep fairness, quotas and "every dispatch ends in one Done":
   lease used in a race with its revocation is an ordinary request then;
 * a lease names the tenants heavy (over their share, headroom.py) when it was
   granted; the front door does not use it for them, and sends the others' requests
-  at the neutral tier's engine priority (1, not light: a flooder's first requests
-  may come on leases, one per front door, before anyone knows it floods, and a
-  light request must still be able to take their seat in an assisted engine);
+  at a tier a light request can preempt (``LeaseInfo.tier``: not light, since a
+  flooder's first requests may come on leases, one per front door, before anyone
+  knows it floods; a scheduler dispatch racing them from another front door does
+  not know of them either);
 * the ``Submit`` that uses a lease goes through the same admission, VTC and
   quota charge as any request (``SchedulerCore.submit``), and is then started on
   the lease's engine without a ``Dispatch``; the front door uses leases only for
@@ -211,4 +212,16 @@ class Leases:
         return p.LeaseInfo(lease_id=lease.lease_id, model=model, engine_id=st.engine_id,
                            endpoint=st.endpoint, api_key=st.api_key,
                            priority_sign=st.priority_sign if st.supports_priority else 0,
-                           heavy=heavy)
+                           heavy=heavy, tier=_preemptible_tier(st))
+
+
+def _preemptible_tier(st: p.EngineStatus) -> int:
+    """The lowest-ranked tier a leased request can go at and still give its seat to a
+    light request (see the module docstring): InferGrid's vLLM step policy preempts
+    any tier but light (assist/policy.py), so neutral (1); SGLang's scheduler (the one
+    whose higher priorities run first: ``priority_sign`` -1, SGLang or the simulated
+    engine's SGLang personality) preempts only for a priority better by *more than*
+    its threshold, which InferGrid sets to 1 (engines/sglang.py), so there only heavy
+    (2) can be taken — and SGLang runs no step policy of ours that would slow a heavy
+    sequence's prefill.  Engines that preempt for no one: neutral."""
+    return 2 if st.priority_sign < 0 else 1

@@ -223,12 +223,12 @@ class FrontdoorLink(PeerLink):
         if hops.ON:
             hops.mark(rid, "submit_sent")
             hops.mark(rid, "dispatch_rx")
-        # the neutral tier (1, core/dispatch.py), not the light one: nobody knows yet
-        # whether this tenant floods (with N front doors a flooder's first N requests can
-        # all come on leases at once), and a light request dispatched after it must be
-        # able to take its seat in an assisted engine (assist/policy.py preempts any
-        # tier but light); nothing waits, so no light request is behind it either
-        prio = (band * 1000 + 1) * lease.priority_sign if lease.priority_sign else None
+        # not the light tier: nobody knows yet whether this tenant floods (with N front
+        # doors a flooder's first N requests can all come on leases at once), and a light
+        # request dispatched after it must be able to take its seat (the scheduler names
+        # the tier its engine preempts: core/leases.py); nothing waits behind it now
+        prio = (band * 1000 + lease.tier) * lease.priority_sign if lease.priority_sign \
+            else None
         return p.Dispatch(request_id=rid, engine_id=lease.engine_id, endpoint=lease.endpoint,
                           api_key=lease.api_key, engine_priority=prio)
 

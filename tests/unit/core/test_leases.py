@@ -329,3 +329,15 @@ def test_a_lease_names_the_tenants_heavy_when_it_was_granted() -> None:
         core.submit(FD2, submit(f"a{i}", tenant="a"))  # a past its share (8 of 16): heavy
     grants = _grants(core.peer_hello(FD, _hello()))
     assert [g.heavy for g in grants] == [["a"]]
+
+
+def test_a_lease_names_a_tier_a_light_request_can_preempt_on_its_engine() -> None:
+    """Not light (a flooder's first requests may come on leases, one per front door,
+    unknown to the scheduler's dispatches racing them): neutral where InferGrid's vLLM
+    step policy preempts any tier but light, heavy on SGLang-style engines, whose
+    threshold 1 preempts only for a priority better by more than one tier."""
+    for sign, tier in ((1, 1), (-1, 2)):
+        core = SchedulerCore(make_cfg(), FakeClock())  # type: ignore[arg-type]
+        core.engines_update(SV, [engine("m-0", supports_priority=True, priority_sign=sign)])
+        grants = _grants(core.peer_hello(FD, _hello()))
+        assert len(grants) == 1 and (grants[0].priority_sign, grants[0].tier) == (sign, tier)
