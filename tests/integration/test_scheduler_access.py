@@ -72,6 +72,12 @@ def _ctl(path: Path, command: str, **args: object) -> p.ControlReply:
     return reply
 
 
+def _reachable(sched: Path) -> None:
+    """Let another user reach the socket files (not use them): the directories 0o005 more."""
+    for d in (sched.parent.parent, sched.parent, sched):
+        d.chmod(d.stat().st_mode | 0o005)
+
+
 def test_one_socket_per_role_each_owner_only_here(sched: Path) -> None:
     for name in SOCKS:
         st = (sched / name).stat()
@@ -127,8 +133,7 @@ def _as_nobody(code: str) -> subprocess.CompletedProcess[str]:
 @need_root
 def test_another_user_cannot_connect_to_any_socket(sched: Path) -> None:
     """The file mode is the gate: connect() needs write permission on the socket."""
-    for d in (sched.parent.parent, sched.parent, sched):
-        d.chmod(d.stat().st_mode | 0o005)  # let nobody reach the files, not use them
+    _reachable(sched)
     for name in SOCKS:
         r = _as_nobody(f"import socket; s=socket.socket(socket.AF_UNIX);\n"
                        f"try:\n s.connect({str(sched / name)!r}); print('connected')\n"
@@ -140,6 +145,7 @@ def test_another_user_cannot_connect_to_any_socket(sched: Path) -> None:
 def test_credentials_are_checked_behind_a_widened_mode(sched: Path) -> None:
     """A socket whose mode someone widened by hand still refuses a stranger: the scheduler
     checks the kernel's SO_PEERCRED of the sender (old: no check at all)."""
+    _reachable(sched)  # not left to the test before it: each runs alone too
     ctl = sched / "control.sock"
     ctl.chmod(0o666)
     try:
