@@ -121,6 +121,22 @@ def queue_seconds(value: str | None) -> float | None:
     return ms / 1000.0 if math.isfinite(ms) and ms >= 0 else None
 
 
+def event_tokens(obj: dict, res: Result) -> int | None:
+    """One SSE event's object: the content tokens it carries, its usage kept in ``res``;
+    None for an error event (``res`` failed, no end-to-end time).  Shared by both load
+    generators (``stream_one`` and ``rawload``) so they count alike."""
+    if obj.get("error"):
+        res.status = FAILED
+        res.error = str(obj["error"])[:200]
+        return None
+    usage = obj.get("usage")
+    if usage:
+        res.tokens_in = int(usage.get("prompt_tokens") or 0)
+        res.tokens_out = int(usage.get("completion_tokens") or 0)
+    return sum(1 for ch in obj.get("choices") or ()
+               if ch.get("text") or (ch.get("delta") or {}).get("content"))
+
+
 async def stream_one(http: aiohttp.ClientSession, target: Target, p: Planned, prompt: list[int],
                      t0: float, res: Result,
                      on_tokens: Callable[[str, float, int], None] | None = None) -> None:
@@ -156,18 +172,10 @@ async def stream_one(http: aiohttp.ClientSession, target: Target, p: Planned, pr
                         data_ = line[5:].strip()
                         if data_ == b"[DONE]":
                             continue
-                        obj = msgspec.json.decode(data_)
-                        if obj.get("error"):
-                            res.status = FAILED
-                            res.error = str(obj["error"])[:200]
+                        n = event_tokens(msgspec.json.decode(data_), res)
+                        if n is None:
                             return
-                        usage = obj.get("usage")
-                        if usage:
-                            res.tokens_in = int(usage.get("prompt_tokens") or 0)
-                            res.tokens_out = int(usage.get("completion_tokens") or 0)
-                        for ch in obj.get("choices") or ():
-                            if ch.get("text") or (ch.get("delta") or {}).get("content"):
-                                k += 1
+                        k += n
                 if k:
                     if res.ttft_s is None:
                         res.ttft_s = t - start

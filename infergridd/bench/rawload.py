@@ -52,6 +52,7 @@ from .loadgen import (
     Target,
     Timeline,
     body_for,
+    event_tokens,
 )
 from .loadgen import queue_seconds as _queue_seconds
 from .workload import Planned
@@ -108,17 +109,10 @@ class Exchange:
                 except (ValueError, msgspec.DecodeError) as exc:
                     self.fail(f"{type(exc).__name__}: {exc}", t)
                     return False
-                if obj.get("error"):  # as stream_one: failed, and no end-to-end time
-                    res.status = FAILED
-                    res.error = str(obj["error"])[:200]
+                n = event_tokens(obj, res)  # None: an error event, failed as stream_one
+                if n is None:
                     return False
-                usage = obj.get("usage")
-                if usage:
-                    res.tokens_in = int(usage.get("prompt_tokens") or 0)
-                    res.tokens_out = int(usage.get("completion_tokens") or 0)
-                for ch in obj.get("choices") or ():
-                    if ch.get("text") or (ch.get("delta") or {}).get("content"):
-                        k += 1
+                k += n
         if k:
             if res.ttft_s is None:
                 res.ttft_s = t - self.start

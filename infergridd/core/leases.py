@@ -96,8 +96,7 @@ class Leases:
     def hello(self, peer: str, wants: int) -> None:
         """A front door's Hello: its old leases are gone (it dropped them), ``wants`` new."""
         self.drop_peer(peer)
-        if wants > 0:
-            self._wants[peer] = min(wants, MAX_PER_MODEL)
+        self.want(peer, wants)
 
     def want(self, peer: str, wants: int) -> None:
         """A front door's new wish: none while it is busy (it gave back what it held, and

@@ -156,7 +156,7 @@ class FrontdoorLink(PeerLink):
         their requests: it must not flap)."""
         if not self.leases_wanted:
             return
-        load = len(self.inflight) + len(self.queued)
+        load = self._load()
         if load > LEASE_QUIET_AT:
             if self._busy:
                 self._busy_seen = time.monotonic()
@@ -170,9 +170,13 @@ class FrontdoorLink(PeerLink):
             self._quiet_timer = asyncio.get_running_loop().call_later(LEASE_QUIET_S,
                                                                       self._maybe_quiet)
 
+    def _load(self) -> int:
+        """This process's own requests: in flight or waiting for a dispatch."""
+        return len(self.inflight) + len(self.queued)
+
     def _maybe_quiet(self) -> None:
         self._quiet_timer = None
-        if not self._busy or len(self.inflight) + len(self.queued) > LEASE_QUIET_AT:
+        if not self._busy or self._load() > LEASE_QUIET_AT:
             return  # the next dip starts the timer again
         wait = self._busy_seen + LEASE_QUIET_S - time.monotonic()
         if wait > 0:
